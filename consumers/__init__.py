@@ -1,0 +1,1 @@
+"""Consumers: read events from the bus, do their side effects, then commit."""

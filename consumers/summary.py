@@ -1,0 +1,53 @@
+"""End-of-run summary: per host and category, how many hits, when, and to which names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from kaspwatch.event import Event
+
+MAX_NAMES_SHOWN = 3
+
+
+@dataclass
+class _Row:
+    hits: int = 0
+    first: str = ""
+    last: str = ""
+    severity: str = ""
+    names: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
+
+
+class Summary:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], _Row] = {}
+
+    async def handle(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.indicator is None:
+                continue
+            row = self.rows.setdefault((ev.src_ip, ev.indicator.category), _Row())
+            row.hits += 1
+            row.first = min(row.first, ev.ts) if row.first else ev.ts
+            row.last = max(row.last, ev.ts)
+            row.severity = row.severity or ev.indicator.severity
+            if len(row.names) < 100:
+                row.names[ev.name] = None
+
+    def print(self, out: TextIO) -> None:
+        from kaspwatch.scan import print_table
+
+        if not self.rows:
+            out.write("No Kaspersky traffic seen.\n")
+            return
+        table = []
+        for (host, category), r in sorted(self.rows.items()):
+            names = list(r.names)
+            shown = ", ".join(names[:MAX_NAMES_SHOWN])
+            if len(names) > MAX_NAMES_SHOWN:
+                shown += f" (+{len(names) - MAX_NAMES_SHOWN} more)"
+            table.append((host, category, str(r.hits), r.first, r.last, shown))
+        out.write("\nSummary: hosts talking to Kaspersky\n")
+        print_table(table, out, ("host", "category", "hits", "first_seen", "last_seen", "names"))
+        out.flush()

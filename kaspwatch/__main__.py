@@ -1,0 +1,3 @@
+from kaspwatch.cli import main
+
+raise SystemExit(main())

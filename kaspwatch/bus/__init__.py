@@ -1,0 +1,90 @@
+"""The bus between sensors and consumers: Kafka, or an in-process queue (embedded mode).
+
+Both transports implement the same two small protocols. ``open_publisher`` and
+``open_subscriber`` pick one from a URL: ``kafka://host:port[,host:port...]`` or ``memory://``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class BusError(Exception):
+    """The bus cannot be reached or refused a request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class Publisher(Protocol):
+    async def start(self) -> None: ...
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+        """Queue a record; the returned future resolves once the bus has it durably."""
+        ...
+
+    async def flush(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Subscriber(Protocol):
+    group: str
+
+    async def start(self) -> None: ...
+
+    async def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]: ...
+
+    async def commit(self) -> None:
+        """Commit everything ``poll`` has returned so far: call after its side effects."""
+        ...
+
+    async def lag(self) -> int:
+        """Records not yet consumed by this subscriber (0 when caught up)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+def parse_bus_url(url: str) -> tuple[str, str]:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("kafka", "memory"):
+        raise BusError(f"bus URL {url!r}: expected kafka://HOST:PORT[,HOST:PORT] or memory://")
+    if scheme == "kafka":
+        hosts = [h for h in rest.strip("/").split(",") if h]
+        if not hosts or any(":" not in h for h in hosts):
+            raise BusError(f"bus URL {url!r}: every Kafka bootstrap server needs HOST:PORT")
+        return scheme, ",".join(hosts)
+    return scheme, rest.strip("/") or "default"
+
+
+def open_publisher(url: str, client_id: str = "kaspwatch") -> Publisher:
+    scheme, where = parse_bus_url(url)
+    if scheme == "kafka":
+        from kaspwatch.bus.kafka import KafkaPublisher
+
+        return KafkaPublisher(where, client_id)
+    from kaspwatch.bus.memory import MemoryBus
+
+    return MemoryBus.named(where).publisher()
+
+
+def open_subscriber(
+    url: str, topics: list[str], group: str, client_id: str = "kaspwatch"
+) -> Subscriber:
+    scheme, where = parse_bus_url(url)
+    if scheme == "kafka":
+        from kaspwatch.bus.kafka import KafkaSubscriber
+
+        return KafkaSubscriber(where, topics, group, client_id)
+    from kaspwatch.bus.memory import MemoryBus
+
+    return MemoryBus.named(where).subscriber(topics, group)

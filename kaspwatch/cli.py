@@ -1,0 +1,162 @@
+"""The ``kaspwatch`` command: scan, sense, alerts, metrics, run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+from kaspwatch import __version__
+from kaspwatch.bus import BusError
+from kaspwatch.event import ALERTS_TOPIC, HITS_TOPIC
+from sensor.capture import CaptureError
+from sensor.indicators import PackError
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("kaspwatch")
+
+
+def _listen_addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9108")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _add_sensor_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pack", metavar="FILE", help="indicator pack (default: the shipped Kaspersky pack)"
+    )
+    p.add_argument(
+        "--sensor",
+        default=os.environ.get("KASPWATCH_SENSOR", socket.gethostname()),
+        help="sensor name carried on every event (env KASPWATCH_SENSOR; default: host name)",
+    )
+
+
+def _add_source_opts(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--pcap", metavar="FILE", nargs="+", help="pcap/pcapng file(s), gzip ok, - for stdin"
+    )
+    src.add_argument("--interface", metavar="IF", nargs="+", help="live capture interface(s)")
+
+
+def _add_alert_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--window",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="suppression window per (host, category), in event time (default 3600)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    bus_default = os.environ.get("KASPWATCH_BUS")
+    parser = argparse.ArgumentParser(
+        prog="kaspwatch",
+        description="Find machines still running Kaspersky software from their network traffic.",
+    )
+    parser.add_argument("--version", action="version", version=f"kaspwatch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("scan", help="scan captures offline and print hits as NDJSON or a table")
+    p.add_argument(
+        "pcap", nargs="+", metavar="PCAP", help="pcap/pcapng file(s), gzip ok, - for stdin"
+    )
+    p.add_argument(
+        "--observations", action="store_true", help="also print names that matched nothing"
+    )
+    p.add_argument("--format", choices=("ndjson", "table"), default="ndjson")
+    _add_sensor_opts(p)
+
+    p = sub.add_parser("sense", help="run the sensor and publish hits to the bus")
+    _add_source_opts(p)
+    p.add_argument(
+        "--bus",
+        required=bus_default is None,
+        default=bus_default,
+        help="kafka://HOST:PORT[,HOST:PORT] (env KASPWATCH_BUS)",
+    )
+    p.add_argument("--topic", default=HITS_TOPIC)
+    p.add_argument("--observations", action="store_true", help="also publish non-matching names")
+    p.add_argument(
+        "--metrics-addr",
+        type=_listen_addr,
+        metavar="HOST:PORT",
+        help="serve the sensor's metrics here",
+    )
+    _add_sensor_opts(p)
+
+    p = sub.add_parser("alerts", help="consume hits, emit alerts to stdout and the alerts topic")
+    p.add_argument("--bus", required=bus_default is None, default=bus_default)
+    p.add_argument("--group", default="kaspwatch-alerts", help="Kafka consumer group")
+    p.add_argument("--topic", default=HITS_TOPIC)
+    p.add_argument("--alerts-topic", default=ALERTS_TOPIC)
+    p.add_argument("--no-stdout", action="store_true", help="do not print alerts on stdout")
+    _add_alert_opts(p)
+
+    p = sub.add_parser("metrics", help="consume hits and serve Prometheus metrics")
+    p.add_argument("--bus", required=bus_default is None, default=bus_default)
+    p.add_argument("--group", default="kaspwatch-metrics", help="Kafka consumer group")
+    p.add_argument("--topic", default=HITS_TOPIC)
+    p.add_argument(
+        "--listen",
+        type=_listen_addr,
+        default=("127.0.0.1", 9108),
+        metavar="HOST:PORT",
+        help="where to serve /metrics (default 127.0.0.1:9108)",
+    )
+
+    p = sub.add_parser("run", help="embedded mode: sensor and consumers in one process")
+    _add_source_opts(p)
+    _add_sensor_opts(p)
+    _add_alert_opts(p)
+    p.add_argument(
+        "--metrics-addr",
+        type=_listen_addr,
+        metavar="HOST:PORT",
+        help="serve metrics while running (e.g. 127.0.0.1:9108)",
+    )
+    p.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write final metrics here (node_exporter textfile format)",
+    )
+    p.add_argument(
+        "--format", choices=("text", "ndjson"), default="text", help="alert output format"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="kaspwatch: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    from kaspwatch import commands
+
+    try:
+        return commands.dispatch(args)
+    except (CaptureError, PackError, BusError) as exc:
+        print(f"kaspwatch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""What each ``kaspwatch`` sub-command does, once its arguments are parsed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+
+from consumers.alerts import AlertEngine, AlertSink, render_json, render_text
+from consumers.loop import consume
+from consumers.metrics import HitMetrics
+from consumers.summary import Summary
+from kaspwatch.bus import open_publisher, open_subscriber
+from kaspwatch.event import HITS_TOPIC
+from kaspwatch.runtime import PublishStats, invalid_logger, register_sensor, run_sensor
+from kaspwatch.scan import scan
+from sensor.capture import CaptureFile, Frame, LiveCapture
+from sensor.indicators import load_pack
+from sensor.match import Matcher
+from sensor.pipeline import Sensor
+
+log = logging.getLogger("kaspwatch")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handler = {
+        "scan": cmd_scan,
+        "sense": cmd_sense,
+        "alerts": cmd_alerts,
+        "metrics": cmd_metrics,
+        "run": cmd_run,
+    }[args.command]
+    return handler(args)
+
+
+def _sensor(args: argparse.Namespace, observations: bool = False) -> Sensor:
+    return Sensor(Matcher(load_pack(args.pack)), args.sensor, observations=observations)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    sensor = _sensor(args, observations=args.observations)
+    warnings, errors = scan(args.pcap, sensor, args.format)
+    for warning in warnings:
+        log.warning("%s", warning)
+    for error in errors:
+        print(f"kaspwatch: error: {error}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
+    """Open every source up front so a bad file fails before anything runs."""
+    if args.pcap:
+        files = [CaptureFile(p) for p in args.pcap]
+        return list(files)
+    return [LiveCapture(i) for i in args.interface]
+
+
+class _Stopper:
+    """SIGINT/SIGTERM stop the async loop and the capture thread."""
+
+    def __init__(self) -> None:
+        self.halt = threading.Event()
+        self.stop = asyncio.Event()
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.trigger)
+
+    def trigger(self) -> None:
+        self.halt.set()
+        self.stop.set()
+
+
+def cmd_sense(args: argparse.Namespace) -> int:
+    sensor = _sensor(args, observations=args.observations)
+    sources = _open_sources(args)
+    publish = PublishStats()
+    if args.metrics_addr:
+        registry = CollectorRegistry()
+        register_sensor(registry, sensor, publish)
+        start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=registry)
+
+    async def main() -> None:
+        stopper = _Stopper()
+        stopper.install()
+        publisher = open_publisher(args.bus, client_id=f"kaspwatch-sensor-{args.sensor}")
+        await publisher.start()
+        try:
+            await run_sensor(sources, sensor, publisher, publish, stopper.halt, args.topic)
+        finally:
+            await publisher.stop()
+
+    asyncio.run(main())
+    s = sensor.stats
+    log.info(
+        "sensor %s: %d packets, %d hits, %d published, %d publish failures, %d decode errors",
+        args.sensor,
+        s.packets,
+        s.hits,
+        publish.published,
+        publish.failures,
+        s.decode_errors,
+    )
+    return 1 if publish.failures else 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        stopper = _Stopper()
+        stopper.install()
+        metrics = HitMetrics()
+        publisher = open_publisher(args.bus, client_id="kaspwatch-alerts")
+        sub = open_subscriber(args.bus, [args.topic], args.group, client_id="kaspwatch-alerts")
+        await publisher.start()
+        await sub.start()
+        sink = AlertSink(
+            AlertEngine(args.window),
+            publisher,
+            out=None if args.no_stdout else sys.stdout,
+            topic=args.alerts_topic,
+        )
+        try:
+            await consume(sub, [sink], stopper.stop, invalid_logger(metrics.invalid))
+        finally:
+            await sub.stop()
+            await publisher.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    metrics = HitMetrics()
+    host, port = args.listen
+    start_http_server(port, host, registry=metrics.registry)
+    log.info("serving metrics on http://%s:%d/metrics", host, port)
+
+    async def main() -> None:
+        stopper = _Stopper()
+        stopper.install()
+        sub = open_subscriber(args.bus, [args.topic], args.group, client_id="kaspwatch-metrics")
+        await sub.start()
+        try:
+            await consume(sub, [metrics], stopper.stop, invalid_logger(metrics.invalid))
+        finally:
+            await sub.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    sensor = _sensor(args)
+    sources = _open_sources(args)
+    publish = PublishStats()
+    metrics = HitMetrics()
+    register_sensor(metrics.registry, sensor, publish)
+    if args.metrics_addr:
+        start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)
+        log.info("serving metrics on http://%s:%d/metrics", *args.metrics_addr)
+    bus_url = f"memory://run-{id(sensor)}"
+    engine = AlertEngine(args.window)
+    render = render_text if args.format == "text" else render_json
+    sink = AlertSink(engine, publisher=None, out=sys.stdout, render=render)
+    summary = Summary()
+
+    async def main() -> None:
+        stopper = _Stopper()
+        stopper.install()
+        publisher = open_publisher(bus_url)
+        alerts_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-alerts")
+        metrics_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-metrics")
+        for part in (publisher, alerts_sub, metrics_sub):
+            await part.start()
+        sensing_done = asyncio.Event()
+        on_invalid = invalid_logger(metrics.invalid)
+
+        async def sense() -> None:
+            try:
+                await run_sensor(sources, sensor, publisher, publish, stopper.halt)
+            finally:
+                sensing_done.set()
+
+        # consumers keep up while the sensor runs, then drain what is left and end
+        await asyncio.gather(
+            sense(),
+            consume(alerts_sub, [sink, summary], stopper.stop, on_invalid, sensing_done.is_set),
+            consume(metrics_sub, [metrics], stopper.stop, on_invalid, sensing_done.is_set),
+        )
+
+    asyncio.run(main())
+    summary.print(sys.stdout)
+    s = sensor.stats
+    log.info(
+        "%d packets, %d hits, %d alerts (%d suppressed), %d decode errors",
+        s.packets,
+        s.hits,
+        engine.alerts,
+        engine.suppressed,
+        s.decode_errors,
+    )
+    if args.metrics_textfile:
+        write_to_textfile(args.metrics_textfile, metrics.registry)
+    return 0

@@ -1,0 +1,191 @@
+"""Event contract v1: the one shape every hit and observation takes on the bus.
+
+Sensors build events here; consumers parse them here. The JSON Schema in
+``kaspwatch/schema/event.v1.schema.json`` is the published form of this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+SCHEMA_VERSION: Final = 1
+HITS_TOPIC: Final = "kaspwatch.hits.v1"
+ALERTS_TOPIC: Final = "kaspwatch.alerts.v1"
+
+KINDS: Final = frozenset(
+    {"dns_query", "dns_answer", "tls_sni", "quic_sni", "http_host", "http_connect", "ip_flow"}
+)
+TRANSPORTS: Final = frozenset({"udp", "tcp"})
+
+
+class EventError(ValueError):
+    """A message on the bus is not a valid v1 event."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorRef:
+    """The part of an indicator an event carries: enough to act on without the pack."""
+
+    id: str
+    pattern: str
+    match: str
+    category: str
+    severity: str
+    confidence: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "pattern": self.pattern,
+            "match": self.match,
+            "category": self.category,
+            "severity": self.severity,
+            "confidence": self.confidence,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A hit (``indicator`` set) or an observation (``indicator`` is None)."""
+
+    event_id: str
+    ts: str
+    sensor: str
+    kind: str
+    name: str
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    transport: str
+    indicator: IndicatorRef | None
+    query: str | None = None
+    answers: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_hit(self) -> bool:
+        return self.indicator is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "event_id": self.event_id,
+            "ts": self.ts,
+            "sensor": self.sensor,
+            "kind": self.kind,
+            "name": self.name,
+            "src_ip": self.src_ip,
+            "src_port": self.src_port,
+            "dst_ip": self.dst_ip,
+            "dst_port": self.dst_port,
+            "transport": self.transport,
+            "indicator": self.indicator.to_dict() if self.indicator else None,
+        }
+        if self.query is not None:
+            out["query"] = self.query
+        if self.answers:
+            out["answers"] = list(self.answers)
+        out.update(self.extra)
+        return out
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=False).encode()
+
+
+def format_ts(epoch_ns: int) -> str:
+    """RFC 3339 UTC with microseconds, e.g. ``2026-11-27T18:00:12.123456Z``."""
+    secs, ns = divmod(epoch_ns, 1_000_000_000)
+    dt = datetime.fromtimestamp(secs, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
+
+
+def parse_ts(ts: str) -> datetime:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def make_event_id(
+    sensor: str,
+    ts_ns: int,
+    src_ip: str,
+    src_port: int,
+    dst_ip: str,
+    dst_port: int,
+    transport: str,
+    kind: str,
+    name: str,
+) -> str:
+    """Deterministic id: the same packet seen again (retry, replay of a capture) keeps its id.
+
+    Consumers deduplicate on it, so it covers everything that makes an event unique
+    and nothing that varies between replays (wall clock, pack version).
+    """
+    key = f"{sensor}|{ts_ns}|{src_ip}|{src_port}|{dst_ip}|{dst_port}|{transport}|{kind}|{name}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+_REQUIRED: Final = (
+    ("event_id", str),
+    ("ts", str),
+    ("sensor", str),
+    ("kind", str),
+    ("name", str),
+    ("src_ip", str),
+    ("src_port", int),
+    ("dst_ip", str),
+    ("dst_port", int),
+    ("transport", str),
+)
+_CORE: Final = frozenset(k for k, _ in _REQUIRED) | {"schema", "indicator", "query", "answers"}
+
+
+def event_from_json(raw: bytes) -> Event:
+    """Parse and check a bus message; raise EventError saying what is wrong."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EventError("not a JSON object")
+    if doc.get("schema") != SCHEMA_VERSION:
+        raise EventError(f"unsupported schema {doc.get('schema')!r} (expected {SCHEMA_VERSION})")
+    for key, typ in _REQUIRED:
+        value = doc.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise EventError(f"field {key!r} missing or not {typ.__name__}")
+    if doc["kind"] not in KINDS:
+        raise EventError(f"unknown kind {doc['kind']!r}")
+    try:
+        parse_ts(doc["ts"])
+    except ValueError:
+        raise EventError(f"bad ts {doc['ts']!r}") from None
+    ind = doc.get("indicator")
+    ref: IndicatorRef | None = None
+    if ind is not None:
+        if not isinstance(ind, dict):
+            raise EventError("field 'indicator' is not an object or null")
+        try:
+            ref = IndicatorRef(**{k: str(ind[k]) for k in IndicatorRef.__slots__})
+        except KeyError as exc:
+            raise EventError(f"indicator lacks {exc}") from None
+    answers = doc.get("answers") or []
+    return Event(
+        event_id=doc["event_id"],
+        ts=doc["ts"],
+        sensor=doc["sensor"],
+        kind=doc["kind"],
+        name=doc["name"],
+        src_ip=doc["src_ip"],
+        src_port=doc["src_port"],
+        dst_ip=doc["dst_ip"],
+        dst_port=doc["dst_port"],
+        transport=doc["transport"],
+        indicator=ref,
+        query=doc.get("query"),
+        answers=tuple(str(a) for a in answers),
+        extra={k: v for k, v in doc.items() if k not in _CORE},
+    )

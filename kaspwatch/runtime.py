@@ -1,0 +1,129 @@
+"""Async wiring of the long-running jobs: ``sense``, ``alerts``, ``metrics`` and embedded ``run``.
+
+Sources feed the sensor, the sensor publishes to the bus, consumers read the bus.
+This is the one place these parts are composed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kaspwatch.bus import Publisher, Record
+from kaspwatch.event import HITS_TOPIC
+from sensor.capture import Frame
+from sensor.pipeline import Sensor
+
+log = logging.getLogger("kaspwatch")
+BATCH = 512
+
+
+def _batches(frames: Iterator[Frame | None]) -> list[Frame] | None:
+    """Up to BATCH frames, fewer if the source goes quiet; None when it is exhausted."""
+    out: list[Frame] = []
+    for frame in islice(frames, BATCH):
+        if frame is None:
+            return out
+        out.append(frame)
+    return out if out else None
+
+
+class PublishStats:
+    def __init__(self) -> None:
+        self.published = 0
+        self.failures = 0
+
+
+async def run_sensor(
+    sources: Iterable[Iterable[Frame | None]],
+    sensor: Sensor,
+    publisher: Publisher,
+    stats: PublishStats,
+    stop: threading.Event | None = None,
+    topic: str = HITS_TOPIC,
+) -> None:
+    """Read every source to its end (or until ``stop``), publishing each event keyed by src_ip."""
+    pending: set[asyncio.Future[Any]] = set()
+
+    def done(fut: asyncio.Future[Any]) -> None:
+        pending.discard(fut)
+        if fut.cancelled() or fut.exception() is not None:
+            stats.failures += 1
+            log.error("publish failed: %s", fut.exception() if not fut.cancelled() else "cancelled")
+        else:
+            stats.published += 1
+
+    for source in sources:
+        frames = iter(source)
+        while stop is None or not stop.is_set():
+            batch = await asyncio.to_thread(_batches, frames)
+            if batch is None:
+                break
+            for frame in batch:
+                for ev in sensor.process_frame(*frame):
+                    fut = await publisher.send(topic, ev.to_json(), ev.src_ip.encode())
+                    pending.add(fut)
+                    fut.add_done_callback(done)
+    await publisher.flush()
+    if pending:
+        await asyncio.wait(list(pending))
+
+
+class SensorCollector(Collector):
+    """Exports the sensor's own counters at scrape time (no work on the packet path)."""
+
+    def __init__(self, sensor: Sensor, publish: PublishStats) -> None:
+        self.sensor = sensor
+        self.publish = publish
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        s = self.sensor.stats
+        yield CounterMetricFamily(
+            "kaspwatch_sensor_packets", "Packets the sensor read.", value=s.packets
+        )
+        errors = CounterMetricFamily(
+            "kaspwatch_sensor_decode_errors", "Malformed packets, by layer.", labels=["layer"]
+        )
+        for layer, n in sorted(s.errors_by_layer.items()):
+            errors.add_metric([layer], n)
+        yield errors
+        yield CounterMetricFamily(
+            "kaspwatch_sensor_hits", "Events that matched an indicator.", value=s.hits
+        )
+        yield CounterMetricFamily(
+            "kaspwatch_sensor_published",
+            "Events the bus acknowledged.",
+            value=self.publish.published,
+        )
+        yield CounterMetricFamily(
+            "kaspwatch_sensor_publish_failures",
+            "Events the bus did not accept.",
+            value=self.publish.failures,
+        )
+        pack = GaugeMetricFamily(
+            "kaspwatch_indicator_pack_info", "Loaded indicator pack.", labels=["name", "version"]
+        )
+        pack.add_metric([self.sensor.matcher.pack.name, self.sensor.matcher.pack.version], 1)
+        yield pack
+
+
+def register_sensor(registry: CollectorRegistry, sensor: Sensor, publish: PublishStats) -> None:
+    registry.register(SensorCollector(sensor, publish))
+
+
+def invalid_logger(counter: Any) -> Any:
+    def on_invalid(rec: Record, reason: str) -> None:
+        counter.inc()
+        log.error(
+            "skipping invalid message %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason
+        )
+
+    return on_invalid

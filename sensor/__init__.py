@@ -1,0 +1,1 @@
+"""The sensor: capture -> decode -> match -> events."""

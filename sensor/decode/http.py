@@ -1,0 +1,57 @@
+"""HTTP/1.x requests: Host header, absolute-form targets, CONNECT authorities."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from sensor.decode import Sighting, host_name
+
+_REQUEST_LINE: Final = re.compile(rb"([A-Z][A-Z_-]{0,19}) (\S{1,8192}) HTTP/1\.[0-9]\r?\n")
+_HOST: Final = re.compile(rb"\r?\nhost[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_METHOD_START: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def strip_port(authority: str) -> str:
+    """``host:port`` / ``[v6]:port`` / ``host`` -> host."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority[1:]
+    if authority.count(":") == 1:
+        return authority.split(":", 1)[0]
+    return authority
+
+
+def _name(authority: bytes) -> str | None:
+    try:
+        text = authority.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    if "@" in text:  # userinfo in an absolute URI
+        text = text.rsplit("@", 1)[1]
+    return host_name(strip_port(text))
+
+
+def decode_http_request(payload: bytes) -> list[Sighting]:
+    """Names in the head of an HTTP/1.x request; [] if the payload is not one."""
+    if not payload or payload[0] not in _METHOD_START:
+        return []
+    m = _REQUEST_LINE.match(payload)
+    if m is None:
+        return []
+    method, target = m.group(1), m.group(2)
+    if method == b"CONNECT":
+        name = _name(target)
+        return [Sighting("http_connect", name)] if name else []
+    head_end = payload.find(b"\r\n\r\n")
+    head = payload if head_end < 0 else payload[: head_end + 2]
+    h = _HOST.search(head, m.end() - 2)
+    if h is not None:
+        name = _name(h.group(1))
+        extra = {}
+        if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            extra["proxy_form"] = True
+        return [Sighting("http_host", name, extra=extra)] if name else []
+    if target[:7].lower() == b"http://":
+        name = _name(target[7:].split(b"/", 1)[0])
+        return [Sighting("http_host", name, extra={"proxy_form": True})] if name else []
+    return []
