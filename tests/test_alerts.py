@@ -1,0 +1,80 @@
+"""Alert decisions: one per (host, category) per window, on event time, with stable ids."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from consumers.alerts import AlertEngine, AlertSink, render_text
+from kaspwatch.bus.memory import MemoryBus
+from kaspwatch.event import Event, IndicatorRef, format_ts, make_event_id
+
+UPDATE = IndicatorRef("kw-update-x", "upd.kaspersky.com", "suffix", "update", "high", "high")
+KSN = IndicatorRef("kw-telemetry-x", "ksn.kaspersky-labs.com", "suffix", "telemetry", "high", "low")
+
+
+def hit(
+    host: str, seconds: float, ind: IndicatorRef = UPDATE, name: str = "s01.upd.kaspersky.com"
+) -> Event:
+    ts_ns = int((1_800_000_000 + seconds) * 1e9)
+    return Event(
+        event_id=make_event_id("s", ts_ns, host, 1, "10.0.0.53", 53, "udp", "dns_query", name),
+        ts=format_ts(ts_ns),
+        sensor="s",
+        kind="dns_query",
+        name=name,
+        src_ip=host,
+        src_port=1,
+        dst_ip="10.0.0.53",
+        dst_port=53,
+        transport="udp",
+        indicator=ind,
+    )
+
+
+def test_one_alert_per_host_and_category_per_window() -> None:
+    engine = AlertEngine(window_s=600)
+    decided = [
+        engine.feed(hit("10.1.1.1", 0)),
+        engine.feed(hit("10.1.1.1", 10)),  # same host+category: suppressed
+        engine.feed(hit("10.1.1.1", 20, KSN, "dc1.ksn.kaspersky-labs.com")),  # new category
+        engine.feed(hit("10.1.1.2", 30)),  # new host
+        engine.feed(hit("10.1.1.1", 700)),  # window over: alerts again
+    ]
+    assert [a is not None for a in decided] == [True, False, True, True, True]
+    assert (engine.alerts, engine.suppressed) == (4, 1)
+
+
+def test_observations_never_alert() -> None:
+    ev = hit("10.1.1.1", 0)
+    obs = Event(**{**{f: getattr(ev, f) for f in Event.__slots__}, "indicator": None})  # type: ignore[attr-defined]
+    assert AlertEngine().feed(obs) is None
+
+
+def test_replay_gives_the_same_alert_ids() -> None:
+    events = [hit("10.1.1.1", s) for s in (0, 5, 4000)]
+    first = [a.alert_id for e in events if (a := AlertEngine(3600).feed(e))]
+    engine = AlertEngine(3600)
+    again = [a.alert_id for e in events if (a := engine.feed(e))]
+    assert len(again) == 2 and again[0] == first[0]
+
+
+async def test_sink_writes_stdout_and_topic_before_returning() -> None:
+    bus = MemoryBus()
+    out = io.StringIO()
+    sink = AlertSink(AlertEngine(), bus.publisher(), out=out)
+    await sink.handle([hit("10.1.1.1", 0), hit("10.1.1.1", 1)])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    on_topic = bus.topics["kaspwatch.alerts.v1"]
+    assert len(on_topic) == 1 and on_topic[0].key == b"10.1.1.1"
+    doc = json.loads(on_topic[0].value)
+    assert doc == json.loads(lines[0])
+    assert doc["host"] == "10.1.1.1" and doc["category"] == "update" and doc["severity"] == "high"
+
+
+def test_text_rendering_names_host_and_endpoint() -> None:
+    alert = AlertEngine().feed(hit("10.1.1.9", 0))
+    assert alert is not None
+    line = render_text(alert)
+    assert "10.1.1.9" in line and "s01.upd.kaspersky.com" in line and "HIGH" in line
