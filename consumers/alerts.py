@@ -41,7 +41,7 @@ class Alert:
             "schema": 1,
             "alert_id": self.alert_id,
             "ts": ev.ts,
-            "host": ev.src_ip,
+            "host": ev.host,
             "category": ind.category,
             "severity": ind.severity,
             "confidence": ind.confidence,
@@ -53,7 +53,7 @@ class Alert:
             "sensor": ev.sensor,
             "event_id": ev.event_id,
             "summary": (
-                f"{ev.src_ip} contacted Kaspersky {ind.category} endpoint {ev.name} "
+                f"{ev.host} contacted Kaspersky {ind.category} endpoint {ev.name} "
                 f"({ev.kind}, indicator {ind.id}, severity {ind.severity})"
             ),
         }
@@ -78,7 +78,7 @@ class AlertEngine:
         ind = event.indicator
         if ind is None:
             return None
-        key = (event.src_ip, ind.category)
+        key = (event.host, ind.category)
         ts = parse_ts(event.ts)
         win = self._state.get(key)
         if win is not None and win.start <= ts < win.start + self.window:
@@ -88,7 +88,7 @@ class AlertEngine:
         self._state[key] = _Window(ts)
         self.alerts += 1
         digest = hashlib.blake2b(
-            f"{event.src_ip}|{ind.category}|{event.event_id}".encode(), digest_size=16
+            f"{event.host}|{ind.category}|{event.event_id}".encode(), digest_size=16
         ).hexdigest()
         return Alert(digest, event)
 
@@ -122,7 +122,7 @@ class AlertSink:
             if self.out is not None:
                 self.out.write(self.render(alert) + "\n")
             if self.publisher is not None:
-                pending.append(await self.publisher.send(self.topic, body, ev.src_ip.encode()))
+                pending.append(await self.publisher.send(self.topic, body, ev.host.encode()))
         if self.out is not None:
             self.out.flush()
         if pending:

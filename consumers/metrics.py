@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
 
 from kaspwatch import __version__
 from kaspwatch.event import Event, parse_ts
+
+# *_created series double every counter for no use on a dashboard
+disable_created_metrics()
 
 
 class HitMetrics:

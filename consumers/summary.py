@@ -27,7 +27,7 @@ class Summary:
         for ev in events:
             if ev.indicator is None:
                 continue
-            row = self.rows.setdefault((ev.src_ip, ev.indicator.category), _Row())
+            row = self.rows.setdefault((ev.host, ev.indicator.category), _Row())
             row.hits += 1
             row.first = min(row.first, ev.ts) if row.first else ev.ts
             row.last = max(row.last, ev.ts)

@@ -20,7 +20,7 @@ from kaspwatch.bus import open_publisher, open_subscriber
 from kaspwatch.event import HITS_TOPIC
 from kaspwatch.runtime import PublishStats, invalid_logger, register_sensor, run_sensor
 from kaspwatch.scan import scan
-from sensor.capture import CaptureFile, Frame, LiveCapture
+from sensor.capture import CaptureFile, Frame, LiveCapture, MergedLive
 from sensor.indicators import load_pack
 from sensor.match import Matcher
 from sensor.pipeline import Sensor
@@ -56,9 +56,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
     """Open every source up front so a bad file fails before anything runs."""
     if args.pcap:
-        files = [CaptureFile(p) for p in args.pcap]
-        return list(files)
-    return [LiveCapture(i) for i in args.interface]
+        return [CaptureFile(p) for p in args.pcap]
+    return [MergedLive([LiveCapture(i) for i in args.interface])]
 
 
 class _Stopper:

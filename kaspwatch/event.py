@@ -71,6 +71,12 @@ class Event:
     def is_hit(self) -> bool:
         return self.indicator is not None
 
+    @property
+    def host(self) -> str:
+        """The machine that reached for the name: the client. For a DNS answer that is the
+        destination (the source is the resolver); for everything else the source."""
+        return self.dst_ip if self.kind == "dns_answer" else self.src_ip
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
@@ -84,6 +90,7 @@ class Event:
             "dst_ip": self.dst_ip,
             "dst_port": self.dst_port,
             "transport": self.transport,
+            "host": self.host,
             "indicator": self.indicator.to_dict() if self.indicator else None,
         }
         if self.query is not None:
@@ -140,7 +147,13 @@ _REQUIRED: Final = (
     ("dst_port", int),
     ("transport", str),
 )
-_CORE: Final = frozenset(k for k, _ in _REQUIRED) | {"schema", "indicator", "query", "answers"}
+_CORE: Final = frozenset(k for k, _ in _REQUIRED) | {
+    "schema",
+    "indicator",
+    "query",
+    "answers",
+    "host",
+}
 
 
 def event_from_json(raw: bytes) -> Event:

@@ -50,7 +50,7 @@ async def run_sensor(
     stop: threading.Event | None = None,
     topic: str = HITS_TOPIC,
 ) -> None:
-    """Read every source to its end (or until ``stop``), publishing each event keyed by src_ip."""
+    """Read every source to its end (or until ``stop``), publishing each event keyed by its host."""
     pending: set[asyncio.Future[Any]] = set()
 
     def done(fut: asyncio.Future[Any]) -> None:
@@ -69,7 +69,7 @@ async def run_sensor(
                 break
             for frame in batch:
                 for ev in sensor.process_frame(*frame):
-                    fut = await publisher.send(topic, ev.to_json(), ev.src_ip.encode())
+                    fut = await publisher.send(topic, ev.to_json(), ev.host.encode())
                     pending.add(fut)
                     fut.add_done_callback(done)
     await publisher.flush()
@@ -89,12 +89,11 @@ class SensorCollector(Collector):
         yield CounterMetricFamily(
             "kaspwatch_sensor_packets", "Packets the sensor read.", value=s.packets
         )
-        errors = CounterMetricFamily(
-            "kaspwatch_sensor_decode_errors", "Malformed packets, by layer.", labels=["layer"]
+        yield CounterMetricFamily(
+            "kaspwatch_sensor_decode_errors",
+            "Malformed packets or messages.",
+            value=s.decode_errors,
         )
-        for layer, n in sorted(s.errors_by_layer.items()):
-            errors.add_metric([layer], n)
-        yield errors
         yield CounterMetricFamily(
             "kaspwatch_sensor_hits", "Events that matched an indicator.", value=s.hits
         )

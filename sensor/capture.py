@@ -264,3 +264,47 @@ class LiveCapture:
                 raise
             self.stats.packets += 1
             yield (time.time_ns(), LINKTYPE_ETHERNET, data)
+
+
+class MergedLive:
+    """Several live interfaces as one stream: a reader thread each, one bounded queue."""
+
+    def __init__(self, captures: list[LiveCapture], depth: int = 65536) -> None:
+        import queue
+        import threading
+
+        self.captures = captures
+        self._queue: queue.Queue[Frame] = queue.Queue(depth)
+        self._threads = [
+            threading.Thread(
+                target=self._pump, args=(c,), daemon=True, name=f"capture-{c.interface}"
+            )
+            for c in captures
+        ]
+        self.dropped = 0
+
+    def _pump(self, cap: LiveCapture) -> None:
+        import queue
+
+        for frame in cap:
+            if frame is None:
+                continue
+            try:
+                self._queue.put_nowait(frame)
+            except queue.Full:
+                self.dropped += 1
+
+    def stop(self) -> None:
+        for c in self.captures:
+            c.stop()
+
+    def __iter__(self) -> Iterator[Frame | None]:
+        import queue
+
+        for t in self._threads:
+            t.start()
+        while any(t.is_alive() for t in self._threads):
+            try:
+                yield self._queue.get(timeout=0.2)
+            except queue.Empty:
+                yield None

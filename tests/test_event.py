@@ -34,6 +34,7 @@ GOOD = {
     "dst_ip": "10.0.0.2",
     "dst_port": 53,
     "transport": "udp",
+    "host": "10.0.0.1",
     "indicator": {
         "id": "kw-update-ds",
         "pattern": "ds.kaspersky.com",
@@ -67,3 +68,13 @@ def test_round_trip_is_schema_valid(event_schema: dict[str, object]) -> None:
 def test_poison_messages_are_refused_with_a_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(EventError, match=reason):
         event_from_json(raw)
+
+
+def test_host_is_the_client_even_for_dns_answers() -> None:
+    answer = event_from_json(
+        json.dumps(
+            {**GOOD, "kind": "dns_answer", "src_ip": "10.0.0.53", "dst_ip": "10.0.0.7"}
+        ).encode()
+    )
+    assert answer.host == "10.0.0.7"
+    assert event_from_json(json.dumps(GOOD).encode()).host == "10.0.0.1"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages the tests need. Installs only what is missing; needs root (or sudo) to install.
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have java || need+=(openjdk-17-jre-headless)
+have mvn || need+=(maven)
+have ip || need+=(iproute2)
+have dig || need+=(dnsutils)
+have dnsmasq || need+=(dnsmasq-base)
+have tcpdump || need+=(tcpdump)
+have curl || need+=(curl)
+have openssl || need+=(openssl)
+if ((${#need[@]})); then
+  echo "system-packages: installing ${need[*]}" >&2
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

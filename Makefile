@@ -1,0 +1,38 @@
+# The two commands of the README:
+#   make demo   run the main job (embedded mode) on the sample capture
+#   make test   install everything a fresh machine lacks, then lint, type-check and test
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+JARS    := deploy/kafka/libs/.fetched
+
+.PHONY: demo test lint system-packages clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(JARS): deploy/kafka/pom.xml
+	bash deploy/kafka/kafka-local.sh fetch
+	touch $@
+
+system-packages:
+	bash .ci/system-packages.sh
+
+demo: $(STAMP)
+	$(BIN)/kaspwatch run --pcap samples/sample.pcap
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: system-packages $(STAMP) $(JARS) lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) deploy/kafka/libs deploy/kafka/run

@@ -1,0 +1,236 @@
+"""End to end on the real broker: capture -> ``sense`` -> Kafka -> ``alerts`` and ``metrics``.
+
+Every process is the real CLI; the broker is the real Apache Kafka from ``deploy/kafka``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import jsonschema
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from kaspwatch.cli import main
+from tests.conftest import KASPWATCH, SAMPLE, free_port
+
+pytestmark = pytest.mark.kafka
+
+
+def scan_sample(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    assert main(["scan", "--sensor", "e2e", str(SAMPLE)]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+async def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in specs]
+        )
+    finally:
+        await admin.close()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, want: int, timeout: float = 60.0
+) -> list[tuple[bytes | None, bytes]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < want and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            out.extend((m.key, m.value) for msgs in batches.values() for m in msgs)
+        await asyncio.sleep(1.0)  # anything beyond `want` would be a duplicate: collect it too
+        batches = await consumer.getmany(timeout_ms=500)
+        out.extend((m.key, m.value) for msgs in batches.values() for m in msgs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        ends = await consumer.end_offsets(parts)
+        committed = {tp: await consumer.committed(tp) or 0 for tp in parts}
+        return bool(parts) and committed == ends
+    finally:
+        await consumer.stop()
+
+
+def scrape(port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+async def test_capture_to_alerts_and_metrics_through_kafka(
+    kafka_bootstrap: str,
+    capsys: pytest.CaptureFixture[str],
+    procs: list[subprocess.Popen[str]],
+    event_schema: dict[str, object],
+) -> None:
+    expected = scan_sample(capsys)
+    assert len(expected) >= 10
+    run = uuid.uuid4().hex[:8]
+    hits_topic, alerts_topic = f"hits-{run}", f"alerts-{run}"
+    await create_topics(kafka_bootstrap, (hits_topic, 3), (alerts_topic, 1))
+    bus = f"kafka://{kafka_bootstrap}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    sense = subprocess.run(
+        [
+            *KASPWATCH,
+            "sense",
+            "--pcap",
+            str(SAMPLE),
+            "--bus",
+            bus,
+            "--topic",
+            hits_topic,
+            "--sensor",
+            "e2e",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert sense.returncode == 0, sense.stderr
+    assert f"{len(expected)} published, 0 publish failures" in sense.stderr
+
+    # hits on Kafka: exactly the events scan finds, schema-valid, keyed by host
+    hits = await read_topic(kafka_bootstrap, hits_topic, len(expected))
+    docs = [json.loads(v) for _, v in hits]
+    for doc in docs:
+        jsonschema.validate(doc, event_schema)
+    assert sorted(d["event_id"] for d in docs) == sorted(str(e["event_id"]) for e in expected)
+    assert all(k == d["host"].encode() for (k, _), d in zip(hits, docs, strict=True))
+
+    metrics_port = free_port()
+    alerts = subprocess.Popen(
+        [
+            *KASPWATCH,
+            "alerts",
+            "--bus",
+            bus,
+            "--topic",
+            hits_topic,
+            "--alerts-topic",
+            alerts_topic,
+            "--group",
+            f"alerts-{run}",
+            "--window",
+            "3600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    metrics = subprocess.Popen(
+        [
+            *KASPWATCH,
+            "metrics",
+            "--bus",
+            bus,
+            "--topic",
+            hits_topic,
+            "--group",
+            f"metrics-{run}",
+            "--listen",
+            f"127.0.0.1:{metrics_port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    procs.extend([alerts, metrics])
+
+    # one alert per (host, category): the sample's hits, grouped
+    want_alerts = {(str(e["host"]), e["indicator"]["category"]) for e in expected}  # type: ignore[index]
+    on_topic = [
+        json.loads(v) for _, v in await read_topic(kafka_bootstrap, alerts_topic, len(want_alerts))
+    ]
+    assert {(a["host"], a["category"]) for a in on_topic} == want_alerts
+    assert len(on_topic) == len(want_alerts)  # no duplicates
+
+    # metrics: kaspwatch_hits_total per (category, kind, severity) equals the scan's counts
+    want_counts: dict[str, float] = {}
+    for e in expected:
+        ind: dict[str, str] = e["indicator"]  # type: ignore[assignment]
+        labels = f'category="{ind["category"]}",kind="{e["kind"]}",severity="{ind["severity"]}"'
+        key = f"kaspwatch_hits_total{{{labels}}}"
+        want_counts[key] = want_counts.get(key, 0) + 1
+    deadline = time.monotonic() + 60
+    got: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        try:
+            got = {
+                k: v
+                for k, v in scrape(metrics_port).items()
+                if k.startswith("kaspwatch_hits_total{")
+            }
+        except OSError:
+            got = {}
+        if got == want_counts:
+            break
+        await asyncio.sleep(0.3)
+    assert got == want_counts
+    assert not any("10.77." in k or "kaspersky" in k for k in got)  # bounded labels only
+
+    # both groups committed everything, and only after their side effects
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if await committed_everything(
+            kafka_bootstrap, f"alerts-{run}", hits_topic
+        ) and await committed_everything(kafka_bootstrap, f"metrics-{run}", hits_topic):
+            break
+        await asyncio.sleep(0.5)
+    else:
+        pytest.fail("consumer groups did not commit every offset")
+
+    for p in (alerts, metrics):
+        p.send_signal(signal.SIGTERM)
+    out, err = alerts.communicate(timeout=30)
+    metrics.communicate(timeout=30)
+    assert alerts.returncode == 0 and metrics.returncode == 0, err
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert sorted(a["alert_id"] for a in printed) == sorted(a["alert_id"] for a in on_topic)
