@@ -8,7 +8,7 @@ from kaspwatch import __version__
 from kaspwatch.event import Event, parse_ts
 
 # *_created series double every counter for no use on a dashboard
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class HitMetrics:
