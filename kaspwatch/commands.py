@@ -187,11 +187,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             finally:
                 sensing_done.set()
 
-        # consumers keep up while the sensor runs, then drain what is left and end
+        # Consumers keep up while the sensor runs; once it ends (end of capture, or a
+        # signal) they drain everything it published, so no accepted hit goes unreported.
+        never = asyncio.Event()
         await asyncio.gather(
             sense(),
-            consume(alerts_sub, [sink, summary], stopper.stop, on_invalid, sensing_done.is_set),
-            consume(metrics_sub, [metrics], stopper.stop, on_invalid, sensing_done.is_set),
+            consume(alerts_sub, [sink, summary], never, on_invalid, sensing_done.is_set),
+            consume(metrics_sub, [metrics], never, on_invalid, sensing_done.is_set),
         )
 
     asyncio.run(main())

@@ -1,0 +1,130 @@
+"""The CLI as a user meets it: scan and run on the sample capture, as real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.conftest import KASPWATCH, SAMPLE
+
+# What the sample holds (samples/README.md): made with dig, openssl and curl in namespaces.
+EXPECTED_HITS = {
+    ("dns_query", "dnl-03.geo.kaspersky.com", "update"),
+    ("dns_answer", "dnl-03.geo.kaspersky.com", "update"),
+    ("dns_query", "ds.kaspersky.com", "update"),
+    ("dns_answer", "ds.kaspersky.com", "update"),
+    ("dns_query", "ksn-file-geo.kaspersky-labs.com", "telemetry"),
+    ("dns_answer", "ksn-file-geo.kaspersky-labs.com", "telemetry"),
+    ("dns_query", "activation-v2.kaspersky.com", "activation"),
+    ("dns_answer", "activation-v2.kaspersky.com", "activation"),
+    ("dns_query", "s07.upd.kaspersky.com", "update"),
+    ("dns_answer", "s07.upd.kaspersky.com", "update"),
+    ("dns_answer", "dnl-11.geo.kaspersky.com", "update"),  # via CNAME from av-updates.example.net
+    ("tls_sni", "s01.upd.kaspersky.com", "update"),
+    ("tls_sni", "dnl-05.geo.kaspersky.com", "update"),
+    ("http_host", "downloads.kaspersky-labs.com", "update"),
+    ("http_host", "cm.k.kaspersky-labs.com", "update"),
+}
+LOOKALIKES = {"notkaspersky.com", "kaspersky.com.evil.example", "mykaspersky-labs.com.example"}
+BENIGN = {"www.example.org", "updates.example.com", "av-updates.example.net"}
+
+
+def kw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KASPWATCH, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_scan_prints_exactly_the_expected_hits(event_schema: dict[str, object]) -> None:
+    proc = kw("scan", str(SAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    for ev in events:
+        jsonschema.validate(ev, event_schema)
+    got = {(e["kind"], e["name"], e["indicator"]["category"]) for e in events}
+    assert got == EXPECTED_HITS
+    assert len(events) == len(EXPECTED_HITS)
+    cname = next(e for e in events if e["name"] == "dnl-11.geo.kaspersky.com")
+    assert cname["query"] == "av-updates.example.net" and cname["host"] == "10.77.0.2"
+    assert {e["host"] for e in events} == {"10.77.0.2", "fd77::2"}
+
+
+def test_observations_show_lookalikes_unmatched(event_schema: dict[str, object]) -> None:
+    proc = kw("scan", "--observations", str(SAMPLE))
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    for ev in events:
+        jsonschema.validate(ev, event_schema)
+    unmatched = {e["name"] for e in events if e["indicator"] is None}
+    assert unmatched >= LOOKALIKES | BENIGN
+    assert not {e["name"] for e in events if e["indicator"]} & (LOOKALIKES | BENIGN)
+
+
+def test_scan_table_for_people() -> None:
+    proc = kw("scan", "--format", "table", str(SAMPLE))
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["TS", "KIND", "NAME"]
+    assert len(lines) == 1 + len(EXPECTED_HITS)
+    assert any("dnl-11.geo.kaspersky.com (asked av-updates.example.net)" in line for line in lines)
+
+
+def test_scan_goes_on_after_a_bad_file_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a capture\n")
+    proc = kw("scan", str(bad), str(SAMPLE))
+    assert proc.returncode == 2
+    assert len(proc.stdout.splitlines()) == len(EXPECTED_HITS)  # the good file was still scanned
+    assert proc.stderr.strip().endswith(
+        f"{bad}: not a pcap or pcapng capture (starts with 6e6f7420)"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_pack_is_refused_at_start(tmp_path: Path) -> None:
+    pack = tmp_path / "pack.yaml"
+    pack.write_text("schema: kaspwatch-indicator-pack/1\nindicators: []\n")
+    proc = kw("scan", "--pack", str(pack), str(SAMPLE))
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == f"kaspwatch: error: {pack}:1: 'indicators' must be a non-empty list"
+    )
+
+
+def test_run_prints_alerts_summary_and_writes_textfile(tmp_path: Path) -> None:
+    textfile = tmp_path / "kaspwatch.prom"
+    proc = kw("run", "--pcap", str(SAMPLE), "--metrics-textfile", str(textfile))
+    assert proc.returncode == 0, proc.stderr
+    alerts = [line for line in proc.stdout.splitlines() if line.startswith("ALERT ")]
+    # one per (host, category): 10.77.0.2 update + telemetry, fd77::2 activation
+    assert len(alerts) == 3
+    assert any("update" in a and "10.77.0.2" in a for a in alerts)
+    assert any("activation" in a and "fd77::2" in a for a in alerts)
+    assert "Summary: hosts talking to Kaspersky" in proc.stdout
+    metrics = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in textfile.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert sum(v for k, v in metrics.items() if k.startswith("kaspwatch_hits_total{")) == 15
+    assert metrics['kaspwatch_hits_total{category="update",kind="tls_sni",severity="high"}'] == 2
+    assert metrics["kaspwatch_sensor_packets_total"] > 100
+    assert metrics["kaspwatch_sensor_publish_failures_total"] == 0
+
+
+def test_run_ndjson_alerts_are_json() -> None:
+    proc = kw("run", "--pcap", str(SAMPLE), "--format", "ndjson")
+    docs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert {(d["host"], d["category"]) for d in docs} == {
+        ("10.77.0.2", "update"),
+        ("10.77.0.2", "telemetry"),
+        ("fd77::2", "activation"),
+    }
+
+
+@pytest.mark.parametrize("cmd", ["scan", "run --pcap"])
+def test_missing_file_is_one_line_exit_2(cmd: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pcap"
+    proc = kw(*cmd.split(), str(missing))
+    assert proc.returncode == 2
+    assert proc.stderr == f"kaspwatch: error: {missing}: no such file\n"
