@@ -128,3 +128,20 @@ def test_missing_file_is_one_line_exit_2(cmd: str, tmp_path: Path) -> None:
     proc = kw(*cmd.split(), str(missing))
     assert proc.returncode == 2
     assert proc.stderr == f"kaspwatch: error: {missing}: no such file\n"
+
+
+def test_progress_on_a_terminal_only() -> None:
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.run(
+        [*KASPWATCH, "scan", str(SAMPLE)], stdout=subprocess.PIPE, stderr=follower, timeout=60
+    )
+    os.close(follower)
+    shown = os.read(leader, 65536).decode()
+    os.close(leader)
+    assert proc.returncode == 0
+    assert f"{SAMPLE}: 113 packets," in shown and "packets/s" in shown and "100.0%" in shown
+    piped = kw("scan", str(SAMPLE))
+    assert "packets/s" not in piped.stderr
