@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from kaspwatch import __version__
 from kaspwatch.bus import BusError
+from kaspwatch.config import load_config
 from kaspwatch.event import ALERTS_TOPIC, HITS_TOPIC
 from sensor.capture import CaptureError
 from sensor.indicators import PackError
@@ -29,14 +30,27 @@ def _listen_addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _add_sensor_opts(p: argparse.ArgumentParser) -> None:
+def _add_rule_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--pack", metavar="FILE", help="indicator pack (default: the shipped Kaspersky pack)"
+        "--pack",
+        metavar="FILE",
+        action="append",
+        help="site pack layered over the shipped Kaspersky pack (repeatable)",
     )
     p.add_argument(
+        "--no-shipped-pack", action="store_true", help="use only the packs given with --pack"
+    )
+    p.add_argument(
+        "--allowlist", metavar="FILE", help="sanctioned exceptions (counted, not alerted)"
+    )
+
+
+def _add_sensor_opts(p: argparse.ArgumentParser) -> None:
+    _add_rule_opts(p)
+    p.add_argument(
         "--sensor",
-        default=os.environ.get("KASPWATCH_SENSOR", socket.gethostname()),
-        help="sensor name carried on every event (env KASPWATCH_SENSOR; default: host name)",
+        help="sensor name carried on every event (config 'sensor', env KASPWATCH_SENSOR; "
+        "default: host name)",
     )
 
 
@@ -52,20 +66,24 @@ def _add_alert_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--window",
         type=float,
-        default=3600.0,
         metavar="SECONDS",
         help="suppression window per (host, category), in event time (default 3600)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    bus_default = os.environ.get("KASPWATCH_BUS")
     parser = argparse.ArgumentParser(
         prog="kaspwatch",
         description="Find machines still running Kaspersky software from their network traffic.",
     )
     parser.add_argument("--version", action="version", version=f"kaspwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=os.environ.get("KASPWATCH_CONFIG"),
+        help="configuration file (env KASPWATCH_CONFIG); flags override it",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("scan", help="scan captures offline and print hits as NDJSON or a table")
@@ -80,12 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sense", help="run the sensor and publish hits to the bus")
     _add_source_opts(p)
-    p.add_argument(
-        "--bus",
-        required=bus_default is None,
-        default=bus_default,
-        help="kafka://HOST:PORT[,HOST:PORT] (env KASPWATCH_BUS)",
-    )
+    p.add_argument("--bus", help="kafka://HOST:PORT[,HOST:PORT] (config 'bus', env KASPWATCH_BUS)")
     p.add_argument("--topic", default=HITS_TOPIC)
     p.add_argument("--observations", action="store_true", help="also publish non-matching names")
     p.add_argument(
@@ -97,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sensor_opts(p)
 
     p = sub.add_parser("alerts", help="consume hits, emit alerts to stdout and the alerts topic")
-    p.add_argument("--bus", required=bus_default is None, default=bus_default)
+    p.add_argument("--bus", help="kafka://HOST:PORT[,HOST:PORT] (config 'bus', env KASPWATCH_BUS)")
     p.add_argument("--group", default="kaspwatch-alerts", help="Kafka consumer group")
     p.add_argument("--topic", default=HITS_TOPIC)
     p.add_argument("--alerts-topic", default=ALERTS_TOPIC)
@@ -105,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_alert_opts(p)
 
     p = sub.add_parser("metrics", help="consume hits and serve Prometheus metrics")
-    p.add_argument("--bus", required=bus_default is None, default=bus_default)
+    p.add_argument("--bus", help="kafka://HOST:PORT[,HOST:PORT] (config 'bus', env KASPWATCH_BUS)")
     p.add_argument("--group", default="kaspwatch-metrics", help="Kafka consumer group")
     p.add_argument("--topic", default=HITS_TOPIC)
     p.add_argument(
@@ -134,7 +147,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format", choices=("text", "ndjson"), default="text", help="alert output format"
     )
+    _add_indicator_parsers(sub)
     return parser
+
+
+def _add_indicator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("indicators", help="check, explain and list indicator packs")
+    isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = isub.add_parser("check", help="validate packs (no FILE: shipped + configured site packs)")
+    c.add_argument("files", nargs="*", metavar="FILE")
+    _add_rule_opts(c)
+    e = isub.add_parser("explain", help="which indicator matches a name or IP, and why")
+    e.add_argument("target", metavar="NAME_OR_IP")
+    e.add_argument("--kind", default=None, help="where it was seen (default: every kind)")
+    e.add_argument("--format", choices=("text", "json"), default="text")
+    _add_rule_opts(e)
+    ls = isub.add_parser("list", help="every indicator with its fields")
+    ls.add_argument("--format", choices=("table", "json"), default="table")
+    _add_rule_opts(ls)
+
+
+def _resolve(args: argparse.Namespace) -> None:
+    """Fill unset options from the configuration file and the environment."""
+    cfg = load_config(args.config)
+    args.config_loaded = cfg
+    if "sensor" in args:
+        args.sensor = (
+            args.sensor or cfg.sensor or os.environ.get("KASPWATCH_SENSOR") or socket.gethostname()
+        )
+    if "bus" in args:
+        args.bus = args.bus or cfg.bus or os.environ.get("KASPWATCH_BUS")
+        if not args.bus:
+            raise BusError("no bus: give --bus, set KASPWATCH_BUS, or 'bus:' in the config file")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kaspwatch import commands
 
     try:
+        _resolve(args)
         return commands.dispatch(args)
     except (CaptureError, PackError, BusError) as exc:
         print(f"kaspwatch: error: {exc}", file=sys.stderr)

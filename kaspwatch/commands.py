@@ -18,12 +18,14 @@ from consumers.metrics import HitMetrics
 from consumers.summary import Summary
 from kaspwatch.bus import open_publisher, open_subscriber
 from kaspwatch.event import HITS_TOPIC
+from kaspwatch.indicator_commands import cmd_indicators
 from kaspwatch.runtime import PublishStats, invalid_logger, register_sensor, run_sensor
 from kaspwatch.scan import scan
 from sensor.capture import CaptureFile, Frame, LiveCapture, MergedLive
-from sensor.indicators import load_pack
-from sensor.match import Matcher
 from sensor.pipeline import Sensor
+from sensor.rules import Reloader, RuleSource, source_from
+
+DEFAULT_WINDOW = 3600.0
 
 log = logging.getLogger("kaspwatch")
 
@@ -35,16 +37,25 @@ def dispatch(args: argparse.Namespace) -> int:
         "alerts": cmd_alerts,
         "metrics": cmd_metrics,
         "run": cmd_run,
+        "indicators": cmd_indicators,
     }[args.command]
     return handler(args)
 
 
-def _sensor(args: argparse.Namespace, observations: bool = False) -> Sensor:
-    return Sensor(Matcher(load_pack(args.pack)), args.sensor, observations=observations)
+def _rule_source(args: argparse.Namespace) -> RuleSource:
+    cfg = args.config_loaded
+    packs = list(cfg.packs) + list(args.pack or [])
+    return source_from(packs, args.allowlist or cfg.allowlist, shipped=not args.no_shipped_pack)
+
+
+def _sensor(args: argparse.Namespace, observations: bool = False) -> tuple[Sensor, Reloader]:
+    source = _rule_source(args)
+    rules = source.load()
+    return Sensor(rules, args.sensor, observations=observations), Reloader(source, rules)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    sensor = _sensor(args, observations=args.observations)
+    sensor, _ = _sensor(args, observations=args.observations)
     warnings, errors = scan(args.pcap, sensor, args.format)
     for warning in warnings:
         log.warning("%s", warning)
@@ -61,16 +72,19 @@ def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
 
 
 class _Stopper:
-    """SIGINT/SIGTERM stop the async loop and the capture thread."""
+    """SIGINT/SIGTERM stop the async loop and the capture thread; SIGHUP reloads rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, reloader: Reloader | None = None) -> None:
         self.halt = threading.Event()
         self.stop = asyncio.Event()
+        self.reloader = reloader
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.trigger)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.request)
 
     def trigger(self) -> None:
         self.halt.set()
@@ -78,21 +92,23 @@ class _Stopper:
 
 
 def cmd_sense(args: argparse.Namespace) -> int:
-    sensor = _sensor(args, observations=args.observations)
+    sensor, reloader = _sensor(args, observations=args.observations)
     sources = _open_sources(args)
     publish = PublishStats()
     if args.metrics_addr:
         registry = CollectorRegistry()
-        register_sensor(registry, sensor, publish)
+        register_sensor(registry, sensor, publish, reloader)
         start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=registry)
 
     async def main() -> None:
-        stopper = _Stopper()
+        stopper = _Stopper(reloader)
         stopper.install()
         publisher = open_publisher(args.bus, client_id=f"kaspwatch-sensor-{args.sensor}")
         await publisher.start()
         try:
-            await run_sensor(sources, sensor, publisher, publish, stopper.halt, args.topic)
+            await run_sensor(
+                sources, sensor, publisher, publish, stopper.halt, args.topic, reloader
+            )
         finally:
             await publisher.stop()
 
@@ -120,7 +136,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         await publisher.start()
         await sub.start()
         sink = AlertSink(
-            AlertEngine(args.window),
+            AlertEngine(args.window or args.config_loaded.window or DEFAULT_WINDOW),
             publisher,
             out=None if args.no_stdout else sys.stdout,
             topic=args.alerts_topic,
@@ -156,22 +172,22 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    sensor = _sensor(args)
+    sensor, reloader = _sensor(args)
     sources = _open_sources(args)
     publish = PublishStats()
     metrics = HitMetrics()
-    register_sensor(metrics.registry, sensor, publish)
+    register_sensor(metrics.registry, sensor, publish, reloader)
     if args.metrics_addr:
         start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)
         log.info("serving metrics on http://%s:%d/metrics", *args.metrics_addr)
     bus_url = f"memory://run-{id(sensor)}"
-    engine = AlertEngine(args.window)
+    engine = AlertEngine(args.window or args.config_loaded.window or DEFAULT_WINDOW)
     render = render_text if args.format == "text" else render_json
     sink = AlertSink(engine, publisher=None, out=sys.stdout, render=render)
     summary = Summary()
 
     async def main() -> None:
-        stopper = _Stopper()
+        stopper = _Stopper(reloader)
         stopper.install()
         publisher = open_publisher(bus_url)
         alerts_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-alerts")
@@ -183,7 +199,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         async def sense() -> None:
             try:
-                await run_sensor(sources, sensor, publisher, publish, stopper.halt)
+                await run_sensor(
+                    sources, sensor, publisher, publish, stopper.halt, reloader=reloader
+                )
             finally:
                 sensing_done.set()
 

@@ -21,6 +21,7 @@ from kaspwatch.bus import Publisher, Record
 from kaspwatch.event import HITS_TOPIC
 from sensor.capture import Frame
 from sensor.pipeline import Sensor
+from sensor.rules import Reloader
 
 log = logging.getLogger("kaspwatch")
 BATCH = 512
@@ -49,6 +50,7 @@ async def run_sensor(
     stats: PublishStats,
     stop: threading.Event | None = None,
     topic: str = HITS_TOPIC,
+    reloader: Reloader | None = None,
 ) -> None:
     """Read every source to its end (or until ``stop``), publishing each event keyed by its host."""
     pending: set[asyncio.Future[Any]] = set()
@@ -67,6 +69,8 @@ async def run_sensor(
             batch = await asyncio.to_thread(_batches, frames)
             if batch is None:
                 break
+            if reloader is not None and reloader.maybe_reload():
+                sensor.rules = reloader.rules  # whole-set swap between batches
             for frame in batch:
                 for ev in sensor.process_frame(*frame):
                     fut = await publisher.send(topic, ev.to_json(), ev.host.encode())
@@ -80,9 +84,12 @@ async def run_sensor(
 class SensorCollector(Collector):
     """Exports the sensor's own counters at scrape time (no work on the packet path)."""
 
-    def __init__(self, sensor: Sensor, publish: PublishStats) -> None:
+    def __init__(
+        self, sensor: Sensor, publish: PublishStats, reloader: Reloader | None = None
+    ) -> None:
         self.sensor = sensor
         self.publish = publish
+        self.reloader = reloader
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self.sensor.stats
@@ -107,15 +114,40 @@ class SensorCollector(Collector):
             "Events the bus did not accept.",
             value=self.publish.failures,
         )
-        pack = GaugeMetricFamily(
-            "kaspwatch_indicator_pack_info", "Loaded indicator pack.", labels=["name", "version"]
+        yield CounterMetricFamily(
+            "kaspwatch_sensor_allowlisted",
+            "Hits an allowlist entry covers (published, never alerted).",
+            value=s.allowlisted,
         )
-        pack.add_metric([self.sensor.matcher.pack.name, self.sensor.matcher.pack.version], 1)
+        rules = self.sensor.rules
+        pack = GaugeMetricFamily(
+            "kaspwatch_indicator_pack_info", "Loaded indicator packs.", labels=["name", "version"]
+        )
+        for p in rules.matcher.packs:
+            pack.add_metric([p.name, p.version], 1)
         yield pack
+        yield GaugeMetricFamily(
+            "kaspwatch_indicators", "Indicators in force.", value=len(rules.matcher.indicators)
+        )
+        yield GaugeMetricFamily(
+            "kaspwatch_indicator_pack_last_reload_success_timestamp_seconds",
+            "When the rules in force were loaded.",
+            value=rules.loaded_at,
+        )
+        yield CounterMetricFamily(
+            "kaspwatch_indicator_pack_reload_failures",
+            "Reloads refused because a pack or allowlist was invalid.",
+            value=self.reloader.failures if self.reloader else 0,
+        )
 
 
-def register_sensor(registry: CollectorRegistry, sensor: Sensor, publish: PublishStats) -> None:
-    registry.register(SensorCollector(sensor, publish))
+def register_sensor(
+    registry: CollectorRegistry,
+    sensor: Sensor,
+    publish: PublishStats,
+    reloader: Reloader | None = None,
+) -> None:
+    registry.register(SensorCollector(sensor, publish, reloader))
 
 
 def invalid_logger(counter: Any) -> Any:

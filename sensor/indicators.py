@@ -26,6 +26,7 @@ CATEGORIES: Final = (
     "portal",
     "oem",
     "infrastructure",
+    "canary",  # the self-test indicator: proves the pipeline, never a finding
 )
 SEVERITIES: Final = ("critical", "high", "medium", "low", "info")
 CONFIDENCES: Final = ("high", "medium", "low")
@@ -52,6 +53,8 @@ class Indicator:
     sources: tuple[str, ...]
     description: str
     ref: IndicatorRef = field(compare=False, repr=False)
+    path_prefix: str | None = None  # HTTP only: the request path must start with this
+    pack: str = ""  # name of the pack it came from
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +116,9 @@ def load_pack(path: str | Path | None = None) -> Pack:
         raise PackError(f"{where}:1: 'indicators' must be a non-empty list")
     seen: dict[str, int] = {}
     indicators = []
+    pack_name = str(doc.get("name", path.stem))
     for item in items:
-        ind = _indicator(where, item)
+        ind = _indicator(where, item, pack_name)
         line = item["__line__"]
         if ind.id in seen:
             raise PackError(
@@ -124,7 +128,7 @@ def load_pack(path: str | Path | None = None) -> Pack:
         indicators.append(ind)
     exclusions = tuple(_exclusion(where, e) for e in doc.get("exclusions") or [])
     return Pack(
-        name=str(doc.get("name", path.stem)),
+        name=pack_name,
         version=str(doc.get("version", "unversioned")),
         path=where,
         indicators=tuple(indicators),
@@ -144,7 +148,7 @@ def _require(
     return value
 
 
-def _indicator(where: str, item: object) -> Indicator:
+def _indicator(where: str, item: object, pack_name: str) -> Indicator:
     if not isinstance(item, dict):
         raise PackError(f"{where}: every indicator must be a mapping, got {item!r}")
     line = item["__line__"]
@@ -167,6 +171,14 @@ def _indicator(where: str, item: object) -> Indicator:
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
         raise PackError(f"{where}:{line}: sources must be a non-empty list of strings")
     description = _require(where, item, "description")
+    path_prefix = item.get("path_prefix")
+    if path_prefix is not None and (
+        not isinstance(path_prefix, str) or not path_prefix.startswith("/") or wheres != ["http"]
+    ):
+        raise PackError(
+            f"{where}:{line}: path_prefix must be a string starting with '/', "
+            "on an indicator whose where is [http]"
+        )
     pattern = pattern.lower()
     return Indicator(
         id=ind_id,
@@ -179,6 +191,8 @@ def _indicator(where: str, item: object) -> Indicator:
         sources=tuple(sources),
         description=" ".join(description.split()),
         ref=IndicatorRef(ind_id, pattern, match, category, severity, confidence),
+        path_prefix=path_prefix,
+        pack=pack_name,
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kaspwatch.event import Event, format_ts, make_event_id
+from sensor.allowlist import Allowlist
 from sensor.capture import Frame
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dns import decode_dns
@@ -20,6 +21,7 @@ from sensor.decode.packet import PROTO_TCP, PROTO_UDP, Segment, decode_frame
 from sensor.decode.tls import decode_client_hello_record, looks_like_client_hello
 from sensor.indicators import Indicator
 from sensor.match import Matcher
+from sensor.rules import Rules
 
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
 TCP_SYN: Final = 0x02
@@ -33,6 +35,7 @@ class SensorStats:
     decode_errors: int = 0
     sightings: int = 0
     hits: int = 0
+    allowlisted: int = 0
     excluded: int = 0
     errors_by_layer: dict[str, int] = field(default_factory=dict)
 
@@ -44,8 +47,11 @@ def _ip(addr: bytes) -> str:
 class Sensor:
     """Turns frames into events. ``observations=True`` also yields non-matching names."""
 
-    def __init__(self, matcher: Matcher, sensor_name: str, observations: bool = False) -> None:
-        self.matcher = matcher
+    def __init__(
+        self, rules: Rules | Matcher, sensor_name: str, observations: bool = False
+    ) -> None:
+        # Swapped whole by a reload between batches: a packet sees one rule set.
+        self.rules = rules if isinstance(rules, Rules) else Rules(rules, Allowlist())
         self.sensor_name = sensor_name
         self.observations = observations
         self.stats = SensorStats()
@@ -105,8 +111,8 @@ class Sensor:
 
     def _event(self, ts_ns: int, seg: Segment, s: Sighting) -> Event | None:
         self.stats.sightings += 1
-        matcher = self.matcher
-        hit_name, ind = s.name, matcher.match_name(s.name, s.kind)
+        matcher = self.rules.matcher
+        hit_name, ind = s.name, matcher.match_name(s.name, s.kind, s.path)
         if ind is None:
             for target in s.chain:  # an innocent name whose CNAME chain leads into Kaspersky
                 ind = matcher.match_name(target, s.kind)
@@ -122,6 +128,15 @@ class Sensor:
             self.stats.hits += 1
         return self._build(ts_ns, seg, s.kind, hit_name, ind, s)
 
+    def _allowlist(self, event: Event) -> Event:
+        """Mark a hit a sanctioned exception covers: counted downstream, never alerted."""
+        entry = self.rules.allowlist.find(event.host, event.name)
+        if entry is None:
+            return event
+        self.stats.allowlisted += 1
+        event.extra["allowlisted"] = entry.id
+        return event
+
     def _build(
         self,
         ts_ns: int,
@@ -135,7 +150,7 @@ class Sensor:
         transport = "tcp" if seg.proto == PROTO_TCP else "udp"
         indicator = ind.ref if ind is not None else None
         query = s.name if s is not None and s.kind == "dns_answer" and name != s.name else None
-        return Event(
+        event = Event(
             event_id=make_event_id(
                 self.sensor_name, ts_ns, src, seg.sport, dst, seg.dport, transport, kind, name
             ),
@@ -153,6 +168,7 @@ class Sensor:
             answers=s.answers if s is not None else (),
             extra=dict(s.extra) if s is not None else {},
         )
+        return self._allowlist(event) if ind is not None else event
 
     def _flow_event(self, ts_ns: int, seg: Segment) -> Event | None:
         """A flow start to watched address space: a TCP SYN, or a UDP flow's first packet."""
@@ -161,7 +177,7 @@ class Sensor:
                 return None
         elif seg.sport in DNS_PORTS and seg.dport not in DNS_PORTS:
             return None  # DNS replies from a resolver are not flow starts
-        ind = self.matcher.match_ip(seg.dst)
+        ind = self.rules.matcher.match_ip(seg.dst)
         if ind is None:
             return None
         if seg.proto == PROTO_UDP:

@@ -2,9 +2,10 @@
 """Build sensor/packs/kaspersky.yaml from the reference endpoint list.
 
 Usage:
-    python3 sensor/packs/build_from_reference.py \
-        [--reference /work/shared/reference/kaspersky-endpoints.yaml] \
-        [--out sensor/packs/kaspersky.yaml]
+    python3 tools/build_pack.py [--reference PATH] [--out PATH]
+
+Defaults: --reference <repo>/../shared/reference/kaspersky-endpoints.yaml,
+--out <repo>/sensor/packs/kaspersky.yaml.
 
 Every decision about a reference row is made in this file. The script fails if
 a reference row is not placed (in indicators, not_yet_matchable or exclusions)
@@ -33,14 +34,14 @@ DEFAULT_REF = REPO.parent / "shared" / "reference" / "kaspersky-endpoints.yaml"
 DEFAULT_OUT = REPO / "sensor" / "packs" / "kaspersky.yaml"
 
 SCHEMA = "kaspwatch-indicator-pack/1"
-VERSION = "2026.11.27.1"
+VERSION = "2026.11.27.2"
 NAMES = ["dns", "sni", "http"]
 IPS = ["ip"]
 
 PACK_DESCRIPTION = (
     "Kaspersky network indicators (DNS, TLS SNI, HTTP Host, IP) for finding machines "
     "that still run Kaspersky software, or products embedding a Kaspersky engine, after "
-    "the 2024 US ban. Built by sensor/packs/build_from_reference.py from the reference "
+    "the 2024 US ban. Built by tools/build_pack.py from the reference "
     "kaspersky-endpoints.yaml (generated 2026-11-27); every row keeps its reference "
     "sources. Specific rows come first; catch-all zones and CIDRs last, so prefer the "
     "most specific match when several rows hit."
@@ -100,24 +101,35 @@ class Builder:
         self.groups.append((comment, []))
 
     def ind(self, id_, pattern, match, category, severity, ref, description,
-            confidence=None, where=None):
+            confidence=None, where=None, path_prefix=None):
         refs = [ref] if isinstance(ref, str) else list(ref)
         rows = [self.row(p) for p in refs]
         if confidence is None:
             confidence = self.auto_conf(rows[0])
         if not rows[0]["verified"] and "UNVERIFIED" not in description:
             sys.exit(f"{id_}: reference row is UNVERIFIED but description does not say so")
-        self.groups[-1][1].append({
+        where = where or (IPS if match == "cidr" else NAMES)
+        if path_prefix is not None:
+            if not isinstance(path_prefix, str) or not path_prefix.startswith("/"):
+                sys.exit(f"{id_}: path_prefix must be a string starting with '/'")
+            if where != ["http"]:
+                sys.exit(f"{id_}: path_prefix is only allowed with where: [http]")
+        item = {
             "id": id_,
             "pattern": pattern,
             "match": match,
-            "where": where or (IPS if match == "cidr" else NAMES),
+            "where": where,
+        }
+        if path_prefix is not None:
+            item["path_prefix"] = path_prefix
+        item.update({
             "category": category,
             "severity": severity,
             "confidence": confidence,
             "sources": self.sources(*rows),
             "description": description,
         })
+        self.groups[-1][1].append(item)
 
     def nym(self, ref, reason):
         r = self.row(ref)
@@ -372,17 +384,24 @@ def build(b):
 
     # --------------------------------------------------------------------- oem
     b.group("oem (appliances embedding a Kaspersky engine)")
-    b.ind("kw-oem-juniper-update", "update.juniper-updates.net", "exact", "oem", "medium",
-          r"^https?://update\.juniper-updates\.net/AV/",
-          "Juniper update server. On SRX/J-series with the legacy 'full AV' feature (Kaspersky "
-          "Lab engine, removed in Junos 15.1X49-D10+) the pattern URL is "
-          "http://update.juniper-updates.net/AV/<model>, but the same host serves Sophos "
-          "(/SAV/) and Avira (/avira), so only the /AV/ path means the Kaspersky engine, and "
-          "that path is not matched yet: a hit means 'check this Juniper box's AV engine'.",
+    # Same exact pattern twice: the first row whose conditions hold wins, so the /AV/ path
+    # row must come before the host-level row. Both are derived from the reference URL
+    # regex row, which the path row now places (it used to be in not_yet_matchable).
+    juniper_ref = r"^https?://update\.juniper-updates\.net/AV/"
+    b.ind("kw-oem-juniper-kaspersky-av", "update.juniper-updates.net", "exact", "oem", "high",
+          juniper_ref,
+          "Juniper SRX/J-series box fetching Kaspersky-engine ('full AV', kaspersky-lab-engine) "
+          "pattern updates over HTTP from http://update.juniper-updates.net/AV/<model>. The scan "
+          "engine is Kaspersky's: plan its removal or migration (the feature was removed in "
+          "Junos 15.1X49-D10+).",
+          confidence="medium", where=["http"], path_prefix="/AV/")
+    b.ind("kw-oem-juniper-update", "update.juniper-updates.net", "exact", "oem", "low",
+          juniper_ref,
+          "Juniper box using Juniper's update server. The same host serves Sophos (/SAV/) and "
+          "Avira (/avira) pattern updates, so this alone does not show a Kaspersky engine: "
+          "check the box's AV engine, or look for a kw-oem-juniper-kaspersky-av hit (HTTP path "
+          "/AV/).",
           confidence="low")
-    b.nym(r"^https?://update\.juniper-updates\.net/AV/",
-          "needs URL path; HTTP path matching comes later (host-level row kw-oem-juniper-update "
-          "ships meanwhile with low confidence, since the host also serves Sophos and Avira)")
     stormshield = ("SNS offers a Kaspersky AV engine and a KASPERSKY-KSN setting, but that "
                    "Kaspersky signatures come through these hosts is inferred and every SNS box "
                    "uses them: a hit means 'a Stormshield appliance; check whether its AV engine "
@@ -649,7 +668,7 @@ def emit(b, ref_path):
     out = []
     w = out.append
     w("# Kaspersky indicator pack for kaspwatch.")
-    w(f"# GENERATED by sensor/packs/build_from_reference.py from {ref_path}.")
+    w(f"# GENERATED by tools/build_pack.py from {ref_path}.")
     w("# Edit the generator and re-run it; do not hand-edit this file.")
     w(f"schema: {SCHEMA}")
     w("name: kaspersky")
@@ -664,6 +683,8 @@ def emit(b, ref_path):
             w(f"    pattern: {q(it['pattern'])}")
             w(f"    match: {it['match']}")
             w(f"    where: [{', '.join(it['where'])}]")
+            if "path_prefix" in it:
+                w(f"    path_prefix: {q(it['path_prefix'])}")
             w(f"    category: {it['category']}")
             w(f"    severity: {it['severity']}")
             w(f"    confidence: {it['confidence']}")
@@ -704,6 +725,16 @@ def emit(b, ref_path):
     return "\n".join(out) + "\n"
 
 
+def display_path(path):
+    """The reference path as printed in the pack: relative to the repo's parent
+    (e.g. shared/reference/kaspersky-endpoints.yaml), so the output does not depend on
+    where the repo is checked out. Paths outside the repo's parent are shown as given."""
+    try:
+        return path.resolve().relative_to(REPO.parent).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path, default=DEFAULT_REF)
@@ -712,7 +743,7 @@ def main():
     ref = yaml.safe_load(args.reference.read_text())
     b = Builder(ref)
     build(b)
-    text = emit(b, args.reference)
+    text = emit(b, display_path(args.reference))
     yaml.safe_load(text)  # must parse
     args.out.write_text(text)
     n = sum(len(items) for _, items in b.groups)

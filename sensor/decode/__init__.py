@@ -26,6 +26,7 @@ class Sighting:
     chain: tuple[str, ...] = ()
     answers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None  # HTTP request path: matched by path_prefix, never published
 
 
 def normalise_name(raw: str) -> str | None:

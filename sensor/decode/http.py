@@ -44,14 +44,19 @@ def decode_http_request(payload: bytes) -> list[Sighting]:
         return [Sighting("http_connect", name)] if name else []
     head_end = payload.find(b"\r\n\r\n")
     head = payload if head_end < 0 else payload[: head_end + 2]
+    proxy_form = target[:7].lower() == b"http://" or target[:8].lower() == b"https://"
+    authority, path = _split_target(target) if proxy_form else (b"", target)
+    extra = {"proxy_form": True} if proxy_form else {}
     h = _HOST.search(head, m.end() - 2)
-    if h is not None:
-        name = _name(h.group(1))
-        extra = {}
-        if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-            extra["proxy_form"] = True
-        return [Sighting("http_host", name, extra=extra)] if name else []
-    if target[:7].lower() == b"http://":
-        name = _name(target[7:].split(b"/", 1)[0])
-        return [Sighting("http_host", name, extra={"proxy_form": True})] if name else []
-    return []
+    name = _name(h.group(1)) if h is not None else (_name(authority) if proxy_form else None)
+    if name is None:
+        return []
+    text_path = path.decode("ascii", "replace")
+    return [Sighting("http_host", name, extra=extra, path=text_path)]
+
+
+def _split_target(target: bytes) -> tuple[bytes, bytes]:
+    """``http://host:port/path?q`` -> (b"host:port", b"/path?q")."""
+    rest = target.split(b"//", 1)[1]
+    slash = rest.find(b"/")
+    return (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])

@@ -1,0 +1,105 @@
+"""The optional configuration file (``--config PATH`` or ``KASPWATCH_CONFIG``).
+
+```yaml
+sensor: edge-substation-3          # name carried on events (default: host name)
+bus: kafka://10.1.2.3:9092         # default for sense/alerts/metrics
+packs: [/etc/kaspwatch/site.yaml]  # site packs, layered over the shipped pack
+allowlist: /etc/kaspwatch/allowlist.yaml
+window: 3600                       # alert suppression window, seconds
+```
+Command-line flags override the file. Relative paths are relative to the file.
+Errors name the file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sensor.indicators import PackError, _LineLoader
+
+KEYS = {"sensor", "bus", "packs", "allowlist", "window"}
+
+
+class ConfigError(PackError):
+    """The configuration file is invalid; ``str()`` is ``file:line: message``."""
+
+
+@dataclass(frozen=True)
+class Config:
+    sensor: str | None = None
+    bus: str | None = None
+    packs: tuple[str, ...] = ()
+    allowlist: str | None = None
+    window: float | None = None
+    path: str | None = None
+
+
+def load_config(path: str | None) -> Config:
+    if not path:
+        return Config()
+    where = path
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        doc: Any = yaml.load(text, Loader=_LineLoader)  # noqa: S506
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        raise ConfigError(f"{where}:{line}: YAML syntax: {exc.problem}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{where}: cannot read: {exc}") from None
+    if doc is None:
+        return Config(path=path)
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}:1: the configuration is a mapping of settings")
+    lines = _key_lines(text)
+
+    def at(key: str) -> str:
+        return f"{where}:{lines.get(key, 1)}"
+
+    for key in doc:
+        if key not in KEYS and key != "__line__":
+            raise ConfigError(
+                f"{at(key)}: unknown setting {key!r}; known: {', '.join(sorted(KEYS))}"
+            )
+    base = Path(path).parent
+
+    def rel(p: object, key: str) -> str:
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"{at(key)}: {key} must be a path")
+        return str(base / p)
+
+    packs = doc.get("packs") or []
+    if not isinstance(packs, list):
+        raise ConfigError(f"{at('packs')}: packs must be a list of files")
+    window = doc.get("window")
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int | float) or window <= 0
+    ):
+        raise ConfigError(f"{at('window')}: window must be a positive number of seconds")
+    for key in ("sensor", "bus"):
+        if key in doc and not isinstance(doc[key], str):
+            raise ConfigError(f"{at(key)}: {key} must be a string")
+    return Config(
+        sensor=doc.get("sensor"),
+        bus=doc.get("bus"),
+        packs=tuple(rel(p, "packs") for p in packs),
+        allowlist=rel(doc["allowlist"], "allowlist") if doc.get("allowlist") else None,
+        window=float(window) if window is not None else None,
+        path=path,
+    )
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Line of each top-level key, for error messages."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
