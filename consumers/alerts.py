@@ -73,10 +73,14 @@ class AlertEngine:
         self._state: dict[tuple[str, str], _Window] = {}
         self.alerts = 0
         self.suppressed = 0
+        self.allowlisted = 0
 
     def feed(self, event: Event) -> Alert | None:
         ind = event.indicator
         if ind is None:
+            return None
+        if event.extra.get("allowlisted"):
+            self.allowlisted += 1  # a sanctioned exception: counted, never alerted
             return None
         key = (event.host, ind.category)
         ts = parse_ts(event.ts)

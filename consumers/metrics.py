@@ -21,6 +21,12 @@ class HitMetrics:
             ["category", "kind", "severity"],
             registry=r,
         )
+        self.allowlisted = Counter(
+            "kaspwatch_allowlisted_hits",
+            "Hits an allowlist entry covers: counted here, never alerted.",
+            ["category"],
+            registry=r,
+        )
         self.observations = Counter(
             "kaspwatch_observations", "Decoded names that matched nothing.", ["kind"], registry=r
         )
@@ -42,6 +48,9 @@ class HitMetrics:
             ind = ev.indicator
             if ind is None:
                 self.observations.labels(ev.kind).inc()
+                continue
+            if ev.extra.get("allowlisted"):
+                self.allowlisted.labels(ind.category).inc()
                 continue
             self.hits.labels(ind.category, ev.kind, ind.severity).inc()
             ts = parse_ts(ev.ts).timestamp()

@@ -25,7 +25,7 @@ class Summary:
 
     async def handle(self, events: list[Event]) -> None:
         for ev in events:
-            if ev.indicator is None:
+            if ev.indicator is None or ev.extra.get("allowlisted"):
                 continue
             row = self.rows.setdefault((ev.host, ev.indicator.category), _Row())
             row.hits += 1

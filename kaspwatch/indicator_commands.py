@@ -11,7 +11,7 @@ from typing import Any
 from kaspwatch.scan import print_table
 from sensor.allowlist import load_allowlist
 from sensor.decode import normalise_name
-from sensor.indicators import Indicator, PackError, load_pack, shipped_pack_path
+from sensor.indicators import Indicator, PackError, load_pack, shipped_pack_paths
 from sensor.match import KIND_WHERE, Matcher
 from sensor.rules import RuleSource, source_from
 
@@ -33,7 +33,8 @@ def _check(args: argparse.Namespace) -> int:
     if args.files:
         packs, allowlists = list(args.files), [args.allowlist] if args.allowlist else []
     else:
-        packs = ([str(shipped_pack_path())] if source.shipped else []) + list(source.site_packs)
+        shipped = [str(p) for p in shipped_pack_paths()] if source.shipped else []
+        packs = shipped + list(source.site_packs)
         allowlists = [source.allowlist] if source.allowlist else []
     failed = 0
     ids: dict[str, str] = {}

@@ -34,6 +34,11 @@ WHERES: Final = ("dns", "sni", "http", "ip")
 _ID: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
 _LABEL: Final = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _RANGE: Final = re.compile(r"\{(\d+)\.\.(\d+)\}")
+# second-level public suffixes under country TLDs (co.uk, com.au, ...): a suffix pattern
+# equal to one would match a whole country's commercial names
+_PUBLIC_SECOND_LEVEL: Final = re.compile(
+    r"^(co|com|net|org|gov|gob|edu|ac|or|ne|go|mil|ltd|plc)\.[a-z]{2}$"
+)
 MAX_RANGE: Final = 1000
 
 
@@ -88,6 +93,11 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 
 def shipped_pack_path() -> Path:
     return Path(str(resources.files("sensor") / "packs" / "kaspersky.yaml"))
+
+
+def shipped_pack_paths() -> list[Path]:
+    """The Kaspersky pack and the canary (self-test) pack: what runs by default."""
+    return [shipped_pack_path(), Path(str(resources.files("sensor") / "packs" / "canary.yaml"))]
 
 
 def load_pack(path: str | Path | None = None) -> Pack:
@@ -225,6 +235,12 @@ def check_pattern(pattern: str, match: str, place: str) -> None:
     labels = _RANGE.sub("0", pattern).split(".") if match == "range" else pattern.split(".")
     if len(labels) < 2:
         raise PackError(f"{place}: pattern {pattern!r} is a bare TLD or single label; too broad")
+    if (
+        match in ("suffix", "wildcard")
+        and _PUBLIC_SECOND_LEVEL.match(".".join(labels[-2:]))
+        and (len(labels) == 2 or (match == "wildcard" and len(labels) == 3))
+    ):
+        raise PackError(f"{place}: pattern {pattern!r} covers a public suffix; too broad")
     first, rest = labels[0], labels[1:]
     for label in rest:
         if not _LABEL.match(label):

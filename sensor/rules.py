@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensor.allowlist import Allowlist, load_allowlist
-from sensor.indicators import PackError, load_pack, shipped_pack_path
+from sensor.indicators import PackError, load_pack, shipped_pack_paths
 from sensor.match import Matcher
 
 log = logging.getLogger("kaspwatch.rules")
@@ -35,12 +35,12 @@ class RuleSource:
 
     @property
     def files(self) -> list[str]:
-        packs = [str(shipped_pack_path())] if self.shipped else []
+        packs = [str(p) for p in shipped_pack_paths()] if self.shipped else []
         return packs + list(self.site_packs) + ([self.allowlist] if self.allowlist else [])
 
     def load(self) -> Rules:
         """Parse and validate every file; PackError names the first bad file and line."""
-        packs = [load_pack()] if self.shipped else []
+        packs = [load_pack(p) for p in shipped_pack_paths()] if self.shipped else []
         packs += [load_pack(p) for p in self.site_packs]
         if not packs:
             raise PackError("no indicator pack: give a site pack or keep the shipped one")
