@@ -91,3 +91,75 @@ def test_live_interface_run_alerts_on_real_traffic(tmp_path: Path) -> None:
     for name in ("ds.kaspersky.com", "dnl-07.geo.kaspersky.com", "downloads.kaspersky-labs.com"):
         assert name in summary
     assert "example.org" not in summary
+
+
+def test_sighup_reloads_site_pack_live_and_keeps_old_rules_on_a_bad_file(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from tests.test_indicators_cli import HEAD, ROW
+
+    need_tools("ip", "dig", "dnsmasq", "curl")
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(
+        f"no-resolv\nno-hosts\nbind-interfaces\nlisten-address={SERVER_V4}\naddress=/example/{SERVER_V4}\n"
+        f"address=/test/{SERVER_V4}\n"
+    )
+    pack = tmp_path / "site.yaml"
+    ksc = ROW.format(
+        id="kw-site-ksc", pattern="ksc.corp.example", match="exact", category="management"
+    )
+    oem = ROW.format(id="kw-site-oem", pattern="av.oem.example", match="exact", category="oem")
+    pack.write_text(HEAD + ksc)
+
+    def dig(net, name: str) -> None:  # type: ignore[no-untyped-def]
+        out = net.run(net.client, "dig", "+tries=1", "+time=2", f"@{SERVER_V4}", name, "A")
+        assert out.returncode == 0, out.stderr
+
+    with namespace_pair("hup") as net:
+        net.spawn(
+            net.server, "dnsmasq", "-k", f"--conf-file={conf}", f"--pid-file={tmp_path}/d.pid"
+        )
+        run = net.spawn(
+            net.client,
+            sys.executable,
+            "-m",
+            "kaspwatch",
+            "run",
+            "--interface",
+            net.client_if,
+            "--pack",
+            str(pack),
+            "--format",
+            "ndjson",
+            "--metrics-addr",
+            "127.0.0.1:9309",
+        )
+        time.sleep(1.5)
+        dig(net, "ksc.corp.example")
+        dig(net, "av.oem.example")  # not an indicator yet
+        dig(net, "1234.canary.kaspwatch.test")  # the documented self-test
+        time.sleep(0.5)
+        pack.write_text(HEAD + ksc + oem)
+        run.send_signal(signal.SIGHUP)
+        time.sleep(1.0)  # reload happens between batches; the capture is quiet meanwhile
+        dig(net, "av.oem.example")
+        pack.write_text(HEAD + "  - id: [broken\n")
+        os.utime(pack)
+        run.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        metrics = net.run(net.client, "curl", "-s", "http://127.0.0.1:9309/metrics").stdout
+        dig(net, "av.oem.example")  # old rules still in force: still a hit
+        time.sleep(0.5)
+        run.send_signal(signal.SIGTERM)
+        stdout, stderr = run.communicate(timeout=30)
+    assert run.returncode == 0, stderr
+    alerts = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert {a["category"] for a in alerts} == {"management", "oem", "canary"}
+    oem_alert = next(a for a in alerts if a["category"] == "oem")
+    assert oem_alert["indicator"]["id"] == "kw-site-oem"
+    assert "kaspwatch_indicator_pack_reload_failures_total 1.0" in metrics
+    assert 'kaspwatch_indicator_pack_info{name="site",version="7"} 1.0' in metrics
+    assert f"{pack}:" in stderr and "keeping the running rules" in stderr
+    # av.oem.example: one hit after the reload and one after the refused reload
+    assert "av.oem.example" in stdout.split("Summary:", 1)[1]
