@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 JARS    := deploy/kafka/libs/.fetched
 
-.PHONY: demo test lint system-packages clean
+.PHONY: demo test lint system-packages clean lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,3 +36,8 @@ test: system-packages $(STAMP) $(JARS) lint
 
 clean:
 	rm -rf $(VENV) deploy/kafka/libs deploy/kafka/run
+
+# Regenerate the hash-pinned lock after changing pyproject.toml dependencies.
+lock: $(STAMP)
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
