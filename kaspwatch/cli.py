@@ -60,6 +60,12 @@ def _add_source_opts(p: argparse.ArgumentParser) -> None:
         "--pcap", metavar="FILE", nargs="+", help="pcap/pcapng file(s), gzip ok, - for stdin"
     )
     src.add_argument("--interface", metavar="IF", nargs="+", help="live capture interface(s)")
+    p.add_argument(
+        "--bpf",
+        metavar="EXPR",
+        help="live capture: kernel filter (default: packets that can carry a name or start "
+        "a flow; see sensor/capture.py); --bpf '' keeps every packet",
+    )
 
 
 def _add_alert_opts(p: argparse.ArgumentParser) -> None:

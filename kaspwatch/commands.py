@@ -21,7 +21,7 @@ from kaspwatch.event import HITS_TOPIC
 from kaspwatch.indicator_commands import cmd_indicators
 from kaspwatch.runtime import PublishStats, invalid_logger, register_sensor, run_sensor
 from kaspwatch.scan import scan
-from sensor.capture import CaptureFile, Frame, LiveCapture, MergedLive
+from sensor.capture import BPF_FILTER, CaptureFile, Frame, LiveCapture, MergedLive
 from sensor.pipeline import Sensor
 from sensor.rules import Reloader, RuleSource, source_from
 
@@ -68,7 +68,8 @@ def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
     """Open every source up front so a bad file fails before anything runs."""
     if args.pcap:
         return [CaptureFile(p) for p in args.pcap]
-    return [MergedLive([LiveCapture(i) for i in args.interface])]
+    bpf = BPF_FILTER if args.bpf is None else args.bpf
+    return [MergedLive([LiveCapture(i, bpf=bpf or None) for i in args.interface])]
 
 
 class _Stopper:
@@ -97,7 +98,7 @@ def cmd_sense(args: argparse.Namespace) -> int:
     publish = PublishStats()
     if args.metrics_addr:
         registry = CollectorRegistry()
-        register_sensor(registry, sensor, publish, reloader)
+        register_sensor(registry, sensor, publish, reloader, sources)
         start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=registry)
 
     async def main() -> None:
@@ -176,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sources = _open_sources(args)
     publish = PublishStats()
     metrics = HitMetrics()
-    register_sensor(metrics.registry, sensor, publish, reloader)
+    register_sensor(metrics.registry, sensor, publish, reloader, sources)
     if args.metrics_addr:
         start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)
         log.info("serving metrics on http://%s:%d/metrics", *args.metrics_addr)

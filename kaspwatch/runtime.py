@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -85,11 +85,16 @@ class SensorCollector(Collector):
     """Exports the sensor's own counters at scrape time (no work on the packet path)."""
 
     def __init__(
-        self, sensor: Sensor, publish: PublishStats, reloader: Reloader | None = None
+        self,
+        sensor: Sensor,
+        publish: PublishStats,
+        reloader: Reloader | None = None,
+        kernel_drops: Callable[[], int] | None = None,
     ) -> None:
         self.sensor = sensor
         self.publish = publish
         self.reloader = reloader
+        self.kernel_drops = kernel_drops
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self.sensor.stats
@@ -146,8 +151,10 @@ def register_sensor(
     sensor: Sensor,
     publish: PublishStats,
     reloader: Reloader | None = None,
+    sources: list[Any] | None = None,
 ) -> None:
-    registry.register(SensorCollector(sensor, publish, reloader))
+    drops = [s.kernel_drops for s in sources or [] if hasattr(s, "kernel_drops")]
+    registry.register(SensorCollector(sensor, publish, reloader, lambda: sum(d() for d in drops)))
 
 
 def invalid_logger(counter: Any) -> Any:

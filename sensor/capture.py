@@ -222,12 +222,39 @@ def _pcapng_tsresol(options: bytes, endian: str) -> tuple[int, int]:
     return 1000, 1  # default: microseconds
 
 
-class LiveCapture:
-    """Frames from one interface through an AF_PACKET socket (needs CAP_NET_RAW)."""
+# What the kernel keeps for the live sensor. Everything that can carry a name or start a
+# flow, and nothing else: DNS on its ports over UDP and TCP, QUIC long-header packets
+# (Initials), TCP SYN/FIN/RST (flow starts and ends), and TCP segments that carry payload
+# (a ClientHello or a request head can start on any port and continue in the next
+# segment, so continuation segments must pass too). Pure ACKs, short-header QUIC and other
+# UDP are dropped in the kernel. libpcap's tcp[]/udp[] offsets are IPv4-only, so IPv6 has
+# its own clauses (fixed offsets: IPv6 extension headers defeat them and fall through).
+BPF_FILTER: Final = " or ".join(
+    (
+        "udp port 53 or udp port 5353 or udp port 5355 or tcp port 53",
+        "(ip and udp and udp[8] & 0x80 = 0x80)",
+        "(ip6 and ip6[6] = 17 and ip6[48] & 0x80 = 0x80)",
+        "(ip and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0)",
+        "(ip6 and ip6[6] = 6 and ip6[53] & 0x07 != 0)",
+        "(ip and tcp and (ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) != 0)",
+        "(ip6 and ip6[6] = 6 and (ip6[4:2] - ((ip6[52] & 0xf0) >> 2)) != 0)",
+        "(vlan and (udp or tcp))",
+    )
+)
 
-    def __init__(self, interface: str, snaplen: int = 65535) -> None:
+
+class LiveCapture:
+    """Frames from one interface through an AF_PACKET socket (needs CAP_NET_RAW).
+
+    ``bpf`` is compiled by libpcap (through scapy) and attached in the kernel, so
+    uninteresting packets never reach Python. ``drops`` reads the kernel's counters.
+    """
+
+    def __init__(self, interface: str, snaplen: int = 65535, bpf: str | None = BPF_FILTER) -> None:
         self.interface = interface
         self.snaplen = snaplen
+        self.kernel_packets = 0
+        self.kernel_drops = 0
         eth_p_all = 0x0003
         try:
             self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(eth_p_all))
@@ -239,9 +266,35 @@ class LiveCapture:
             ) from None
         except OSError as exc:
             raise CaptureError(f"{interface}: cannot capture: {exc.strerror}") from None
+        if bpf:
+            self._attach(bpf)
         self._sock.settimeout(0.2)
         self.stats = ReadStats()
         self._stop = False
+
+    def _attach(self, bpf: str) -> None:
+        from scapy.arch.linux import attach_filter
+        from scapy.error import Scapy_Exception
+
+        try:
+            attach_filter(self._sock, bpf, self.interface)
+        except (Scapy_Exception, OSError) as exc:
+            self._sock.close()
+            raise CaptureError(
+                f"{self.interface}: cannot attach capture filter {bpf!r}: {exc}"
+            ) from None
+
+    def read_kernel_stats(self) -> tuple[int, int]:
+        """(packets, drops) since the last call, added to the running totals."""
+        sol_packet, packet_statistics = 263, 6
+        try:
+            raw = self._sock.getsockopt(sol_packet, packet_statistics, 8)
+        except OSError:
+            return self.kernel_packets, self.kernel_drops
+        packets, drops = struct.unpack("II", raw)
+        self.kernel_packets += packets
+        self.kernel_drops += drops
+        return self.kernel_packets, self.kernel_drops
 
     def stop(self) -> None:
         self._stop = True
@@ -297,6 +350,9 @@ class MergedLive:
     def stop(self) -> None:
         for c in self.captures:
             c.stop()
+
+    def kernel_drops(self) -> int:
+        return sum(c.read_kernel_stats()[1] for c in self.captures) + self.dropped
 
     def __iter__(self) -> Iterator[Frame | None]:
         import queue

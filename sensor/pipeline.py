@@ -6,7 +6,6 @@ One visible place wires the decoders to the matcher; nothing here does I/O.
 from __future__ import annotations
 
 import socket
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -15,18 +14,18 @@ from kaspwatch.event import Event, format_ts, make_event_id
 from sensor.allowlist import Allowlist
 from sensor.capture import Frame
 from sensor.decode import DecodeError, Sighting
-from sensor.decode.dns import decode_dns
-from sensor.decode.http import decode_http_request
-from sensor.decode.packet import PROTO_TCP, PROTO_UDP, Segment, decode_frame
-from sensor.decode.tls import decode_client_hello_record, looks_like_client_hello
+from sensor.decode.dns import decode_dns, looks_like_dns
+from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment
+from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
+from sensor.decode.stream import StreamTable
+from sensor.flows import FlowWatch
 from sensor.indicators import Indicator
 from sensor.match import Matcher
+from sensor.resolvers import PUBLIC_RESOLVERS
 from sensor.rules import Rules
 
+TCP_FIN_RST: Final = 0x05
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
-TCP_SYN: Final = 0x02
-TCP_ACK: Final = 0x10
-FLOW_MEMORY: Final = 65536  # UDP flows to watched space remembered, so each alerts once
 
 
 @dataclass
@@ -55,7 +54,20 @@ class Sensor:
         self.sensor_name = sensor_name
         self.observations = observations
         self.stats = SensorStats()
-        self._udp_flows: OrderedDict[tuple[bytes, bytes, int], None] = OrderedDict()
+        # per-connection state, each table bounded
+        self.decoder = PacketDecoder()
+        self.streams = StreamTable()
+        self.quic = QuicInitialTracker()
+        self.flows = FlowWatch()
+
+    def evictions(self) -> dict[str, int]:
+        """Entries each bounded state table has had to evict."""
+        return {
+            "fragments": self.decoder.fragments_evicted,
+            "tcp_streams": self.streams.evicted,
+            "quic_connections": self.quic.evicted,
+            "flows": self.flows.evicted,
+        }
 
     def process(self, frames: Iterable[Frame]) -> Iterator[Event]:
         for frame in frames:
@@ -64,10 +76,10 @@ class Sensor:
     def process_frame(self, ts_ns: int, linktype: int, data: bytes) -> list[Event]:
         self.stats.packets += 1
         try:
-            seg = decode_frame(linktype, data)
+            seg = self.decoder.decode(linktype, data, ts_ns)
             if seg is None:
                 return []
-            sightings = self._sightings(seg)
+            sightings = self._sightings(seg, ts_ns)
         except DecodeError as exc:
             self._error(str(exc).split(" ", 1)[0])
             return []
@@ -81,33 +93,28 @@ class Sensor:
         self.stats.decode_errors += 1
         self.stats.errors_by_layer[layer] = self.stats.errors_by_layer.get(layer, 0) + 1
 
-    def _sightings(self, seg: Segment) -> list[Sighting]:
+    def _sightings(self, seg: Segment, ts_ns: int) -> list[Sighting]:
         payload = seg.payload
-        if not payload:
-            return []
         if seg.proto == PROTO_UDP:
+            if not payload:
+                return []
             if seg.sport in DNS_PORTS or seg.dport in DNS_PORTS:
                 return decode_dns(payload)
+            if looks_like_quic_initial(payload):
+                flow = (seg.src, seg.sport, seg.dst, seg.dport)
+                hello = self.quic.feed(flow, payload, ts_ns / 1e9)
+                return [hello] if hello else []
+            if looks_like_dns(payload):  # DNS on a port of its own (e.g. 8053, 5300)
+                return decode_dns(payload)
             return []
-        if seg.sport == 53 or seg.dport == 53:
-            return self._dns_over_tcp(payload)
-        if looks_like_client_hello(payload):
-            hello = decode_client_hello_record(payload)
-            return [hello] if hello else []
-        return decode_http_request(payload)
-
-    def _dns_over_tcp(self, payload: bytes) -> list[Sighting]:
-        """Length-prefixed messages wholly inside this segment (reassembly: a later issue)."""
-        out: list[Sighting] = []
-        pos = 0
-        while pos + 2 <= len(payload):
-            mlen = int.from_bytes(payload[pos : pos + 2], "big")
-            msg = payload[pos + 2 : pos + 2 + mlen]
-            if len(msg) < mlen or mlen < 12:
-                break
-            out.extend(decode_dns(msg))
-            pos += 2 + mlen
-        return out
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        try:
+            if not payload:
+                return []
+            return self.streams.feed(key, seg.seq, payload, 53 in (seg.sport, seg.dport))
+        finally:
+            if seg.tcp_flags & TCP_FIN_RST:
+                self.streams.close(key)
 
     def _event(self, ts_ns: int, seg: Segment, s: Sighting) -> Event | None:
         self.stats.sightings += 1
@@ -124,9 +131,16 @@ class Sensor:
                 self.stats.excluded += 1
             if not self.observations:
                 return None
-        else:
-            self.stats.hits += 1
-        return self._build(ts_ns, seg, s.kind, hit_name, ind, s)
+            return self._build(ts_ns, seg, s.kind, hit_name, None, s)
+        self.stats.hits += 1
+        event = self._build(ts_ns, seg, s.kind, hit_name, ind, s)
+        if s.kind in ("dns_query", "dns_answer"):
+            resolver = seg.dst if s.kind == "dns_query" else seg.src
+            if resolver in PUBLIC_RESOLVERS:
+                event.extra["resolver_bypass"] = True
+            if s.answers:
+                self.flows.attribute(s.answers, hit_name, ind, s.ttl, ts_ns)
+        return event
 
     def _allowlist(self, event: Event) -> Event:
         """Mark a hit a sanctioned exception covers: counted downstream, never alerted."""
@@ -171,22 +185,13 @@ class Sensor:
         return self._allowlist(event) if ind is not None else event
 
     def _flow_event(self, ts_ns: int, seg: Segment) -> Event | None:
-        """A flow start to watched address space: a TCP SYN, or a UDP flow's first packet."""
-        if seg.proto == PROTO_TCP:
-            if seg.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN:
-                return None
-        elif seg.sport in DNS_PORTS and seg.dport not in DNS_PORTS:
-            return None  # DNS replies from a resolver are not flow starts
-        ind = self.rules.matcher.match_ip(seg.dst)
-        if ind is None:
+        """A flow start to watched address space or to a DNS-attributed address."""
+        found = self.flows.flow_start(seg, ts_ns, self.rules.matcher)
+        if found is None:
             return None
-        if seg.proto == PROTO_UDP:
-            key = (seg.src, seg.dst, seg.dport)
-            if key in self._udp_flows:
-                self._udp_flows.move_to_end(key)
-                return None
-            self._udp_flows[key] = None
-            if len(self._udp_flows) > FLOW_MEMORY:
-                self._udp_flows.popitem(last=False)
+        name, ind = found
         self.stats.hits += 1
-        return self._build(ts_ns, seg, "ip_flow", _ip(seg.dst), ind, None)
+        event = self._build(ts_ns, seg, "ip_flow", name or _ip(seg.dst), ind, None)
+        if name is not None:
+            event.extra["attributed_by"] = "dns"
+        return event

@@ -28,7 +28,11 @@ EXPECTED_HITS = {
     ("tls_sni", "dnl-05.geo.kaspersky.com", "update"),
     ("http_host", "downloads.kaspersky-labs.com", "update"),
     ("http_host", "cm.k.kaspersky-labs.com", "update"),
+    # flows to 10.77.0.1 after DNS pointed watched names at it: attributed to the last one
+    ("ip_flow", "dnl-11.geo.kaspersky.com", "update"),
 }
+SAMPLE_PACKETS = 114
+HIT_COUNT = 19  # the 15 name hits above and 4 attributed flows (2 TLS, 2 HTTP connections)
 LOOKALIKES = {"notkaspersky.com", "kaspersky.com.evil.example", "mykaspersky-labs.com.example"}
 BENIGN = {"www.example.org", "updates.example.com", "av-updates.example.net"}
 
@@ -45,7 +49,13 @@ def test_scan_prints_exactly_the_expected_hits(event_schema: dict[str, object]) 
         jsonschema.validate(ev, event_schema)
     got = {(e["kind"], e["name"], e["indicator"]["category"]) for e in events}
     assert got == EXPECTED_HITS
-    assert len(events) == len(EXPECTED_HITS)
+    assert len(events) == HIT_COUNT
+    flows = [e for e in events if e["kind"] == "ip_flow"]
+    assert {(e["dst_ip"], e["dst_port"], e["attributed_by"]) for e in flows} == {
+        ("10.77.0.1", 443, "dns"),
+        ("10.77.0.1", 80, "dns"),
+        ("10.77.0.1", 8080, "dns"),
+    }
     cname = next(e for e in events if e["name"] == "dnl-11.geo.kaspersky.com")
     assert cname["query"] == "av-updates.example.net" and cname["host"] == "10.77.0.2"
     assert {e["host"] for e in events} == {"10.77.0.2", "fd77::2"}
@@ -65,7 +75,7 @@ def test_scan_table_for_people() -> None:
     proc = kw("scan", "--format", "table", str(SAMPLE))
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["TS", "KIND", "NAME"]
-    assert len(lines) == 1 + len(EXPECTED_HITS)
+    assert len(lines) == 1 + HIT_COUNT
     assert any("dnl-11.geo.kaspersky.com (asked av-updates.example.net)" in line for line in lines)
 
 
@@ -74,7 +84,7 @@ def test_scan_goes_on_after_a_bad_file_and_exits_2(tmp_path: Path) -> None:
     bad.write_text("not a capture\n")
     proc = kw("scan", str(bad), str(SAMPLE))
     assert proc.returncode == 2
-    assert len(proc.stdout.splitlines()) == len(EXPECTED_HITS)  # the good file was still scanned
+    assert len(proc.stdout.splitlines()) == HIT_COUNT  # the good file was still scanned
     assert proc.stderr.strip().endswith(
         f"{bad}: not a pcap or pcapng capture (starts with 6e6f7420)"
     )
@@ -106,7 +116,7 @@ def test_run_prints_alerts_summary_and_writes_textfile(tmp_path: Path) -> None:
         for line in textfile.read_text().splitlines()
         if line and not line.startswith("#")
     }
-    assert sum(v for k, v in metrics.items() if k.startswith("kaspwatch_hits_total{")) == 15
+    assert sum(v for k, v in metrics.items() if k.startswith("kaspwatch_hits_total{")) == HIT_COUNT
     assert metrics['kaspwatch_hits_total{category="update",kind="tls_sni",severity="high"}'] == 2
     assert metrics["kaspwatch_sensor_packets_total"] > 100
     assert metrics["kaspwatch_sensor_publish_failures_total"] == 0
@@ -142,6 +152,10 @@ def test_progress_on_a_terminal_only() -> None:
     shown = os.read(leader, 65536).decode()
     os.close(leader)
     assert proc.returncode == 0
-    assert f"{SAMPLE}: 113 packets," in shown and "packets/s" in shown and "100.0%" in shown
+    assert (
+        f"{SAMPLE}: {SAMPLE_PACKETS} packets," in shown
+        and "packets/s" in shown
+        and "100.0%" in shown
+    )
     piped = kw("scan", str(SAMPLE))
     assert "packets/s" not in piped.stderr

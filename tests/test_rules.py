@@ -52,7 +52,8 @@ def test_allowlisted_hits_are_marked_counted_and_never_alerted(tmp_path: Path) -
     alerts = [
         engine.feed(event_from_json(json.dumps(e).encode())) for e in events if e.get("allowlisted")
     ]
-    assert alerts == [None] * 3 and engine.allowlisted == 3  # s07 query+answer, s01 SNI
+    # s07 query+answer and s01 SNI (the flows are attributed to dnl-11, under geo)
+    assert alerts == [None] * 3 and engine.allowlisted == 3
 
 
 def test_expired_entries_stop_applying(tmp_path: Path) -> None:

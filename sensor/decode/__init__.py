@@ -27,6 +27,7 @@ class Sighting:
     answers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     path: str | None = None  # HTTP request path: matched by path_prefix, never published
+    ttl: int = 0  # DNS answer: smallest TTL of the address records
 
 
 def normalise_name(raw: str) -> str | None:

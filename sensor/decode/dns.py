@@ -48,10 +48,13 @@ def decode_dns(payload: bytes) -> list[Sighting]:
 def _answer(msg: dns.message.Message, qname: str) -> Sighting:
     cnames: dict[str, str] = {}
     addrs: dict[str, list[str]] = {}
+    ttls: dict[str, int] = {}
     for rrset in msg.answer:
         owner = _text(rrset.name)
         if owner is None:
             continue
+        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            ttls[owner] = min(ttls.get(owner, rrset.ttl), rrset.ttl)
         for rdata in rrset:
             if rdata.rdtype == dns.rdatatype.CNAME:
                 target = _text(rdata.target)
@@ -69,7 +72,7 @@ def _answer(msg: dns.message.Message, qname: str) -> Sighting:
         seen.add(cur)
         chain.append(cur)
     answers = tuple(addrs.get(cur, ()))
-    return Sighting("dns_answer", qname, chain=tuple(chain), answers=answers)
+    return Sighting("dns_answer", qname, chain=tuple(chain), answers=answers, ttl=ttls.get(cur, 0))
 
 
 def _question_only(payload: bytes, exc: Exception) -> list[Sighting]:
@@ -81,12 +84,70 @@ def _question_only(payload: bytes, exc: Exception) -> list[Sighting]:
     qdcount = struct.unpack_from("!H", payload, 4)[0]
     if qdcount == 0:
         raise DecodeError(f"dns message does not parse: {exc}")
-    try:
-        qname_wire, _ = dns.name.from_wire(payload, 12)
-    except dns.exception.DNSException as qexc:
-        raise DecodeError(f"dns question does not parse: {qexc}") from None
-    qname = _text(qname_wire)
-    if qname is None:
-        raise DecodeError("dns question name is not a host name")
+    qname = read_name(payload, 12)
     kind = "dns_answer" if payload[2] & 0x80 else "dns_query"
     return [Sighting(kind, qname)]
+
+
+def read_name(msg: bytes, pos: int) -> str:
+    """A domain name at ``pos``, following compression pointers in either direction.
+
+    dnspython refuses forward pointers (legal on the wire, used by some encoders);
+    loops and over-long names still raise DecodeError.
+    """
+    labels: list[str] = []
+    total = 0
+    for _ in range(128):  # bounded: pointer loops end here
+        if pos >= len(msg):
+            raise DecodeError("dns name runs past the message")
+        length = msg[pos]
+        if length == 0:
+            name = normalise_name(".".join(labels))
+            if name is None:
+                raise DecodeError("dns question name is not a host name")
+            return name
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= len(msg):
+                raise DecodeError("dns compression pointer cut short")
+            pos = ((length & 0x3F) << 8) | msg[pos + 1]
+            continue
+        if length & 0xC0:
+            raise DecodeError("dns label type is not supported")
+        label = msg[pos + 1 : pos + 1 + length]
+        if len(label) < length:
+            raise DecodeError("dns label runs past the message")
+        total += length + 1
+        if total > 255:
+            raise DecodeError("dns name longer than 255 bytes")
+        labels.append(label.decode("ascii", "backslashreplace").replace(".", "\\."))
+        pos += 1 + length
+    raise DecodeError("dns name compression pointers loop")
+
+
+def looks_like_dns(payload: bytes) -> bool:
+    """A cheap, strict guess that a UDP payload on an unusual port is one DNS message:
+    standard opcode, one question, few records, and a question name that reads."""
+    if len(payload) < 17:
+        return False
+    flags = int.from_bytes(payload[2:4], "big")
+    counts = struct.unpack_from("!HHHH", payload, 4)
+    if (flags >> 11) & 0xF != 0 or counts[0] != 1 or sum(counts[1:]) > 64 or flags & 0x0040:
+        return False
+    pos = 12
+    while pos < len(payload) and payload[pos] and payload[pos] < 64:  # the question's labels
+        pos += payload[pos] + 1
+    if pos + 5 > len(payload) or payload[pos] != 0:
+        return False
+    qtype, qclass = struct.unpack_from("!HH", payload, pos + 1)
+    # NetBIOS name service shares DNS's format but asks NB/NBSTAT (32/33 in class IN... its
+    # own): only the record types names are looked up by count here
+    if qtype not in _COMMON_QTYPES or qclass & 0x7FFF not in (1, 255):
+        return False
+    try:
+        read_name(payload, 12)
+    except DecodeError:
+        return False
+    return True
+
+
+_COMMON_QTYPES: Final = frozenset({1, 2, 5, 6, 12, 15, 16, 28, 33, 64, 65, 255})

@@ -1,6 +1,12 @@
 """Link, network and transport layers: a frame -> ``Segment`` (addresses, ports, payload).
 
-Hand-parsed with ``struct``; no per-packet objects beyond the returned tuple.
+Hand-parsed with ``struct``; no per-packet objects beyond the returned tuple. Tunnels
+(VXLAN, Geneve, GTP-U, Teredo, GRE, IP-in-IP, MPLS, PPPoE; see ``sensor.decode.tunnel``)
+are opened to the innermost IP packet, whose addresses the ``Segment`` carries.
+
+``PacketDecoder`` also reassembles IPv4 and IPv6 fragments (``sensor.decode.ipfrag``);
+the stateless ``decode_frame`` does not: it reads a first fragment as far as it goes and
+drops the others.
 """
 
 from __future__ import annotations
@@ -8,19 +14,30 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple
 
-from sensor.decode import DecodeError
+from sensor.decode import DecodeError, tunnel
+from sensor.decode.ipfrag import Reassembler
 
 PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
+PROTO_IPIP: Final = 4
+PROTO_IPV6: Final = 41
+PROTO_GRE: Final = 47
+
+MAX_TUNNEL_DEPTH: Final = 4
 
 _ETH_IPV4: Final = 0x0800
 _ETH_IPV6: Final = 0x86DD
 _ETH_VLAN: Final = frozenset({0x8100, 0x88A8, 0x9100})
 _IPV6_EXT: Final = frozenset({0, 43, 60, 51})  # hop-by-hop, routing, destination, AH
 _IPV6_FRAG: Final = 44
+_MAX_IPV6_EXT: Final = 8
+_TUNNEL_PORTS: Final = tunnel.UDP_TUNNEL_PORTS
 
 _u16 = struct.Struct("!H").unpack_from
-_tcp_ports = struct.Struct("!HH").unpack_from
+_u32 = struct.Struct("!I").unpack_from
+_tcp_head = struct.Struct("!HHI").unpack_from  # ports, sequence number
+_udp_header = struct.Struct("!HHH").unpack_from
+_new = tuple.__new__  # builds a Segment in C, skipping NamedTuple's Python-level __new__
 
 
 class Segment(NamedTuple):
@@ -31,125 +48,244 @@ class Segment(NamedTuple):
     dport: int
     tcp_flags: int
     payload: bytes
+    seq: int = 0  # TCP sequence number (0 for UDP)
 
 
-def decode_frame(linktype: int, data: bytes) -> Segment | None:
-    """Decode a captured frame; None for traffic that carries no TCP/UDP we read."""
-    if linktype == 1:  # Ethernet
-        if len(data) < 14:
+class PacketDecoder:
+    """Frames -> Segments, reassembling IP fragments. One per capture; not thread-safe.
+
+    ``max_fragments`` datagrams (each up to 64 KiB) may be in flight at once; the oldest
+    is evicted beyond that or after ``frag_ttl_s`` of capture time. ``max_fragments=0``
+    turns reassembly off (as ``decode_frame``).
+    """
+
+    __slots__ = ("_frags", "_ts")
+
+    def __init__(self, max_fragments: int = 1024, frag_ttl_s: float = 30.0) -> None:
+        self._frags = (
+            Reassembler(max_fragments, int(frag_ttl_s * 1e9)) if max_fragments > 0 else None
+        )
+        self._ts = 0
+
+    @property
+    def fragments_reassembled(self) -> int:
+        """Datagrams put back together from fragments."""
+        return self._frags.reassembled if self._frags is not None else 0
+
+    @property
+    def fragments_evicted(self) -> int:
+        """Datagrams dropped unfinished: table full or older than the TTL."""
+        return self._frags.evicted if self._frags is not None else 0
+
+    def decode(self, linktype: int, data: bytes, ts_ns: int) -> Segment | None:
+        """Decode a captured frame; None for traffic that carries no TCP/UDP we read
+        (including a fragment that does not yet complete its datagram)."""
+        self._ts = ts_ns
+        end = len(data)
+        if linktype == 1:
+            return self._ethernet(data, 0, end, 0)
+        if linktype in (101, 12, 14):  # raw IP
+            return self._l3(tunnel.IP_ANY, data, 0, end, 0)
+        if linktype == 228:
+            return self._ipv4(data, 0, end, 0)
+        if linktype == 229:
+            return self._ipv6(data, 0, end, 0)
+        return self._other_link(linktype, data, end)
+
+    def _other_link(self, linktype: int, data: bytes, end: int) -> Segment | None:
+        if linktype == 113:  # Linux cooked v1
+            if end < 16:
+                raise DecodeError("sll header cut short")
+            return self._l3(_u16(data, 14)[0], data, 16, end, 0)
+        if linktype == 276:  # Linux cooked v2
+            if end < 20:
+                raise DecodeError("sll2 header cut short")
+            return self._l3(_u16(data, 0)[0], data, 20, end, 0)
+        if linktype == 0:  # BSD loopback: 4-byte host-order family
+            if end < 4:
+                raise DecodeError("loopback header cut short")
+            return self._l3(tunnel.IP_ANY, data, 4, end, 0)
+        if linktype == 239:  # Linux NFLOG
+            inner = tunnel.nflog(data)
+            return None if inner is None else self._l3(inner[0], data, inner[1], end, 0)
+        return None
+
+    # -- link and shim layers --------------------------------------------------------
+
+    def _ethernet(self, data: bytes, off: int, end: int, depth: int) -> Segment | None:
+        if end < off + 14:
             raise DecodeError("ethernet header cut short")
-        ethertype = _u16(data, 12)[0]
-        off = 14
+        ethertype = _u16(data, off + 12)[0]
+        off += 14
         while ethertype in _ETH_VLAN:
-            if len(data) < off + 4:
+            if end < off + 4:
                 raise DecodeError("vlan tag cut short")
             ethertype = _u16(data, off + 2)[0]
             off += 4
-        return _decode_l3(ethertype, data, off)
-    if linktype in (101, 12, 14):  # raw IP
-        return _decode_ip_version(data, 0)
-    if linktype == 228:
-        return _decode_ipv4(data, 0)
-    if linktype == 229:
-        return _decode_ipv6(data, 0)
-    if linktype == 113:  # Linux cooked v1
-        if len(data) < 16:
-            raise DecodeError("sll header cut short")
-        return _decode_l3(_u16(data, 14)[0], data, 16)
-    if linktype == 276:  # Linux cooked v2
-        if len(data) < 20:
-            raise DecodeError("sll2 header cut short")
-        return _decode_l3(_u16(data, 0)[0], data, 20)
-    if linktype == 0:  # BSD loopback: 4-byte host-order family
-        if len(data) < 4:
-            raise DecodeError("loopback header cut short")
-        return _decode_ip_version(data, 4)
-    return None
+        if ethertype == _ETH_IPV4:  # the common case, without the dispatch
+            return self._ipv4(data, off, end, depth)
+        return self._l3(ethertype, data, off, end, depth)
 
-
-def _decode_l3(ethertype: int, data: bytes, off: int) -> Segment | None:
-    if ethertype == _ETH_IPV4:
-        return _decode_ipv4(data, off)
-    if ethertype == _ETH_IPV6:
-        return _decode_ipv6(data, off)
-    return None
-
-
-def _decode_ip_version(data: bytes, off: int) -> Segment | None:
-    if len(data) <= off:
-        raise DecodeError("empty IP packet")
-    version = data[off] >> 4
-    if version == 4:
-        return _decode_ipv4(data, off)
-    if version == 6:
-        return _decode_ipv6(data, off)
-    raise DecodeError(f"IP version {version}")
-
-
-def _decode_ipv4(data: bytes, off: int) -> Segment | None:
-    if len(data) < off + 20:
-        raise DecodeError("ipv4 header cut short")
-    ihl = (data[off] & 0x0F) * 4
-    if ihl < 20:
-        raise DecodeError(f"ipv4 header length {ihl}")
-    total = _u16(data, off + 2)[0]
-    if total < ihl:
-        raise DecodeError(f"ipv4 total length {total} < header length {ihl}")
-    frag = _u16(data, off + 6)[0]
-    if frag & 0x1FFF:  # not the first fragment: no transport header here
+    def _l3(self, code: int, data: bytes, off: int, end: int, depth: int) -> Segment | None:
+        """Dispatch on an ethertype (or ``tunnel.IP_ANY``) for the header at ``off``."""
+        if code == _ETH_IPV4:
+            return self._ipv4(data, off, end, depth)
+        if code == _ETH_IPV6:
+            return self._ipv6(data, off, end, depth)
+        if code == tunnel.IP_ANY:
+            if end <= off:
+                raise DecodeError("ip packet empty")
+            version = data[off] >> 4
+            if version == 4:
+                return self._ipv4(data, off, end, depth)
+            if version == 6:
+                return self._ipv6(data, off, end, depth)
+            raise DecodeError(f"ip version {version}")
+        if code == tunnel.PPPOE:
+            return self._inner(tunnel.pppoe(data, off, end), data, end, depth)
+        if code in tunnel.MPLS:
+            return self._inner(tunnel.mpls(data, off, end), data, end, depth)
         return None
-    proto = data[off + 9]
-    end = min(len(data), off + total)
-    return _decode_l4(
-        proto, data[off + 12 : off + 16], data[off + 16 : off + 20], data, off + ihl, end
-    )
 
+    def _inner(
+        self, inner: tunnel.Inner | None, data: bytes, end: int, depth: int
+    ) -> Segment | None:
+        """Decode what a tunnel or shim header encloses, one level deeper."""
+        if inner is None:
+            return None
+        if depth >= MAX_TUNNEL_DEPTH:
+            raise DecodeError(f"tunnel nesting deeper than {MAX_TUNNEL_DEPTH}")
+        code, off = inner
+        if code == tunnel.ETHERNET:
+            return self._ethernet(data, off, end, depth + 1)
+        return self._l3(code, data, off, end, depth + 1)
 
-def _decode_ipv6(data: bytes, off: int) -> Segment | None:
-    if len(data) < off + 40:
-        raise DecodeError("ipv6 header cut short")
-    plen = _u16(data, off + 4)[0]
-    nxt = data[off + 6]
-    src = data[off + 8 : off + 24]
-    dst = data[off + 24 : off + 40]
-    end = min(len(data), off + 40 + plen) if plen else len(data)
-    pos = off + 40
-    for _ in range(8):  # bounded walk over extension headers
-        if nxt in _IPV6_EXT:
-            if pos + 2 > end:
-                raise DecodeError("ipv6 extension header cut short")
-            hlen = (data[pos + 1] + 2) * 4 if nxt == 51 else (data[pos + 1] + 1) * 8
-            nxt = data[pos]
-            pos += hlen
-        elif nxt == _IPV6_FRAG:
-            if pos + 8 > end:
-                raise DecodeError("ipv6 fragment header cut short")
-            if _u16(data, pos + 2)[0] & 0xFFF8:  # offset != 0
-                return None
-            nxt = data[pos]
-            pos += 8
-        else:
-            break
-    return _decode_l4(nxt, src, dst, data, pos, end)
+    # -- IP ----------------------------------------------------------------------------
 
+    def _ipv4(self, data: bytes, off: int, end: int, depth: int) -> Segment | None:
+        if end < off + 20:
+            raise DecodeError("ipv4 header cut short")
+        ihl = (data[off] & 0x0F) * 4
+        if ihl < 20:
+            raise DecodeError(f"ipv4 header length {ihl}")
+        total = _u16(data, off + 2)[0]
+        if total < ihl:
+            raise DecodeError(f"ipv4 total length {total} < header length {ihl}")
+        frag = _u16(data, off + 6)[0]
+        proto = data[off + 9]
+        src = data[off + 12 : off + 16]
+        dst = data[off + 16 : off + 20]
+        stop = min(end, off + total)
+        if frag & 0x3FFF:  # more-fragments set or an offset: a fragment
+            if self._frags is None:
+                if frag & 0x1FFF:  # not the first: no transport header here
+                    return None
+            else:
+                if off + total > end:
+                    raise DecodeError("ipfrag fragment cut short by the capture")
+                key = (src, dst, _u16(data, off + 4)[0], proto)
+                whole = self._frags.add(
+                    key, (frag & 0x1FFF) * 8, bool(frag & 0x2000), data, off + ihl, stop, self._ts
+                )
+                if whole is None:
+                    return None
+                return self._l4(proto, src, dst, whole, 0, len(whole), depth)
+        return self._l4(proto, src, dst, data, off + ihl, stop, depth)
 
-def _decode_l4(
-    proto: int, src: bytes, dst: bytes, data: bytes, pos: int, end: int
-) -> Segment | None:
-    if proto == PROTO_UDP:
+    def _ipv6(self, data: bytes, off: int, end: int, depth: int) -> Segment | None:
+        if end < off + 40:
+            raise DecodeError("ipv6 header cut short")
+        plen = _u16(data, off + 4)[0]
+        src = data[off + 8 : off + 24]
+        dst = data[off + 24 : off + 40]
+        stop = min(end, off + 40 + plen) if plen else end
+        return self._ipv6_next(data[off + 6], src, dst, data, off + 40, stop, depth)
+
+    def _ipv6_next(
+        self, nxt: int, src: bytes, dst: bytes, data: bytes, pos: int, end: int, depth: int
+    ) -> Segment | None:
+        """Walk the extension headers (bounded) to the transport header."""
+        for _ in range(_MAX_IPV6_EXT):
+            if nxt in _IPV6_EXT:
+                if pos + 2 > end:
+                    raise DecodeError("ipv6 extension header cut short")
+                hlen = (data[pos + 1] + 2) * 4 if nxt == 51 else (data[pos + 1] + 1) * 8
+                nxt = data[pos]
+                pos += hlen
+            elif nxt == _IPV6_FRAG:
+                return self._ipv6_fragment(src, dst, data, pos, end, depth)
+            else:
+                break
+        return self._l4(nxt, src, dst, data, pos, end, depth)
+
+    def _ipv6_fragment(
+        self, src: bytes, dst: bytes, data: bytes, pos: int, end: int, depth: int
+    ) -> Segment | None:
+        if pos + 8 > end:
+            raise DecodeError("ipv6 fragment header cut short")
+        nxt = data[pos]
+        field = _u16(data, pos + 2)[0]
+        offset = field & 0xFFF8
+        if field & 1 or offset:
+            if self._frags is None:
+                if offset:
+                    return None
+            else:
+                key = (src, dst, _u32(data, pos + 4)[0], nxt)
+                whole = self._frags.add(key, offset, bool(field & 1), data, pos + 8, end, self._ts)
+                if whole is None:
+                    return None
+                return self._ipv6_next(nxt, src, dst, whole, 0, len(whole), depth)
+        return self._ipv6_next(nxt, src, dst, data, pos + 8, end, depth)
+
+    # -- transport and IP-level tunnels ------------------------------------------------
+
+    def _l4(
+        self, proto: int, src: bytes, dst: bytes, data: bytes, pos: int, end: int, depth: int
+    ) -> Segment | None:
+        if proto == PROTO_UDP:
+            return self._udp(src, dst, data, pos, end, depth)
+        if proto == PROTO_TCP:
+            if end - pos < 20:
+                raise DecodeError("tcp header cut short")
+            sport, dport, seq = _tcp_head(data, pos)
+            doff = (data[pos + 12] >> 4) * 4
+            if doff < 20:
+                raise DecodeError(f"tcp data offset {doff}")
+            payload = data[pos + doff : end]
+            return _new(Segment, (src, dst, PROTO_TCP, sport, dport, data[pos + 13], payload, seq))
+        if proto == PROTO_IPIP:
+            return self._inner((_ETH_IPV4, pos), data, end, depth)
+        if proto == PROTO_IPV6:
+            return self._inner((_ETH_IPV6, pos), data, end, depth)
+        if proto == PROTO_GRE:
+            return self._inner(tunnel.gre(data, pos, end), data, end, depth)
+        return None
+
+    def _udp(
+        self, src: bytes, dst: bytes, data: bytes, pos: int, end: int, depth: int
+    ) -> Segment | None:
         if end - pos < 8:
             raise DecodeError("udp header cut short")
-        sport, dport, ulen = struct.unpack_from("!HHH", data, pos)
+        sport, dport, ulen = _udp_header(data, pos)
         if ulen < 8:
             # length 0 is legal only for jumbograms; anything else: no payload we trust
-            return Segment(src, dst, proto, sport, dport, 0, b"")
-        return Segment(src, dst, proto, sport, dport, 0, data[pos + 8 : min(end, pos + ulen)])
-    if proto == PROTO_TCP:
-        if end - pos < 20:
-            raise DecodeError("tcp header cut short")
-        sport, dport = _tcp_ports(data, pos)
-        doff = (data[pos + 12] >> 4) * 4
-        if doff < 20:
-            raise DecodeError(f"tcp data offset {doff}")
-        return Segment(src, dst, proto, sport, dport, data[pos + 13], data[pos + doff : end])
-    return None
+            return _new(Segment, (src, dst, PROTO_UDP, sport, dport, 0, b"", 0))
+        stop = min(end, pos + ulen)
+        inner = None
+        if dport in _TUNNEL_PORTS or sport in _TUNNEL_PORTS:
+            inner = tunnel.udp_tunnel(sport, dport, data, pos + 8, stop, pos + ulen)
+        elif sport > 1023 and dport > 1023 and stop - pos >= 48 and data[pos + 8] >> 4 == 6:
+            inner = tunnel.teredo(data, pos + 8, stop, pos + ulen, by_port=False)
+        if inner is not None:
+            return self._inner(inner, data, stop, depth)
+        return _new(Segment, (src, dst, PROTO_UDP, sport, dport, 0, data[pos + 8 : stop], 0))
+
+
+_STATELESS: Final = PacketDecoder(max_fragments=0)
+
+
+def decode_frame(linktype: int, data: bytes) -> Segment | None:
+    """Decode a captured frame without fragment reassembly (tunnels are opened); None for
+    traffic that carries no TCP/UDP we read."""
+    return _STATELESS.decode(linktype, data, 0)

@@ -14,6 +14,38 @@ def looks_like_client_hello(payload: bytes) -> bool:
     return len(payload) >= 6 and payload[0] == 0x16 and payload[1] == 3 and payload[5] == 1
 
 
+MAX_HELLO: Final = 65536
+
+
+def hello_from_stream(buf: bytes) -> tuple[bool, Sighting | None]:
+    """Parse the start of a client->server TLS stream: ``(complete, sighting)``.
+
+    The ClientHello may be cut into several TCP segments (small MSS) and, per RFC 8446
+    5.1, into several handshake records; both are joined here. ``complete`` is False
+    while more bytes are needed.
+    """
+    hs = bytearray()
+    pos = 0
+    while pos + 5 <= len(buf):
+        if buf[pos] != 0x16 or buf[pos + 1] != 3:
+            raise DecodeError("tls stream: a non-handshake record before the hello ended")
+        rec_len = int.from_bytes(buf[pos + 3 : pos + 5], "big")
+        frag = buf[pos + 5 : pos + 5 + rec_len]
+        hs += frag
+        if len(hs) >= 4:
+            if hs[0] != 1:
+                return True, None  # a handshake, but not a ClientHello
+            need = 4 + int.from_bytes(hs[1:4], "big")
+            if need > MAX_HELLO:
+                raise DecodeError(f"tls client hello claims {need} bytes")
+            if len(hs) >= need:
+                return True, parse_client_hello(bytes(hs[4:need]), "tls_sni")
+        if len(frag) < rec_len:
+            return False, None
+        pos += 5 + rec_len
+    return False, None
+
+
 def decode_client_hello_record(payload: bytes) -> Sighting | None:
     """SNI from a TLS record holding a ClientHello (first cut: the hello in one segment)."""
     if not looks_like_client_hello(payload):

@@ -1,0 +1,159 @@
+"""TCP reassembly, just enough to read names: the head of client streams and DNS over TCP.
+
+A ClientHello may arrive in many tiny segments (small MSS) or span segments (post-quantum
+key shares); an HTTP request head may too; DNS over TCP carries several length-prefixed
+messages per connection, split anywhere. Flows are keyed by direction
+``(src, sport, dst, dport)``; state is created only for streams whose first bytes look
+like TLS, HTTP or DNS, and every table and buffer is bounded (oldest evicted, counted).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final
+
+from sensor.decode import DecodeError, Sighting
+from sensor.decode.dns import decode_dns
+from sensor.decode.http import decode_http_request
+from sensor.decode.tls import hello_from_stream
+
+FlowKey = tuple[bytes, int, bytes, int]
+
+MAX_HEAD: Final = 16384  # bytes of a TLS/HTTP stream head kept while waiting for the end
+MAX_DNS_BUFFER: Final = 2 + 65535
+MAX_OUT_OF_ORDER: Final = 16  # segments held per flow while waiting for a gap to fill
+SEQ_MOD: Final = 1 << 32
+
+
+@dataclass
+class _Flow:
+    kind: str  # "tls" | "http" | "dns"
+    next_seq: int
+    buf: bytearray = field(default_factory=bytearray)
+    pending: dict[int, bytes] = field(default_factory=dict)
+
+
+def _could_be_client_hello(payload: bytes) -> bool:
+    """The first bytes of a TLS handshake record holding a ClientHello, as far as they go
+    (a hello cut at one byte per segment must still start a flow)."""
+    head = payload[:6]
+    return head[:1] == b"\x16" and head[1:2] in (b"", b"\x03") and head[5:6] in (b"", b"\x01")
+
+
+def _starts_http(payload: bytes) -> bool:
+    """A request line's start (``GET /``, ``CONNECT h:443``), not a response (``HTTP/1.1``)."""
+    return (
+        bool(payload)
+        and 65 <= payload[0] <= 90
+        and b" " in payload[:24]
+        and payload[:5] != b"HTTP/"
+    )
+
+
+class StreamTable:
+    def __init__(self, max_flows: int = 65536) -> None:
+        self.max_flows = max_flows
+        self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
+        self.evicted = 0
+        self.message_errors = 0  # DNS messages inside a stream that did not parse
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def close(self, key: FlowKey) -> None:
+        self._flows.pop(key, None)
+
+    def feed(self, key: FlowKey, seq: int, payload: bytes, dns_port: bool) -> list[Sighting]:
+        """Sightings completed by this segment (may be several for DNS)."""
+        flow = self._flows.get(key)
+        if flow is None:
+            return self._start(key, seq, payload, dns_port)
+        data = self._in_order(flow, seq, payload)
+        if data is None:
+            return []
+        flow.buf += data
+        return self._advance(key, flow)
+
+    def _start(self, key: FlowKey, seq: int, payload: bytes, dns_port: bool) -> list[Sighting]:
+        if dns_port:
+            kind = "dns"
+        elif _could_be_client_hello(payload):
+            kind = "tls"
+        elif _starts_http(payload):
+            kind = "http"
+        else:
+            return []
+        flow = _Flow(kind, (seq + len(payload)) % SEQ_MOD, bytearray(payload))
+        out = self._advance(key, flow, new=True)
+        return out
+
+    def _in_order(self, flow: _Flow, seq: int, payload: bytes) -> bytes | None:
+        """The bytes this segment adds at the stream's end, releasing held segments."""
+        delta = (seq - flow.next_seq) % SEQ_MOD
+        if delta >= SEQ_MOD // 2:  # starts before next_seq: retransmission or overlap
+            skip = SEQ_MOD - delta
+            if skip >= len(payload):
+                return None
+            payload, delta = payload[skip:], 0
+        if delta > 0:  # a gap: hold it until the missing bytes come
+            if len(flow.pending) < MAX_OUT_OF_ORDER:
+                flow.pending[seq] = payload
+            return None
+        out = bytearray(payload)
+        flow.next_seq = (flow.next_seq + len(payload)) % SEQ_MOD
+        while flow.next_seq in flow.pending:
+            nxt = flow.pending.pop(flow.next_seq)
+            out += nxt
+            flow.next_seq = (flow.next_seq + len(nxt)) % SEQ_MOD
+        return bytes(out)
+
+    def _advance(self, key: FlowKey, flow: _Flow, new: bool = False) -> list[Sighting]:
+        try:
+            done, found = self._parse(flow)
+        except DecodeError:
+            self._flows.pop(key, None)
+            raise
+        if done:
+            self._flows.pop(key, None)
+        elif new:
+            self._keep(key, flow)
+        return found
+
+    def _keep(self, key: FlowKey, flow: _Flow) -> None:
+        self._flows[key] = flow
+        if len(self._flows) > self.max_flows:
+            self._flows.popitem(last=False)
+            self.evicted += 1
+
+    def _parse(self, flow: _Flow) -> tuple[bool, list[Sighting]]:
+        if flow.kind == "dns":
+            return False, self._dns_messages(flow)
+        if flow.kind == "tls":
+            complete, hello = hello_from_stream(bytes(flow.buf))
+            if not complete and len(flow.buf) > MAX_HEAD:
+                raise DecodeError("tls client hello longer than the stream buffer")
+            return complete, [hello] if hello else []
+        # the head ends at an empty line; some clients end lines with a bare LF
+        if b"\r\n\r\n" not in flow.buf and b"\n\n" not in flow.buf and len(flow.buf) < MAX_HEAD:
+            return False, []
+        return True, decode_http_request(bytes(flow.buf))
+
+    def _dns_messages(self, flow: _Flow) -> list[Sighting]:
+        out: list[Sighting] = []
+        buf = flow.buf
+        pos = 0
+        while len(buf) - pos >= 2:
+            mlen = int.from_bytes(buf[pos : pos + 2], "big")
+            if len(buf) - pos - 2 < mlen:
+                break
+            if mlen >= 12:
+                try:
+                    out.extend(decode_dns(bytes(buf[pos + 2 : pos + 2 + mlen])))
+                except DecodeError:
+                    self.message_errors += 1  # one bad message; the stream goes on
+            pos += 2 + mlen
+        del buf[:pos]
+        if len(buf) > MAX_DNS_BUFFER:
+            raise DecodeError("dns over tcp: message longer than 65535 bytes")
+        return out
