@@ -1,0 +1,105 @@
+"""IP flows, DNS attribution, resolver bypass and ECH, on real packets re-addressed offline.
+
+Re-addressing happens in memory with scapy: no packet is sent anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from sensor.pipeline import Sensor
+from tests.conftest import KASPWATCH, SAMPLE
+from tests.segments import first_frame
+
+
+def readdress(frame: bytes, src: str | None = None, dst: str | None = None) -> bytes:
+    p = Ether(frame)
+    if src:
+        p[IP].src = src
+    if dst:
+        p[IP].dst = dst
+    del p[IP].chksum
+    for layer in (TCP, UDP):
+        if layer in p:
+            del p[layer].chksum
+    return bytes(p)
+
+
+def dns_query_frame(name: bytes) -> bytes:
+    return first_frame(
+        str(SAMPLE), lambda d: name in d and Ether(d).haslayer(UDP) and Ether(d)[UDP].dport == 53
+    )
+
+
+def dns_answer_frame(name: bytes) -> bytes:
+    return first_frame(
+        str(SAMPLE), lambda d: name in d and Ether(d).haslayer(UDP) and Ether(d)[UDP].sport == 53
+    )
+
+
+def test_resolver_bypass_is_flagged_for_public_resolvers_only(matcher) -> None:  # type: ignore[no-untyped-def]
+    q = dns_query_frame(b"\x02ds\x09kaspersky")
+    a = dns_answer_frame(b"\x02ds\x09kaspersky")
+    sensor = Sensor(matcher, "t")
+    internal = sensor.process_frame(1, 1, q)
+    bypass_q = sensor.process_frame(2, 1, readdress(q, dst="8.8.8.8"))
+    bypass_a = sensor.process_frame(3, 1, readdress(a, src="1.1.1.1"))
+    assert [e.extra.get("resolver_bypass") for e in internal] == [None]
+    assert [(e.kind, e.extra.get("resolver_bypass")) for e in bypass_q] == [("dns_query", True)]
+    assert [(e.kind, e.extra.get("resolver_bypass"), e.host) for e in bypass_a] == [
+        ("dns_answer", True, "10.77.0.2")
+    ]
+
+
+def syn_frame() -> bytes:
+    return first_frame(
+        str(SAMPLE),
+        lambda d: (
+            Ether(d).haslayer(TCP) and Ether(d)[TCP].flags == "S" and Ether(d)[TCP].dport == 443
+        ),
+    )
+
+
+def test_flows_to_kaspersky_prefixes_v4_are_ip_flow_hits(matcher) -> None:  # type: ignore[no-untyped-def]
+    sensor = Sensor(matcher, "t")
+    events = sensor.process_frame(1, 1, readdress(syn_frame(), dst="77.74.177.9"))
+    assert [(e.kind, e.name, e.indicator.match if e.indicator else None) for e in events] == [
+        ("ip_flow", "77.74.177.9", "cidr")
+    ]
+    assert "attributed_by" not in events[0].extra
+    assert sensor.process_frame(2, 1, readdress(syn_frame(), dst="77.74.184.9")) == []
+
+
+def test_dns_attribution_expires_with_ttl(matcher) -> None:  # type: ignore[no-untyped-def]
+    answer = dns_answer_frame(b"\x06dnl-03\x03geo")  # A 10.77.0.1; dnsmasq local TTL 0 -> 60 s floor
+    syn = syn_frame()  # to 10.77.0.1:443
+    sensor = Sensor(matcher, "t")
+    sensor.process_frame(0, 1, answer)
+    hit = sensor.process_frame(10 * 10**9, 1, syn)
+    assert [(e.kind, e.name, e.extra.get("attributed_by")) for e in hit] == [
+        ("ip_flow", "dnl-03.geo.kaspersky.com", "dns")
+    ]
+    assert sensor.process_frame(400 * 10**9, 1, syn) == []  # long past any TTL it had
+
+
+def test_ech_is_noted_on_the_event(corpus) -> None:  # type: ignore[no-untyped-def]
+    proc = subprocess.run(
+        [*KASPWATCH, "scan", "--observations", str(corpus / "zeek_tls13-ech.pcap")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    sni = [json.loads(x) for x in proc.stdout.splitlines() if '"tls_sni"' in x]
+    assert sni and all(e["ech"] is True for e in sni)
+
+
+def test_stdin_capture(capfd) -> None:  # type: ignore[no-untyped-def]
+    with open(SAMPLE, "rb") as fh:
+        proc = subprocess.run(
+            [*KASPWATCH, "scan", "-"], stdin=fh, capture_output=True, text=True, timeout=60
+        )
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 19
