@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from sensor.indicators import PackError, _LineLoader
+from sensor.yamlfile import PackError, load_yaml
 
 KEYS = {"sensor", "bus", "packs", "allowlist", "window"}
 
@@ -42,16 +41,7 @@ def load_config(path: str | None) -> Config:
     if not path:
         return Config()
     where = path
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        doc: Any = yaml.load(text, Loader=_LineLoader)  # noqa: S506
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file") from None
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise ConfigError(f"{where}:{line}: YAML syntax: {exc.problem}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{where}: cannot read: {exc}") from None
+    doc, text = load_yaml(path, ConfigError)
     if doc is None:
         return Config(path=path)
     if not isinstance(doc, dict):

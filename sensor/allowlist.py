@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
-
-from sensor.indicators import PackError, _LineLoader
+from sensor.yamlfile import PackError, load_yaml
 
 ALLOWLIST_SCHEMA: Final = "kaspwatch-allowlist/1"
 _ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
@@ -77,15 +75,7 @@ class Allowlist:
 
 def load_allowlist(path: str | Path) -> Allowlist:
     where = str(path)
-    try:
-        doc = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
-    except FileNotFoundError:
-        raise PackError(f"{where}: no such file") from None
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise PackError(f"{where}:{line}: YAML syntax: {exc.problem}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PackError(f"{where}: cannot read: {exc}") from None
+    doc, _ = load_yaml(path)
     if not isinstance(doc, dict) or doc.get("schema") != ALLOWLIST_SCHEMA:
         raise PackError(f"{where}:1: an allowlist is a mapping with schema: {ALLOWLIST_SCHEMA}")
     items = doc.get("entries") or []

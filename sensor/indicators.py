@@ -12,9 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
-
 from kaspwatch.event import IndicatorRef
+from sensor.yamlfile import PackError, load_yaml
+
+__all__ = ["PackError", "load_pack"]
 
 PACK_SCHEMA: Final = "kaspwatch-indicator-pack/1"
 MATCH_KINDS: Final = ("exact", "suffix", "wildcard", "range", "cidr")
@@ -40,10 +41,6 @@ _PUBLIC_SECOND_LEVEL: Final = re.compile(
     r"^(co|com|net|org|gov|gob|edu|ac|or|ne|go|mil|ltd|plc)\.[a-z]{2}$"
 )
 MAX_RANGE: Final = 1000
-
-
-class PackError(ValueError):
-    """A pack file is invalid. ``str()`` is ``file:line: message``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,19 +75,6 @@ class Pack:
     exclusions: tuple[Exclusion, ...]
 
 
-class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """SafeLoader that remembers each mapping's line as ``__line__``."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
-    mapping["__line__"] = node.start_mark.line + 1
-    return mapping  # type: ignore[no-any-return]
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def shipped_pack_path() -> Path:
     return Path(str(resources.files("sensor") / "packs" / "kaspersky.yaml"))
 
@@ -104,19 +88,7 @@ def load_pack(path: str | Path | None = None) -> Pack:
     """Load and validate a pack; PackError names the file and line of the first problem."""
     path = Path(path) if path is not None else shipped_pack_path()
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PackError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PackError(f"{where}: cannot read: {exc}") from None
-    try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise PackError(f"{where}:{line}: YAML syntax: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise PackError(f"{where}: YAML: {exc}") from None
+    doc, _ = load_yaml(path)
     if not isinstance(doc, dict):
         raise PackError(f"{where}:1: a pack is a mapping with 'schema' and 'indicators'")
     if doc.get("schema") != PACK_SCHEMA:

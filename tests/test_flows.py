@@ -75,7 +75,9 @@ def test_flows_to_kaspersky_prefixes_v4_are_ip_flow_hits(matcher) -> None:  # ty
 
 
 def test_dns_attribution_expires_with_ttl(matcher) -> None:  # type: ignore[no-untyped-def]
-    answer = dns_answer_frame(b"\x06dnl-03\x03geo")  # A 10.77.0.1; dnsmasq local TTL 0 -> 60 s floor
+    answer = dns_answer_frame(
+        b"\x06dnl-03\x03geo"
+    )  # A 10.77.0.1; dnsmasq local TTL 0 -> 60 s floor
     syn = syn_frame()  # to 10.77.0.1:443
     sensor = Sensor(matcher, "t")
     sensor.process_frame(0, 1, answer)
