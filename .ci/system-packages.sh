@@ -11,6 +11,11 @@ have dnsmasq || need+=(dnsmasq-base)
 have tcpdump || need+=(tcpdump)
 have curl || need+=(curl)
 have openssl || need+=(openssl)
+have ethtool || need+=(ethtool)
+have kdig || need+=(knot-dnsutils)
+have nginx || need+=(nginx-light)
+have tinyproxy || need+=(tinyproxy)
+have chromium || need+=(chromium)
 if ((${#need[@]})); then
   echo "system-packages: installing ${need[*]}" >&2
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
