@@ -65,7 +65,12 @@ async def run_sensor(
 
     for source in sources:
         frames = iter(source)
-        while stop is None or not stop.is_set():
+        while True:
+            if stop is not None and stop.is_set():
+                halt = getattr(source, "stop", None)
+                if halt is None:
+                    break  # a file: stop where we are
+                halt()  # a live source reads out what the kernel holds, then ends
             batch = await asyncio.to_thread(_batches, frames)
             if batch is None:
                 break

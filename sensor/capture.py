@@ -303,7 +303,8 @@ class LiveCapture:
         self._sock.close()
 
     def __iter__(self) -> Iterator[Frame | None]:
-        """Frames as they arrive; ``None`` when the wire is quiet for a moment."""
+        """Frames as they arrive; ``None`` when the wire is quiet for a moment. After
+        ``stop()``, what the kernel already holds is read out before the iterator ends."""
         recv = self._sock.recv
         while not self._stop:
             try:
@@ -311,10 +312,14 @@ class LiveCapture:
             except TimeoutError:
                 yield None
                 continue
-            except OSError:
-                if self._stop:
-                    return
-                raise
+            self.stats.packets += 1
+            yield (time.time_ns(), LINKTYPE_ETHERNET, data)
+        self._sock.setblocking(False)
+        while True:
+            try:
+                data = recv(self.snaplen)
+            except (BlockingIOError, OSError):
+                return
             self.stats.packets += 1
             yield (time.time_ns(), LINKTYPE_ETHERNET, data)
 
@@ -359,7 +364,7 @@ class MergedLive:
 
         for t in self._threads:
             t.start()
-        while any(t.is_alive() for t in self._threads):
+        while any(t.is_alive() for t in self._threads) or not self._queue.empty():
             try:
                 yield self._queue.get(timeout=0.2)
             except queue.Empty:
