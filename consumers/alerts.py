@@ -1,8 +1,13 @@
-"""Alerts: at most one per (host, indicator category) per suppression window.
+"""Alerts an on-call analyst can act on: one per (host, category, stage) per window.
 
-Windows run on event time, so replaying a capture or the topic gives the same alerts,
-and alert ids are derived from the first event of the window, so a replay after a
-crash re-sends the same id and a downstream deduplicates it.
+Stages escalate: ``first_contact`` (the first hit of a category), ``sustained`` (the
+host keeps at it: SUSTAINED_HITS hits spread over at least SUSTAINED_SPAN in the window)
+and ``resolver_bypass`` (a watched name asked of a public resolver: the product is
+working around DNS enforcement). Severity starts at the indicator's, rises one step for
+``sustained`` and ``resolver_bypass``, and one more when the host sits in an OT zone.
+
+Windows run on event time, so replaying a capture or the topic gives the same alerts;
+alert ids derive from the window's first event, so a replay re-sends the same id.
 """
 
 from __future__ import annotations
@@ -12,38 +17,68 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
+from consumers.assets import UNKNOWN, Asset, AssetMap
 from kaspwatch.bus import Publisher
 from kaspwatch.event import ALERTS_TOPIC, Event, parse_ts
 
-SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
+SEVERITY_RANK: Final = {s: i for i, s in enumerate(SEVERITIES)}
+STAGES: Final = ("first_contact", "sustained", "resolver_bypass")
+SUSTAINED_HITS: Final = 5
+SUSTAINED_SPAN: Final = timedelta(minutes=5)
+
+
+def raise_severity(severity: str, steps: int) -> str:
+    return SEVERITIES[min(SEVERITY_RANK.get(severity, 2) + steps, len(SEVERITIES) - 1)]
 
 
 @dataclass
-class _Window:
+class Window:
+    """What the engine remembers per (host, category): persisted across restarts."""
+
     start: datetime
-    suppressed: int = 0
+    first_event: str
+    hits: int = 0
+    last: datetime | None = None
+    stages: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
 class Alert:
     alert_id: str
     event: Event
+    stage: str
+    severity: str
+    asset: Asset
+    hits: int
+    first_seen: str
+    status: str = "firing"
+
+    @property
+    def category(self) -> str:
+        assert self.event.indicator is not None
+        return self.event.indicator.category
 
     def to_dict(self) -> dict[str, Any]:
         ev = self.event
         ind = ev.indicator
         assert ind is not None
+        where = f" in {self.asset.site}/{self.asset.zone}" if self.asset is not UNKNOWN else ""
         doc: dict[str, Any] = {
             "schema": 1,
             "alert_id": self.alert_id,
+            "status": self.status,
             "ts": ev.ts,
+            "first_seen": self.first_seen,
             "host": ev.host,
             "category": ind.category,
-            "severity": ind.severity,
+            "stage": self.stage,
+            "severity": self.severity,
+            "indicator_severity": ind.severity,
             "confidence": ind.confidence,
             "indicator": ind.to_dict(),
             "name": ev.name,
@@ -52,9 +87,14 @@ class Alert:
             "dst_port": ev.dst_port,
             "sensor": ev.sensor,
             "event_id": ev.event_id,
+            "hits": self.hits,
+            "site": self.asset.site,
+            "zone": self.asset.zone,
+            "owner": self.asset.owner,
+            "criticality": self.asset.criticality,
             "summary": (
-                f"{ev.host} contacted Kaspersky {ind.category} endpoint {ev.name} "
-                f"({ev.kind}, indicator {ind.id}, severity {ind.severity})"
+                f"{ev.host}{where} {_STAGE_TEXT[self.stage]} Kaspersky {ind.category} endpoint "
+                f"{ev.name} ({ev.kind}, indicator {ind.id})"
             ),
         }
         if ev.query:
@@ -65,36 +105,69 @@ class Alert:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
 
-class AlertEngine:
-    """Pure decision logic: which hits become alerts."""
+_STAGE_TEXT: Final = {
+    "first_contact": "contacted",
+    "sustained": "keeps contacting",
+    "resolver_bypass": "bypassed internal DNS (public resolver) to reach",
+}
 
-    def __init__(self, window_s: float = 3600.0) -> None:
+
+class AlertEngine:
+    """Pure decision logic: which hits become alerts, at which stage and severity."""
+
+    def __init__(self, window_s: float = 3600.0, assets: AssetMap | None = None) -> None:
         self.window = timedelta(seconds=window_s)
-        self._state: dict[tuple[str, str], _Window] = {}
+        self.assets = assets or AssetMap([])
+        self.windows: dict[tuple[str, str], Window] = {}
         self.alerts = 0
         self.suppressed = 0
         self.allowlisted = 0
 
-    def feed(self, event: Event) -> Alert | None:
+    def feed(self, event: Event) -> list[Alert]:
+        """Alerts this hit raises (none, or one per stage it reaches first)."""
         ind = event.indicator
         if ind is None:
-            return None
+            return []
         if event.extra.get("allowlisted"):
             self.allowlisted += 1  # a sanctioned exception: counted, never alerted
-            return None
+            return []
         key = (event.host, ind.category)
         ts = parse_ts(event.ts)
-        win = self._state.get(key)
-        if win is not None and win.start <= ts < win.start + self.window:
-            win.suppressed += 1
+        win = self.windows.get(key)
+        if win is None or not (win.start <= ts < win.start + self.window):
+            win = self.windows[key] = Window(ts, event.event_id)
+        win.hits += 1
+        win.last = ts if win.last is None else max(win.last, ts)
+        reached = ["first_contact"]
+        if win.hits >= SUSTAINED_HITS and win.last - win.start >= SUSTAINED_SPAN:
+            reached.append("sustained")
+        if event.extra.get("resolver_bypass"):
+            reached.append("resolver_bypass")
+        new = [stage for stage in reached if stage not in win.stages]
+        if not new:
             self.suppressed += 1
-            return None
-        self._state[key] = _Window(ts)
-        self.alerts += 1
-        digest = hashlib.blake2b(
-            f"{event.host}|{ind.category}|{event.event_id}".encode(), digest_size=16
-        ).hexdigest()
-        return Alert(digest, event)
+            return []
+        asset = self.assets.lookup(event.host)
+        out = []
+        for stage in new:
+            win.stages.add(stage)
+            steps = (stage != "first_contact") + asset.is_ot
+            digest = hashlib.blake2b(
+                f"{event.host}|{ind.category}|{stage}|{win.first_event}".encode(), digest_size=16
+            ).hexdigest()
+            out.append(
+                Alert(
+                    alert_id=digest,
+                    event=event,
+                    stage=stage,
+                    severity=raise_severity(ind.severity, steps),
+                    asset=asset,
+                    hits=win.hits,
+                    first_seen=win.start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                )
+            )
+        self.alerts += len(out)
+        return out
 
 
 class AlertSink:
@@ -118,15 +191,13 @@ class AlertSink:
     async def handle(self, events: list[Event]) -> None:
         pending: list[asyncio.Future[Any]] = []
         for ev in events:
-            alert = self.engine.feed(ev)
-            if alert is None:
-                continue
-            self.emitted += 1
-            body = alert.to_json()
-            if self.out is not None:
-                self.out.write(self.render(alert) + "\n")
-            if self.publisher is not None:
-                pending.append(await self.publisher.send(self.topic, body, ev.host.encode()))
+            for alert in self.engine.feed(ev):
+                self.emitted += 1
+                body = alert.to_json()
+                if self.out is not None:
+                    self.out.write(self.render(alert) + "\n")
+                if self.publisher is not None:
+                    pending.append(await self.publisher.send(self.topic, body, ev.host.encode()))
         if self.out is not None:
             self.out.flush()
         if pending:
@@ -141,7 +212,8 @@ def render_text(alert: Alert) -> str:
     """One line for a person at a terminal."""
     d = alert.to_dict()
     asked = f", asked {d['query']}" if "query" in d else ""
+    site = f" {d['site']}/{d['zone']}" if d["site"] != "unknown" else ""
     return (
-        f"ALERT {d['ts']} {d['severity'].upper():<6} {d['category']:<14} host {d['host']:<15} "
-        f"{d['name']} ({d['kind']}{asked}) [{d['indicator']['id']}]"
+        f"ALERT {d['ts']} {d['severity'].upper():<8} {d['category']:<14} {d['stage']:<15} "
+        f"host {d['host']}{site}  {d['name']} ({d['kind']}{asked}) [{d['indicator']['id']}]"
     )

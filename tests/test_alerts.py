@@ -41,21 +41,21 @@ def test_one_alert_per_host_and_category_per_window() -> None:
         engine.feed(hit("10.1.1.2", 30)),  # new host
         engine.feed(hit("10.1.1.1", 700)),  # window over: alerts again
     ]
-    assert [a is not None for a in decided] == [True, False, True, True, True]
+    assert [len(a) for a in decided] == [1, 0, 1, 1, 1]
     assert (engine.alerts, engine.suppressed) == (4, 1)
 
 
 def test_observations_never_alert() -> None:
     ev = hit("10.1.1.1", 0)
     obs = Event(**{**{f: getattr(ev, f) for f in Event.__slots__}, "indicator": None})  # type: ignore[attr-defined]
-    assert AlertEngine().feed(obs) is None
+    assert AlertEngine().feed(obs) == []
 
 
 def test_replay_gives_the_same_alert_ids() -> None:
     events = [hit("10.1.1.1", s) for s in (0, 5, 4000)]
-    first = [a.alert_id for e in events if (a := AlertEngine(3600).feed(e))]
+    first = [a.alert_id for e in events for a in AlertEngine(3600).feed(e)]
     engine = AlertEngine(3600)
-    again = [a.alert_id for e in events if (a := engine.feed(e))]
+    again = [a.alert_id for e in events for a in engine.feed(e)]
     assert len(again) == 2 and again[0] == first[0]
 
 
@@ -74,7 +74,32 @@ async def test_sink_writes_stdout_and_topic_before_returning() -> None:
 
 
 def test_text_rendering_names_host_and_endpoint() -> None:
-    alert = AlertEngine().feed(hit("10.1.1.9", 0))
-    assert alert is not None
+    [alert] = AlertEngine().feed(hit("10.1.1.9", 0))
     line = render_text(alert)
     assert "10.1.1.9" in line and "s01.upd.kaspersky.com" in line and "HIGH" in line
+
+
+def test_sustained_contact_escalates_once() -> None:
+    engine = AlertEngine(window_s=3600)
+    stages = [[a.stage for a in engine.feed(hit("10.1.1.1", t))] for t in (0, 60, 120, 180, 240, 300, 360)]
+    # 5th hit at 240 s: span 4 min < 5; 6th at 300 s: 6 hits over 5 min -> sustained, once
+    assert stages == [["first_contact"], [], [], [], [], ["sustained"], []]
+
+
+def test_sustained_and_bypass_raise_severity_and_ot_raises_more(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from consumers.assets import load_assets
+
+    assets = tmp_path / "assets.csv"
+    assets.write_text("cidr,site,zone,owner,criticality\n10.9.0.0/16,substation-3,OT,ops,critical\n")
+    engine = AlertEngine(assets=load_assets(str(assets)))
+    ev = hit("10.9.1.1", 0, KSN, "dc1.ksn.kaspersky-labs.com")
+    ev.extra["resolver_bypass"] = True
+    alerts = {a.stage: a for a in engine.feed(ev)}
+    assert set(alerts) == {"first_contact", "resolver_bypass"}
+    assert alerts["first_contact"].severity == "critical"  # high + OT zone
+    assert alerts["resolver_bypass"].severity == "critical"  # capped
+    doc = alerts["first_contact"].to_dict()
+    assert (doc["site"], doc["zone"], doc["criticality"]) == ("substation-3", "OT", "critical")
+    assert "substation-3/OT" in doc["summary"]
+    it = AlertEngine().feed(hit("10.1.1.1", 0))[0]
+    assert it.severity == "high" and it.to_dict()["site"] == "unknown"
