@@ -16,6 +16,7 @@ have kdig || need+=(knot-dnsutils)
 have nginx || need+=(nginx-light)
 have tinyproxy || need+=(tinyproxy)
 have chromium || need+=(chromium)
+have prometheus-alertmanager || need+=(prometheus-alertmanager)
 if ((${#need[@]})); then
   echo "system-packages: installing ${need[*]}" >&2
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"

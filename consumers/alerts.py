@@ -12,18 +12,14 @@ alert ids derive from the window's first event, so a replay re-sends the same id
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 from consumers.assets import UNKNOWN, Asset, AssetMap
-from kaspwatch.bus import Publisher
-from kaspwatch.event import ALERTS_TOPIC, Event, parse_ts
+from kaspwatch.event import Event, parse_ts
 
 SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK: Final = {s: i for i, s in enumerate(SEVERITIES)}
@@ -168,40 +164,6 @@ class AlertEngine:
             )
         self.alerts += len(out)
         return out
-
-
-class AlertSink:
-    """Writes alerts to stdout (NDJSON) and/or the alerts topic, waiting for both."""
-
-    def __init__(
-        self,
-        engine: AlertEngine,
-        publisher: Publisher | None = None,
-        out: TextIO | None = sys.stdout,
-        topic: str = ALERTS_TOPIC,
-        render: Callable[[Alert], str] | None = None,
-    ) -> None:
-        self.engine = engine
-        self.publisher = publisher
-        self.out = out
-        self.topic = topic
-        self.render = render or render_json
-        self.emitted = 0
-
-    async def handle(self, events: list[Event]) -> None:
-        pending: list[asyncio.Future[Any]] = []
-        for ev in events:
-            for alert in self.engine.feed(ev):
-                self.emitted += 1
-                body = alert.to_json()
-                if self.out is not None:
-                    self.out.write(self.render(alert) + "\n")
-                if self.publisher is not None:
-                    pending.append(await self.publisher.send(self.topic, body, ev.host.encode()))
-        if self.out is not None:
-            self.out.flush()
-        if pending:
-            await asyncio.gather(*pending)
 
 
 def render_json(alert: Alert) -> str:

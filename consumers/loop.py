@@ -1,21 +1,29 @@
 """The consume loop every consumer shares: poll, parse, handle, and only then commit.
 
-Offsets are committed after the handler returns, so a crash replays (at-least-once)
-rather than loses. A message that is not a valid event is logged with its topic,
-partition and offset, counted, and skipped: one poison message never stalls a group.
+Offsets are committed after every handler returned, so a crash replays (at-least-once)
+rather than loses. A message that is not a valid event goes to the dead-letter handler
+(logged with topic, partition and offset, counted, and published to the dead-letter
+topic) before the batch is committed: one poison message never stalls a group. When a
+handler raises, nothing is committed: handlers roll back, the subscriber rewinds to
+the committed offsets and the batch is read again after a pause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
-from kaspwatch.bus import Record, Subscriber
+from kaspwatch.bus import Publisher, Record, Subscriber
 from kaspwatch.event import Event, EventError, event_from_json
 
 log = logging.getLogger("kaspwatch.consumers")
+
+DeadLetter = Callable[[Record, str], Awaitable[None]]
+RETRY_PAUSE_S = 2.0
 
 
 class Handler(Protocol):
@@ -24,25 +32,47 @@ class Handler(Protocol):
         ...
 
 
-def parse_records(records: list[Record], on_invalid: Callable[[Record, str], None]) -> list[Event]:
-    events = []
+def parse_records(records: list[Record]) -> tuple[list[Event], list[tuple[Record, str]]]:
+    events, invalid = [], []
     for rec in records:
         try:
             events.append(event_from_json(rec.value))
         except EventError as exc:
-            on_invalid(rec, str(exc))
-    return events
+            invalid.append((rec, str(exc)))
+    return events, invalid
 
 
-def log_invalid(rec: Record) -> str:
-    return f"{rec.topic}[{rec.partition}]@{rec.offset}"
+class DeadLetters:
+    """Poison messages: logged, counted, and (with a publisher) kept on a dead-letter topic
+    as a JSON envelope with the reason and the original bytes, base64."""
+
+    def __init__(self, counter: Any, publisher: Publisher | None = None, topic: str = "") -> None:
+        self.counter = counter
+        self.publisher = publisher
+        self.topic = topic
+
+    async def __call__(self, rec: Record, reason: str) -> None:
+        self.counter.inc()
+        log.error("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
+        if self.publisher is None:
+            return
+        envelope = {
+            "reason": reason,
+            "topic": rec.topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "key": base64.b64encode(rec.key).decode() if rec.key is not None else None,
+            "value": base64.b64encode(rec.value).decode(),
+        }
+        fut = await self.publisher.send(self.topic, json.dumps(envelope).encode(), rec.key)
+        await fut
 
 
 async def consume(
     sub: Subscriber,
     handlers: list[Handler],
     stop: asyncio.Event,
-    on_invalid: Callable[[Record, str], None],
+    dead_letter: DeadLetter,
     finished: Callable[[], bool] | None = None,
 ) -> None:
     """Run until ``stop`` is set, or, with ``finished``, once it says the producers are
@@ -54,7 +84,19 @@ async def consume(
             if done and await sub.lag() == 0:
                 return
             continue
-        events = parse_records(records, on_invalid)
-        for handler in handlers:
-            await handler.handle(events)
+        events, invalid = parse_records(records)
+        try:
+            for rec, reason in invalid:
+                await dead_letter(rec, reason)
+            for handler in handlers:
+                await handler.handle(events)
+        except Exception:
+            log.exception("batch failed; nothing committed, retrying in %.0f s", RETRY_PAUSE_S)
+            for handler in handlers:
+                rollback = getattr(handler, "rollback", None)
+                if rollback is not None:
+                    rollback()
+            await sub.rewind()
+            await asyncio.sleep(RETRY_PAUSE_S)
+            continue
         await sub.commit()

@@ -10,9 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from kaspwatch import __version__
+from kaspwatch.alerting import add_alert_options
 from kaspwatch.bus import BusError
 from kaspwatch.config import load_config
-from kaspwatch.event import ALERTS_TOPIC, HITS_TOPIC
+from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
 from sensor.capture import CaptureError
 from sensor.indicators import PackError
 
@@ -68,15 +69,6 @@ def _add_source_opts(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_alert_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--window",
-        type=float,
-        metavar="SECONDS",
-        help="suppression window per (host, category), in event time (default 3600)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kaspwatch",
@@ -115,13 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sensor_opts(p)
 
-    p = sub.add_parser("alerts", help="consume hits, emit alerts to stdout and the alerts topic")
+    p = sub.add_parser("alerts", help="consume hits, raise alerts to every configured sink")
     p.add_argument("--bus", help="kafka://HOST:PORT[,HOST:PORT] (config 'bus', env KASPWATCH_BUS)")
     p.add_argument("--group", default="kaspwatch-alerts", help="Kafka consumer group")
     p.add_argument("--topic", default=HITS_TOPIC)
-    p.add_argument("--alerts-topic", default=ALERTS_TOPIC)
-    p.add_argument("--no-stdout", action="store_true", help="do not print alerts on stdout")
-    _add_alert_opts(p)
+    p.add_argument("--alerts-topic", default=ALERTS_TOPIC, help="OCSF Detection Findings go here")
+    p.add_argument("--dead-letter-topic", default=DEAD_LETTER_TOPIC)
+    p.add_argument(
+        "--metrics-addr",
+        type=_listen_addr,
+        metavar="HOST:PORT",
+        help="serve this consumer's metrics (deliveries, sink failures, dead letters)",
+    )
+    add_alert_options(p, state_default=True)
 
     p = sub.add_parser("metrics", help="consume hits and serve Prometheus metrics")
     p.add_argument("--bus", help="kafka://HOST:PORT[,HOST:PORT] (config 'bus', env KASPWATCH_BUS)")
@@ -138,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="embedded mode: sensor and consumers in one process")
     _add_source_opts(p)
     _add_sensor_opts(p)
-    _add_alert_opts(p)
+    add_alert_options(p, state_default=False)
     p.add_argument(
         "--metrics-addr",
         type=_listen_addr,

@@ -12,20 +12,19 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
 
-from consumers.alerts import AlertEngine, AlertSink, render_json, render_text
-from consumers.loop import consume
+from consumers.alerts import render_json, render_text
+from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
 from consumers.summary import Summary
+from kaspwatch.alerting import DeliveryCollector, build_sinks, open_delivery
 from kaspwatch.bus import open_publisher, open_subscriber
 from kaspwatch.event import HITS_TOPIC
 from kaspwatch.indicator_commands import cmd_indicators
-from kaspwatch.runtime import PublishStats, invalid_logger, register_sensor, run_sensor
+from kaspwatch.runtime import PublishStats, register_sensor, run_sensor
 from kaspwatch.scan import scan
 from sensor.capture import BPF_FILTER, CaptureFile, Frame, LiveCapture, MergedLive
 from sensor.pipeline import Sensor
 from sensor.rules import Reloader, RuleSource, source_from
-
-DEFAULT_WINDOW = 3600.0
 
 log = logging.getLogger("kaspwatch")
 
@@ -128,25 +127,31 @@ def cmd_sense(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
+    render = render_json
+    metrics = HitMetrics()
+
     async def main() -> None:
         stopper = _Stopper()
         stopper.install()
-        metrics = HitMetrics()
         publisher = open_publisher(args.bus, client_id="kaspwatch-alerts")
         sub = open_subscriber(args.bus, [args.topic], args.group, client_id="kaspwatch-alerts")
         await publisher.start()
+        delivery, _ = open_delivery(args, build_sinks(args, publisher, render), args.group)
+        metrics.registry.register(DeliveryCollector(delivery))
+        if args.metrics_addr:
+            start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)
+        for sink in delivery.sinks:
+            await sink.start()
         await sub.start()
-        sink = AlertSink(
-            AlertEngine(args.window or args.config_loaded.window or DEFAULT_WINDOW),
-            publisher,
-            out=None if args.no_stdout else sys.stdout,
-            topic=args.alerts_topic,
-        )
+        dead = DeadLetters(metrics.invalid, publisher, args.dead_letter_topic)
         try:
-            await consume(sub, [sink], stopper.stop, invalid_logger(metrics.invalid))
+            await consume(sub, [delivery], stopper.stop, dead)
         finally:
             await sub.stop()
+            for sink in delivery.sinks:
+                await sink.stop()
             await publisher.stop()
+            delivery.state.close()
 
     asyncio.run(main())
     return 0
@@ -164,7 +169,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         sub = open_subscriber(args.bus, [args.topic], args.group, client_id="kaspwatch-metrics")
         await sub.start()
         try:
-            await consume(sub, [metrics], stopper.stop, invalid_logger(metrics.invalid))
+            await consume(sub, [metrics], stopper.stop, DeadLetters(metrics.invalid))
         finally:
             await sub.stop()
 
@@ -182,9 +187,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)
         log.info("serving metrics on http://%s:%d/metrics", *args.metrics_addr)
     bus_url = f"memory://run-{id(sensor)}"
-    engine = AlertEngine(args.window or args.config_loaded.window or DEFAULT_WINDOW)
     render = render_text if args.format == "text" else render_json
-    sink = AlertSink(engine, publisher=None, out=sys.stdout, render=render)
+    delivery, _ = open_delivery(args, build_sinks(args, None, render), None)
+    metrics.registry.register(DeliveryCollector(delivery))
+    engine = delivery.engine
     summary = Summary()
 
     async def main() -> None:
@@ -196,7 +202,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for part in (publisher, alerts_sub, metrics_sub):
             await part.start()
         sensing_done = asyncio.Event()
-        on_invalid = invalid_logger(metrics.invalid)
+        on_invalid = DeadLetters(metrics.invalid)
+        for sink in delivery.sinks:
+            await sink.start()
 
         async def sense() -> None:
             try:
@@ -211,9 +219,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         never = asyncio.Event()
         await asyncio.gather(
             sense(),
-            consume(alerts_sub, [sink, summary], never, on_invalid, sensing_done.is_set),
+            consume(alerts_sub, [delivery, summary], never, on_invalid, sensing_done.is_set),
             consume(metrics_sub, [metrics], never, on_invalid, sensing_done.is_set),
         )
+        for sink in delivery.sinks:
+            await sink.stop()
 
     asyncio.run(main())
     summary.print(sys.stdout)

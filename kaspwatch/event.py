@@ -15,6 +15,7 @@ from typing import Any, Final
 SCHEMA_VERSION: Final = 1
 HITS_TOPIC: Final = "kaspwatch.hits.v1"
 ALERTS_TOPIC: Final = "kaspwatch.alerts.v1"
+DEAD_LETTER_TOPIC: Final = "kaspwatch.hits.dlq.v1"
 
 KINDS: Final = frozenset(
     {"dns_query", "dns_answer", "tls_sni", "quic_sni", "http_host", "http_connect", "ip_flow"}

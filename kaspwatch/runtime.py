@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kaspwatch.bus import Publisher, Record
+from kaspwatch.bus import Publisher
 from kaspwatch.event import HITS_TOPIC
 from sensor.capture import Frame
 from sensor.pipeline import Sensor
@@ -160,13 +160,3 @@ def register_sensor(
 ) -> None:
     drops = [s.kernel_drops for s in sources or [] if hasattr(s, "kernel_drops")]
     registry.register(SensorCollector(sensor, publish, reloader, lambda: sum(d() for d in drops)))
-
-
-def invalid_logger(counter: Any) -> Any:
-    def on_invalid(rec: Record, reason: str) -> None:
-        counter.inc()
-        log.error(
-            "skipping invalid message %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason
-        )
-
-    return on_invalid

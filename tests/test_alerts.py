@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from consumers.alerts import AlertEngine, AlertSink, render_text
+from consumers.alerts import AlertEngine, render_text
 from kaspwatch.bus.memory import MemoryBus
 from kaspwatch.event import Event, IndicatorRef, format_ts, make_event_id
 
@@ -59,18 +59,36 @@ def test_replay_gives_the_same_alert_ids() -> None:
     assert len(again) == 2 and again[0] == first[0]
 
 
-async def test_sink_writes_stdout_and_topic_before_returning() -> None:
+async def test_delivery_writes_stdout_and_ocsf_topic_then_records(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from consumers.delivery import AlertDelivery
+    from consumers.sinks.ocsf import KafkaTopicSink
+    from consumers.sinks.stdout import StdoutSink
+    from consumers.state import AlertState
+
     bus = MemoryBus()
     out = io.StringIO()
-    sink = AlertSink(AlertEngine(), bus.publisher(), out=out)
-    await sink.handle([hit("10.1.1.1", 0), hit("10.1.1.1", 1)])
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 1
-    on_topic = bus.topics["kaspwatch.alerts.v1"]
-    assert len(on_topic) == 1 and on_topic[0].key == b"10.1.1.1"
-    doc = json.loads(on_topic[0].value)
-    assert doc == json.loads(lines[0])
-    assert doc["host"] == "10.1.1.1" and doc["category"] == "update" and doc["severity"] == "high"
+    state = AlertState(str(tmp_path / "state.sqlite"))
+    sinks = [StdoutSink(lambda a: a.to_json().decode(), out), KafkaTopicSink(bus.publisher())]
+    delivery = AlertDelivery(AlertEngine(), sinks, state)  # type: ignore[arg-type]
+    await delivery.handle([hit("10.1.1.1", 0), hit("10.1.1.1", 1)])
+    [line] = out.getvalue().splitlines()
+    [rec] = bus.topics["kaspwatch.alerts.v1"]
+    finding = json.loads(rec.value)
+    doc = json.loads(line)
+    assert rec.key == b"10.1.1.1"
+    assert finding["class_uid"] == 2004 and finding["type_uid"] == 200401
+    assert finding["finding_info"]["uid"] == doc["alert_id"] == finding["metadata"]["uid"]
+    assert finding["severity_id"] == 4 and finding["device"]["ip"] == "10.1.1.1"
+    assert (
+        doc["host"] == "10.1.1.1"
+        and doc["category"] == "update"
+        and doc["stage"] == "first_contact"
+    )
+    assert state.delivered([doc["alert_id"]], "stdout") == {doc["alert_id"]}
+    # a restart (new engine, same state) neither forgets the window nor re-sends
+    again = AlertDelivery(AlertEngine(), sinks, AlertState(str(tmp_path / "state.sqlite")))  # type: ignore[arg-type]
+    await again.handle([hit("10.1.1.1", 2)])
+    assert len(out.getvalue().splitlines()) == 1 and len(bus.topics["kaspwatch.alerts.v1"]) == 1
 
 
 def test_text_rendering_names_host_and_endpoint() -> None:
@@ -81,7 +99,9 @@ def test_text_rendering_names_host_and_endpoint() -> None:
 
 def test_sustained_contact_escalates_once() -> None:
     engine = AlertEngine(window_s=3600)
-    stages = [[a.stage for a in engine.feed(hit("10.1.1.1", t))] for t in (0, 60, 120, 180, 240, 300, 360)]
+    stages = [
+        [a.stage for a in engine.feed(hit("10.1.1.1", t))] for t in (0, 60, 120, 180, 240, 300, 360)
+    ]
     # 5th hit at 240 s: span 4 min < 5; 6th at 300 s: 6 hits over 5 min -> sustained, once
     assert stages == [["first_contact"], [], [], [], [], ["sustained"], []]
 
@@ -90,7 +110,9 @@ def test_sustained_and_bypass_raise_severity_and_ot_raises_more(tmp_path) -> Non
     from consumers.assets import load_assets
 
     assets = tmp_path / "assets.csv"
-    assets.write_text("cidr,site,zone,owner,criticality\n10.9.0.0/16,substation-3,OT,ops,critical\n")
+    assets.write_text(
+        "cidr,site,zone,owner,criticality\n10.9.0.0/16,substation-3,OT,ops,critical\n"
+    )
     engine = AlertEngine(assets=load_assets(str(assets)))
     ev = hit("10.9.1.1", 0, KSN, "dc1.ksn.kaspersky-labs.com")
     ev.extra["resolver_bypass"] = True

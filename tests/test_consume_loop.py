@@ -13,6 +13,13 @@ from kaspwatch.event import Event
 from tests.test_alerts import hit
 
 
+def record_into(bad: list[tuple[Record, str]]):  # type: ignore[no-untyped-def]
+    async def dead_letter(rec: Record, why: str) -> None:
+        bad.append((rec, why))
+
+    return dead_letter
+
+
 class Collect:
     def __init__(self, fail_after: int | None = None) -> None:
         self.events: list[Event] = []
@@ -29,9 +36,7 @@ async def run_group(
 ) -> None:
     sub = bus.subscriber(["hits"], group)
     await sub.start()
-    await consume(
-        sub, [handler], asyncio.Event(), lambda r, why: bad.append((r, why)), lambda: True
-    )
+    await consume(sub, [handler], asyncio.Event(), record_into(bad), lambda: True)
 
 
 async def test_every_group_reads_everything_and_poison_is_skipped() -> None:
@@ -47,16 +52,35 @@ async def test_every_group_reads_everything_and_poison_is_skipped() -> None:
     assert [(r.offset, why.split(":")[0]) for r, why in bad] == [(1, "not JSON"), (1, "not JSON")]
 
 
-async def test_a_failed_handler_commits_nothing_so_a_restart_replays() -> None:
+async def test_a_failed_batch_commits_nothing_and_is_read_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import consumers.loop
+
+    monkeypatch.setattr(consumers.loop, "RETRY_PAUSE_S", 0.01)
     bus = MemoryBus()
     for i in range(3):
         bus.append("hits", None, hit(f"10.0.0.{i}", i).to_json())
-    with pytest.raises(RuntimeError):
-        await run_group(bus, "g", Collect(fail_after=0), [])
-    assert bus.committed.get(("g", "hits"), 0) == 0
-    again = Collect()
-    await run_group(bus, "g", again, [])
-    assert len(again.events) == 3 and bus.committed[("g", "hits")] == 3
+
+    class FailOnce(Collect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+            self.rollbacks = 0
+
+        async def handle(self, events: list[Event]) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                assert bus.committed.get(("g", "hits"), 0) == 0
+                raise RuntimeError("sink down")
+            await super().handle(events)
+
+        def rollback(self) -> None:
+            self.rollbacks += 1
+
+    handler = FailOnce()
+    await run_group(bus, "g", handler, [])
+    assert handler.rollbacks == 1 and handler.calls == 2
+    assert [e.src_ip for e in handler.events] == ["10.0.0.0", "10.0.0.1", "10.0.0.2"]
+    assert bus.committed[("g", "hits")] == 3
 
 
 @pytest.mark.parametrize("url", ["kafka://", "kafka://host", "nats://x:1", "localhost:9092"])

@@ -14,6 +14,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -105,6 +106,7 @@ async def test_capture_to_alerts_and_metrics_through_kafka(
     capsys: pytest.CaptureFixture[str],
     procs: list[subprocess.Popen[str]],
     event_schema: dict[str, object],
+    tmp_path: Path,
 ) -> None:
     expected = scan_sample(capsys)
     assert len(expected) >= 10
@@ -112,7 +114,7 @@ async def test_capture_to_alerts_and_metrics_through_kafka(
     hits_topic, alerts_topic = f"hits-{run}", f"alerts-{run}"
     await create_topics(kafka_bootstrap, (hits_topic, 3), (alerts_topic, 1))
     bus = f"kafka://{kafka_bootstrap}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KASPWATCH_STATE_DIR": str(tmp_path)}
 
     sense = subprocess.run(
         [
@@ -186,11 +188,13 @@ async def test_capture_to_alerts_and_metrics_through_kafka(
 
     # one alert per (host, category): the sample's hits, grouped
     want_alerts = {(str(e["host"]), e["indicator"]["category"]) for e in expected}  # type: ignore[index]
-    on_topic = [
+    findings = [
         json.loads(v) for _, v in await read_topic(kafka_bootstrap, alerts_topic, len(want_alerts))
     ]
-    assert {(a["host"], a["category"]) for a in on_topic} == want_alerts
-    assert len(on_topic) == len(want_alerts)  # no duplicates
+    # the alerts topic carries OCSF Detection Findings (class 2004)
+    assert {f["class_uid"] for f in findings} == {2004}
+    assert {(f["device"]["ip"], f["finding_info"]["types"][0]) for f in findings} == want_alerts
+    assert len(findings) == len(want_alerts)  # no duplicates
 
     # metrics: kaspwatch_hits_total per (category, kind, severity) equals the scan's counts
     want_counts: dict[str, float] = {}
@@ -233,4 +237,6 @@ async def test_capture_to_alerts_and_metrics_through_kafka(
     metrics.communicate(timeout=30)
     assert alerts.returncode == 0 and metrics.returncode == 0, err
     printed = [json.loads(line) for line in out.splitlines()]
-    assert sorted(a["alert_id"] for a in printed) == sorted(a["alert_id"] for a in on_topic)
+    assert sorted(a["alert_id"] for a in printed) == sorted(
+        f["finding_info"]["uid"] for f in findings
+    )

@@ -51,6 +51,10 @@ class Subscriber(Protocol):
         """Records not yet consumed by this subscriber (0 when caught up)."""
         ...
 
+    async def rewind(self) -> None:
+        """Go back to the committed offsets (after a batch failed)."""
+        ...
+
     async def stop(self) -> None: ...
 
 

@@ -86,5 +86,8 @@ class KafkaSubscriber:
             total += ends[tp] - (committed or 0)
         return total
 
+    async def rewind(self) -> None:
+        await self._consumer.seek_to_committed()
+
     async def stop(self) -> None:
         await self._consumer.stop()

@@ -104,5 +104,8 @@ class MemorySubscriber:
             for t in self.topics
         )
 
+    async def rewind(self) -> None:
+        await self.start()
+
     async def stop(self) -> None:
         return None

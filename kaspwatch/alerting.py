@@ -1,0 +1,142 @@
+"""Alert options shared by ``kaspwatch alerts`` and ``kaspwatch run``: which sinks, which
+asset map, where the state lives; and the metrics of delivery."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from consumers.alerts import Alert, AlertEngine
+from consumers.assets import AssetMap, load_assets
+from consumers.delivery import POLICIES, AlertDelivery
+from consumers.sinks import Sink
+from consumers.sinks.ocsf import KafkaTopicSink
+from consumers.sinks.stdout import StdoutSink
+from consumers.state import AlertState
+from kaspwatch.bus import Publisher
+from kaspwatch.event import ALERTS_TOPIC
+
+DEFAULT_WINDOW = 3600.0
+
+
+def add_alert_options(p: argparse.ArgumentParser, state_default: bool) -> None:
+    p.add_argument(
+        "--window",
+        type=float,
+        metavar="SECONDS",
+        help="suppression window per (host, category, stage), in event time (default 3600)",
+    )
+    p.add_argument(
+        "--assets",
+        metavar="FILE",
+        help="asset map, YAML or CSV: cidr -> site, zone, owner, criticality",
+    )
+    p.add_argument(
+        "--state",
+        metavar="FILE",
+        help="SQLite file keeping suppression windows and deliveries across restarts"
+        + (" (default: .kaspwatch/alerts-GROUP.sqlite)" if state_default else " (default: memory)"),
+    )
+    p.add_argument(
+        "--alertmanager",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="Prometheus Alertmanager base URL (repeatable: every one gets every alert)",
+    )
+    p.add_argument("--webhook", metavar="URL", help="POST alerts as JSON here")
+    p.add_argument(
+        "--webhook-secret-file", metavar="PATH", help="HMAC-SHA256 key for X-Kaspwatch-Signature"
+    )
+    p.add_argument("--syslog", metavar="URL", help="udp://HOST:PORT or tcp://HOST:PORT")
+    p.add_argument("--syslog-format", choices=("rfc5424", "cef"), default="rfc5424")
+    p.add_argument(
+        "--on-sink-failure",
+        choices=POLICIES,
+        default="retry",
+        help="retry: keep the batch uncommitted and retry (default); drop: count, log, go on",
+    )
+    p.add_argument("--no-stdout", action="store_true", help="do not print alerts on stdout")
+
+
+def build_sinks(
+    args: argparse.Namespace, publisher: Publisher | None, render: Callable[[Alert], str]
+) -> list[Sink]:
+    sinks: list[Sink] = []
+    if not args.no_stdout:
+        sinks.append(StdoutSink(render))
+    if publisher is not None:
+        sinks.append(KafkaTopicSink(publisher, getattr(args, "alerts_topic", ALERTS_TOPIC)))
+    if args.alertmanager:
+        from consumers.sinks.alertmanager import AlertmanagerSink
+
+        sinks.append(AlertmanagerSink(args.alertmanager))
+    if args.webhook:
+        from consumers.sinks.webhook import WebhookSink, load_secret
+
+        secret = load_secret(args.webhook_secret_file) if args.webhook_secret_file else None
+        sinks.append(WebhookSink(args.webhook, secret))
+    if args.syslog:
+        from consumers.sinks.syslog import SyslogSink
+
+        sinks.append(SyslogSink(args.syslog, args.syslog_format))
+    return sinks
+
+
+def state_path(args: argparse.Namespace, group: str | None) -> str | None:
+    if args.state:
+        return str(args.state)
+    if group is None:
+        return None
+    base = Path(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch"))
+    return str(base / f"alerts-{group}.sqlite")
+
+
+def open_delivery(
+    args: argparse.Namespace, sinks: list[Sink], group: str | None
+) -> tuple[AlertDelivery, AssetMap]:
+    assets = load_assets(args.assets)
+    window = args.window or args.config_loaded.window or DEFAULT_WINDOW
+    engine = AlertEngine(window, assets)
+    return AlertDelivery(
+        engine, sinks, AlertState(state_path(args, group)), args.on_sink_failure
+    ), assets
+
+
+class DeliveryCollector(Collector):
+    def __init__(self, delivery: AlertDelivery) -> None:
+        self.delivery = delivery
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        st = self.delivery.stats
+        alerts = CounterMetricFamily(
+            "kaspwatch_alerts", "Alerts raised.", labels=["category", "stage", "severity"]
+        )
+        for (cat, stage, sev), n in sorted(st.alerts.items()):
+            alerts.add_metric([cat, stage, sev], n)
+        yield alerts
+        for name, table, text in (
+            ("kaspwatch_alert_deliveries", st.sent, "Alerts a sink accepted."),
+            ("kaspwatch_alert_sink_failures", st.failures, "Batches a sink gave up on."),
+            (
+                "kaspwatch_alert_sink_dropped",
+                st.dropped,
+                "Alerts dropped after a sink gave up (policy drop).",
+            ),
+        ):
+            fam = CounterMetricFamily(name, text, labels=["sink"])
+            for sink in self.delivery.sinks:
+                fam.add_metric([sink.name], table.get(sink.name, 0))
+            yield fam
+        engine = self.delivery.engine
+        yield CounterMetricFamily(
+            "kaspwatch_alerts_suppressed", "Hits inside an open window.", value=engine.suppressed
+        )
+        yield CounterMetricFamily(
+            "kaspwatch_alerts_allowlisted", "Hits an allowlist covered.", value=engine.allowlisted
+        )
