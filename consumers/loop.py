@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from kaspwatch.bus import Publisher, Record, Subscriber
-from kaspwatch.event import Event, EventError, event_from_json
+from kaspwatch.event import EventError, event_from_json
 
 log = logging.getLogger("kaspwatch.consumers")
 
@@ -27,19 +27,30 @@ RETRY_PAUSE_S = 2.0
 
 
 class Handler(Protocol):
-    async def handle(self, events: list[Event]) -> None:
+    async def handle(self, events: list[Any]) -> None:
         """Do every side effect for these events; return only when they are done."""
         ...
 
 
-def parse_records(records: list[Record]) -> tuple[list[Event], list[tuple[Record, str]]]:
-    events, invalid = [], []
-    for rec in records:
-        try:
-            events.append(event_from_json(rec.value))
-        except EventError as exc:
-            invalid.append((rec, str(exc)))
-    return events, invalid
+Parsed = tuple[list[Any], list[tuple[Record, str]]]
+
+
+def parse_with(parse: Callable[[bytes], Any]) -> Callable[[list[Record]], Parsed]:
+    """A batch parser: what ``parse`` accepts, and the rest with the reason."""
+
+    def parse_batch(records: list[Record]) -> Parsed:
+        good, invalid = [], []
+        for rec in records:
+            try:
+                good.append(parse(rec.value))
+            except EventError as exc:
+                invalid.append((rec, str(exc)))
+        return good, invalid
+
+    return parse_batch
+
+
+parse_records = parse_with(event_from_json)
 
 
 class DeadLetters:
@@ -74,6 +85,7 @@ async def consume(
     stop: asyncio.Event,
     dead_letter: DeadLetter,
     finished: Callable[[], bool] | None = None,
+    parse: Callable[[list[Record]], Parsed] = parse_records,
 ) -> None:
     """Run until ``stop`` is set, or, with ``finished``, once it says the producers are
     done and nothing is left to read (the embedded mode's end of a capture)."""
@@ -84,7 +96,7 @@ async def consume(
             if done and await sub.lag() == 0:
                 return
             continue
-        events, invalid = parse_records(records)
+        events, invalid = parse(records)
         try:
             for rec, reason in invalid:
                 await dead_letter(rec, reason)

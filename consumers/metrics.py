@@ -1,24 +1,119 @@
-"""Prometheus metrics from hit events. Labels are bounded: never an address or a name."""
+"""Prometheus metrics from hit events and sensor heartbeats.
+
+Labels are bounded: category, kind, severity, site (from the asset map), sensor (the
+deployment's sensors), window; never an address or a domain. Every known
+(category, kind, severity, site) series is exported from the start, at zero, so a
+dashboard shows "nothing yet" instead of "no data".
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
+import time
+from collections.abc import Iterator
+from typing import Any, Final
 
+from prometheus_client import CollectorRegistry, Counter, Info, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from consumers.assets import AssetMap
 from kaspwatch import __version__
-from kaspwatch.event import Event, parse_ts
+from kaspwatch.event import HEARTBEAT_FIELDS, KINDS, Event, parse_ts
 
 # *_created series double every counter for no use on a dashboard
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+WINDOWS: Final = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0}
+MAX_HOSTS_TRACKED: Final = 200_000  # active-host bookkeeping is bounded too
+
+
+class ActiveHosts(Collector):
+    """Distinct hosts per (category, site) seen within sliding windows of wall-clock time."""
+
+    def __init__(self, keys: set[tuple[str, str]]) -> None:
+        self.last_seen: dict[tuple[str, str], dict[str, float]] = {k: {} for k in keys}
+        self.evicted = 0
+
+    def see(self, category: str, site: str, host: str) -> None:
+        hosts = self.last_seen.setdefault((category, site), {})
+        hosts[host] = time.time()
+        if len(hosts) > MAX_HOSTS_TRACKED:
+            oldest = min(hosts, key=hosts.__getitem__)
+            del hosts[oldest]
+            self.evicted += 1
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.time()
+        fam = GaugeMetricFamily(
+            "kaspwatch_active_hosts",
+            "Distinct hosts with a hit in the window, per category and site.",
+            labels=["category", "site", "window"],
+        )
+        for (cat, site), hosts in sorted(self.last_seen.items()):
+            for old in [h for h, t in hosts.items() if now - t > WINDOWS["24h"]]:
+                del hosts[old]
+            for window, span in WINDOWS.items():
+                fam.add_metric(
+                    [cat, site, window], sum(1 for t in hosts.values() if now - t <= span)
+                )
+        yield fam
+
+
+class SensorHealth(Collector):
+    """Sensor health from heartbeats on Kafka: a sensor that stops beating is down."""
+
+    def __init__(self) -> None:
+        self.beats: dict[str, dict[str, Any]] = {}
+
+    async def handle(self, docs: list[dict[str, Any]]) -> None:
+        for doc in docs:
+            self.beats[doc["sensor"]] = {**doc, "received": time.time()}
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        now = time.time()
+        up = GaugeMetricFamily(
+            "kaspwatch_sensor_up", "1 while heartbeats arrive.", labels=["sensor"]
+        )
+        seen = GaugeMetricFamily(
+            "kaspwatch_sensor_heartbeat_timestamp_seconds", "Last heartbeat.", labels=["sensor"]
+        )
+        pack = GaugeMetricFamily(
+            "kaspwatch_sensor_pack_info",
+            "Pack version a sensor runs.",
+            labels=["sensor", "version"],
+        )
+        fams = {
+            key: (GaugeMetricFamily if key == "spool_depth" else CounterMetricFamily)(
+                f"kaspwatch_fleet_sensor_{key}",
+                f"Sensor-reported {key.replace('_', ' ')}.",
+                labels=["sensor"],
+            )
+            for key in HEARTBEAT_FIELDS
+        }
+        for name, b in sorted(self.beats.items()):
+            up.add_metric([name], 1.0 if now - b["received"] <= 3 * float(b["interval_s"]) else 0.0)
+            seen.add_metric([name], b["received"])
+            pack.add_metric([name, str(b.get("pack_version", ""))], 1)
+            for key, fam in fams.items():
+                fam.add_metric([name], b[key])
+        yield from (up, seen, pack, *fams.values())
+
 
 class HitMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        assets: AssetMap | None = None,
+        known: set[tuple[str, str]] | None = None,
+    ) -> None:
+        """``known``: (category, severity) pairs of the packs, exported at zero."""
         self.registry = registry or CollectorRegistry()
+        self.assets = assets or AssetMap([])
         r = self.registry
         self.hits = Counter(
             "kaspwatch_hits",
             "Events that matched a Kaspersky indicator.",
-            ["category", "kind", "severity"],
+            ["category", "kind", "severity", "site"],
             registry=r,
         )
         self.allowlisted = Counter(
@@ -33,12 +128,15 @@ class HitMetrics:
         self.invalid = Counter(
             "kaspwatch_invalid_messages", "Bus messages that were not valid events.", registry=r
         )
-        self.last_hit = Gauge(
-            "kaspwatch_last_hit_timestamp_seconds",
-            "Event time of the newest hit consumed.",
-            registry=r,
-        )
-        self._newest = 0.0
+        self._last_hit: dict[str, float] = {}
+        sites = sorted(self.assets.sites | {"unknown"})
+        for cat, sev in known or set():
+            for kind in sorted(KINDS):
+                for site in sites:
+                    self.hits.labels(cat, kind, sev, site)
+        self.active = ActiveHosts({(cat, site) for cat, _ in known or set() for site in sites})
+        r.register(self.active)
+        r.register(_LastHit(self._last_hit))
         Info("kaspwatch_build", "kaspwatch build information.", registry=r).info(
             {"version": __version__}
         )
@@ -52,8 +150,24 @@ class HitMetrics:
             if ev.extra.get("allowlisted"):
                 self.allowlisted.labels(ind.category).inc()
                 continue
-            self.hits.labels(ind.category, ev.kind, ind.severity).inc()
+            site = self.assets.lookup(ev.host).site
+            self.hits.labels(ind.category, ev.kind, ind.severity, site).inc()
+            self.active.see(ind.category, site, ev.host)
             ts = parse_ts(ev.ts).timestamp()
-            if ts > self._newest:
-                self._newest = ts
-                self.last_hit.set(ts)
+            if ts > self._last_hit.get(site, 0.0):
+                self._last_hit[site] = ts
+
+
+class _LastHit(Collector):
+    def __init__(self, last: dict[str, float]) -> None:
+        self.last = last
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "kaspwatch_last_hit_timestamp_seconds",
+            "Event time of the newest hit, per site.",
+            labels=["site"],
+        )
+        for site, ts in sorted(self.last.items()):
+            fam.add_metric([site], ts)
+        yield fam

@@ -4,24 +4,29 @@ asset map, where the state lives; and the metrics of delivery."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from consumers.alerts import Alert, AlertEngine
 from consumers.assets import AssetMap, load_assets
 from consumers.delivery import POLICIES, AlertDelivery
-from consumers.sinks import Sink
+from consumers.sinks import Sink, SinkError
 from consumers.sinks.ocsf import KafkaTopicSink
 from consumers.sinks.stdout import StdoutSink
 from consumers.state import AlertState
-from kaspwatch.bus import Publisher
+from kaspwatch.bus import Publisher, parse_bus_url
 from kaspwatch.event import ALERTS_TOPIC
 
 DEFAULT_WINDOW = 3600.0
+log = logging.getLogger("kaspwatch.alerts")
 
 
 def add_alert_options(p: argparse.ArgumentParser, state_default: bool) -> None:
@@ -140,3 +145,54 @@ class DeliveryCollector(Collector):
         yield CounterMetricFamily(
             "kaspwatch_alerts_allowlisted", "Hits an allowlist covered.", value=engine.allowlisted
         )
+
+
+async def resend_firing(sinks: list[Sink], stop: asyncio.Event, every_s: float = 30.0) -> None:
+    """Alertmanager forgets an alert whose endsAt passes: re-send the firing ones."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        for sink in sinks:
+            due = getattr(sink, "resend_due", None)
+            if due is None:
+                continue
+            alerts = due(time.time())
+            if not alerts:
+                continue
+            try:
+                await sink.send(alerts)
+            except SinkError as exc:
+                log.warning("re-send to %s failed (will try again): %s", sink.name, exc)
+
+
+class LagCollector(Collector):
+    """Consumer lag per group and partition, refreshed from Kafka in the background."""
+
+    def __init__(self) -> None:
+        self.lag: dict[tuple[str, str, int], int] = {}
+
+    async def refresh(
+        self, bus: str, groups: list[str], stop: asyncio.Event, every_s: float = 15.0
+    ) -> None:
+        scheme, where = parse_bus_url(bus)
+        if scheme != "kafka" or not groups:
+            return
+        from kaspwatch.bus.kafka import group_lag
+
+        while not stop.is_set():
+            try:
+                self.lag = await group_lag(where, groups)
+            except Exception as exc:  # lag is best effort: never stop consuming for it
+                log.warning("consumer lag not read: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "kaspwatch_consumer_lag",
+            "Records not yet committed.",
+            labels=["group", "topic", "partition"],
+        )
+        for (group, topic, part), n in sorted(self.lag.items()):
+            fam.add_metric([group, topic, str(part)], n)
+        yield fam

@@ -13,7 +13,7 @@ from kaspwatch import __version__
 from kaspwatch.alerting import add_alert_options
 from kaspwatch.bus import BusError
 from kaspwatch.config import load_config
-from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
+from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HEARTBEATS_TOPIC, HITS_TOPIC
 from sensor.capture import CaptureError
 from sensor.indicators import PackError
 
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bus", help="kafka://HOST:PORT[,HOST:PORT] (config 'bus', env KASPWATCH_BUS)")
     p.add_argument("--topic", default=HITS_TOPIC)
     p.add_argument("--observations", action="store_true", help="also publish non-matching names")
+    p.add_argument("--heartbeats-topic", default=HEARTBEATS_TOPIC)
+    p.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="SECONDS")
     p.add_argument(
         "--metrics-addr",
         type=_listen_addr,
@@ -131,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=("127.0.0.1", 9108),
         metavar="HOST:PORT",
         help="where to serve /metrics (default 127.0.0.1:9108)",
+    )
+    p.add_argument("--heartbeats-topic", default=HEARTBEATS_TOPIC)
+    p.add_argument("--assets", metavar="FILE", help="asset map: adds the site label")
+    p.add_argument(
+        "--lag-groups",
+        default="kaspwatch-alerts,kaspwatch-metrics,kaspwatch-store",
+        help="consumer groups whose lag to export, comma-separated",
     )
 
     p = sub.add_parser("run", help="embedded mode: sensor and consumers in one process")

@@ -13,16 +13,24 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
 
 from consumers.alerts import render_json, render_text
-from consumers.loop import DeadLetters, consume
-from consumers.metrics import HitMetrics
+from consumers.assets import load_assets
+from consumers.loop import DeadLetters, consume, parse_with
+from consumers.metrics import HitMetrics, SensorHealth
 from consumers.summary import Summary
-from kaspwatch.alerting import DeliveryCollector, build_sinks, open_delivery
+from kaspwatch.alerting import (
+    DeliveryCollector,
+    LagCollector,
+    build_sinks,
+    open_delivery,
+    resend_firing,
+)
 from kaspwatch.bus import open_publisher, open_subscriber
-from kaspwatch.event import HITS_TOPIC
+from kaspwatch.event import HITS_TOPIC, heartbeat_from_json
 from kaspwatch.indicator_commands import cmd_indicators
-from kaspwatch.runtime import PublishStats, register_sensor, run_sensor
+from kaspwatch.runtime import PublishStats, heartbeats, register_sensor, run_sensor
 from kaspwatch.scan import scan
 from sensor.capture import BPF_FILTER, CaptureFile, Frame, LiveCapture, MergedLive
+from sensor.indicators import load_pack, shipped_pack_paths
 from sensor.pipeline import Sensor
 from sensor.rules import Reloader, RuleSource, source_from
 
@@ -68,7 +76,9 @@ def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
     if args.pcap:
         return [CaptureFile(p) for p in args.pcap]
     bpf = BPF_FILTER if args.bpf is None else args.bpf
-    return [MergedLive([LiveCapture(i, bpf=bpf or None) for i in args.interface])]
+    live = MergedLive([LiveCapture(i, bpf=bpf or None) for i in args.interface])
+    log.info("capturing on %s (%s)", ", ".join(args.interface), "filtered" if bpf else "unfiltered")
+    return [live]
 
 
 class _Stopper:
@@ -105,11 +115,26 @@ def cmd_sense(args: argparse.Namespace) -> int:
         stopper.install()
         publisher = open_publisher(args.bus, client_id=f"kaspwatch-sensor-{args.sensor}")
         await publisher.start()
+        await publisher.prepare([args.topic, args.heartbeats_topic])
+        sensed = asyncio.Event()
+        beat = asyncio.create_task(
+            heartbeats(
+                sensor,
+                publish,
+                publisher,
+                sources,
+                sensed,
+                args.heartbeat_interval,
+                args.heartbeats_topic,
+            )
+        )
         try:
             await run_sensor(
                 sources, sensor, publisher, publish, stopper.halt, args.topic, reloader
             )
         finally:
+            sensed.set()
+            await beat
             await publisher.stop()
 
     asyncio.run(main())
@@ -136,6 +161,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         publisher = open_publisher(args.bus, client_id="kaspwatch-alerts")
         sub = open_subscriber(args.bus, [args.topic], args.group, client_id="kaspwatch-alerts")
         await publisher.start()
+        await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
         delivery, _ = open_delivery(args, build_sinks(args, publisher, render), args.group)
         metrics.registry.register(DeliveryCollector(delivery))
         if args.metrics_addr:
@@ -145,7 +171,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         await sub.start()
         dead = DeadLetters(metrics.invalid, publisher, args.dead_letter_topic)
         try:
-            await consume(sub, [delivery], stopper.stop, dead)
+            await asyncio.gather(
+                consume(sub, [delivery], stopper.stop, dead),
+                resend_firing(delivery.sinks, stopper.stop),
+            )
         finally:
             await sub.stop()
             for sink in delivery.sinks:
@@ -157,8 +186,17 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _known_pairs() -> set[tuple[str, str]]:
+    """(category, severity) pairs of the shipped packs: their series start at zero."""
+    return {(i.category, i.severity) for p in shipped_pack_paths() for i in load_pack(p).indicators}
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
-    metrics = HitMetrics()
+    metrics = HitMetrics(assets=load_assets(args.assets), known=_known_pairs())
+    health = SensorHealth()
+    lag = LagCollector()
+    for collector in (health, lag):
+        metrics.registry.register(collector)
     host, port = args.listen
     start_http_server(port, host, registry=metrics.registry)
     log.info("serving metrics on http://%s:%d/metrics", host, port)
@@ -167,11 +205,30 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         stopper = _Stopper()
         stopper.install()
         sub = open_subscriber(args.bus, [args.topic], args.group, client_id="kaspwatch-metrics")
+        beats = open_subscriber(
+            args.bus,
+            [args.heartbeats_topic],
+            f"{args.group}-heartbeats",
+            client_id="kaspwatch-metrics",
+        )
         await sub.start()
+        await beats.start()
+        groups = [g for g in args.lag_groups.split(",") if g]
         try:
-            await consume(sub, [metrics], stopper.stop, DeadLetters(metrics.invalid))
+            await asyncio.gather(
+                consume(sub, [metrics], stopper.stop, DeadLetters(metrics.invalid)),
+                consume(
+                    beats,
+                    [health],
+                    stopper.stop,
+                    DeadLetters(metrics.invalid),
+                    parse=parse_with(heartbeat_from_json),
+                ),
+                lag.refresh(args.bus, groups, stopper.stop),
+            )
         finally:
             await sub.stop()
+            await beats.stop()
 
     asyncio.run(main())
     return 0
@@ -181,15 +238,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     sensor, reloader = _sensor(args)
     sources = _open_sources(args)
     publish = PublishStats()
-    metrics = HitMetrics()
+    render = render_text if args.format == "text" else render_json
+    delivery, assets = open_delivery(args, build_sinks(args, None, render), None)
+    metrics = HitMetrics(assets=assets, known=_known_pairs())
     register_sensor(metrics.registry, sensor, publish, reloader, sources)
+    metrics.registry.register(DeliveryCollector(delivery))
     if args.metrics_addr:
         start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)
         log.info("serving metrics on http://%s:%d/metrics", *args.metrics_addr)
     bus_url = f"memory://run-{id(sensor)}"
-    render = render_text if args.format == "text" else render_json
-    delivery, _ = open_delivery(args, build_sinks(args, None, render), None)
-    metrics.registry.register(DeliveryCollector(delivery))
     engine = delivery.engine
     summary = Summary()
 

@@ -16,6 +16,11 @@ SCHEMA_VERSION: Final = 1
 HITS_TOPIC: Final = "kaspwatch.hits.v1"
 ALERTS_TOPIC: Final = "kaspwatch.alerts.v1"
 DEAD_LETTER_TOPIC: Final = "kaspwatch.hits.dlq.v1"
+HEARTBEATS_TOPIC: Final = "kaspwatch.heartbeats.v1"
+HEARTBEAT_FIELDS: Final = (
+    "packets", "hits", "decode_errors", "kernel_drops", "published", "publish_failures",
+    "spool_depth",
+)  # fmt: skip
 
 KINDS: Final = frozenset(
     {"dns_query", "dns_answer", "tls_sni", "quic_sni", "http_host", "http_connect", "ip_flow"}
@@ -203,3 +208,19 @@ def event_from_json(raw: bytes) -> Event:
         answers=tuple(str(a) for a in answers),
         extra={k: v for k, v in doc.items() if k not in _CORE},
     )
+
+
+def heartbeat_from_json(raw: bytes) -> dict[str, Any]:
+    """A sensor heartbeat (``type: heartbeat``): its counters, for the health metrics."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("type") != "heartbeat" or doc.get("schema") != 1:
+        raise EventError("not a v1 heartbeat")
+    if not isinstance(doc.get("sensor"), str) or not isinstance(doc.get("interval_s"), int | float):
+        raise EventError("heartbeat lacks sensor or interval_s")
+    for key in HEARTBEAT_FIELDS:
+        if not isinstance(doc.get(key), int) or isinstance(doc.get(key), bool):
+            raise EventError(f"heartbeat field {key!r} missing or not an integer")
+    return doc

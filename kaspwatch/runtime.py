@@ -7,8 +7,11 @@ This is the one place these parts are composed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -18,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kaspwatch.bus import Publisher
-from kaspwatch.event import HITS_TOPIC
+from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, format_ts
 from sensor.capture import Frame
 from sensor.pipeline import Sensor
 from sensor.rules import Reloader
@@ -160,3 +163,50 @@ def register_sensor(
 ) -> None:
     drops = [s.kernel_drops for s in sources or [] if hasattr(s, "kernel_drops")]
     registry.register(SensorCollector(sensor, publish, reloader, lambda: sum(d() for d in drops)))
+
+
+def heartbeat(
+    sensor: Sensor, publish: PublishStats, kernel_drops: int, interval_s: float
+) -> dict[str, Any]:
+    s = sensor.stats
+    return {
+        "schema": 1,
+        "type": "heartbeat",
+        "sensor": sensor.sensor_name,
+        "ts": format_ts(time.time_ns()),
+        "interval_s": interval_s,
+        "packets": s.packets,
+        "hits": s.hits,
+        "decode_errors": s.decode_errors,
+        "kernel_drops": kernel_drops,
+        "published": publish.published,
+        "publish_failures": publish.failures,
+        "spool_depth": 0,
+        "pack_version": sensor.rules.matcher.version,
+    }
+
+
+async def heartbeats(
+    sensor: Sensor,
+    publish: PublishStats,
+    publisher: Publisher,
+    sources: list[Any],
+    stop: asyncio.Event,
+    interval_s: float = 15.0,
+    topic: str = HEARTBEATS_TOPIC,
+) -> None:
+    """Publish the sensor's health every ``interval_s`` until ``stop`` (and once more then):
+    the consumers turn silence into 'sensor down'."""
+    drops = [src.kernel_drops for src in sources if hasattr(src, "kernel_drops")]
+    while True:
+        doc = heartbeat(sensor, publish, sum(d() for d in drops), interval_s)
+        try:
+            await (
+                await publisher.send(topic, json.dumps(doc).encode(), sensor.sensor_name.encode())
+            )
+        except Exception as exc:  # a heartbeat lost is visible as silence; keep sensing
+            log.warning("heartbeat not published: %s", exc)
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

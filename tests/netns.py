@@ -79,3 +79,21 @@ def namespace_pair(tag: str) -> Iterator[Pair]:
                 p.wait(10)
         sh("ip", "netns", "del", client, check=False)
         sh("ip", "netns", "del", server, check=False)
+
+
+def wait_for_stderr(proc: subprocess.Popen[str], text: str, timeout: float = 15.0) -> str:
+    """Read the process's stderr until ``text`` appears; return what was read."""
+    import select
+
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            pytest.fail(f"process never said {text!r}; stderr so far:\n{seen}")
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        if ready:
+            line = proc.stderr.readline()
+            seen += line
+    return seen

@@ -117,7 +117,23 @@ def test_run_prints_alerts_summary_and_writes_textfile(tmp_path: Path) -> None:
         if line and not line.startswith("#")
     }
     assert sum(v for k, v in metrics.items() if k.startswith("kaspwatch_hits_total{")) == HIT_COUNT
-    assert metrics['kaspwatch_hits_total{category="update",kind="tls_sni",severity="high"}'] == 2
+    assert (
+        metrics[
+            'kaspwatch_hits_total{category="update",kind="tls_sni",severity="high",site="unknown"}'
+        ]
+        == 2
+    )
+    # known series are exported from the start, at zero
+    assert (
+        metrics[
+            'kaspwatch_hits_total{category="oem",kind="quic_sni",severity="high",site="unknown"}'
+        ]
+        == 0
+    )
+    assert (
+        metrics['kaspwatch_alerts_total{category="update",severity="high",stage="first_contact"}']
+        == 1
+    )
     assert metrics["kaspwatch_sensor_packets_total"] > 100
     assert metrics["kaspwatch_sensor_publish_failures_total"] == 0
 

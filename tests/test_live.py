@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.netns import SERVER_V4, SERVER_V6, namespace_pair, need_tools
+from tests.netns import SERVER_V4, SERVER_V6, namespace_pair, need_tools, wait_for_stderr
 
 
 def test_live_interface_run_alerts_on_real_traffic(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_live_interface_run_alerts_on_real_traffic(tmp_path: Path) -> None:
             "--sensor",
             "live-test",
         )
-        time.sleep(1.5)  # the capture socket is open well before traffic starts
+        wait_for_stderr(run, "capturing on")  # socket bound, kernel filter attached
         assert run.poll() is None, run.communicate()[1]
         for name in ("ds.kaspersky.com", "www.example.org", "cdn-updates.example.net"):
             out = net.run(net.client, "dig", "+tries=1", "+time=2", f"@{SERVER_V4}", name, "A")
@@ -135,7 +135,7 @@ def test_sighup_reloads_site_pack_live_and_keeps_old_rules_on_a_bad_file(tmp_pat
             "--metrics-addr",
             "127.0.0.1:9309",
         )
-        time.sleep(1.5)
+        wait_for_stderr(run, "capturing on")
         dig(net, "ksc.corp.example")
         dig(net, "av.oem.example")  # not an indicator yet
         dig(net, "1234.canary.kaspwatch.test")  # the documented self-test

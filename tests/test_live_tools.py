@@ -235,8 +235,9 @@ http {{
             assert tcpdump.poll() is None, f"tcpdump exited:\n{self.dump()}"
             assert run.poll() is None, f"kaspwatch run exited:\n{self.dump()}"
             tcpdump_up = "listening on" in (self.tmp / "tcpdump.err").read_text()
-            sockets = run_in(self.net.client, "ss", "-0", "-p", "-H", timeout=5).stdout
-            if tcpdump_up and f"pid={run.pid}," in sockets:
+            # the sensor says so once its socket is bound and its kernel filter attached
+            sensor_up = "capturing on" in (self.tmp / "run.err").read_text()
+            if tcpdump_up and sensor_up:
                 break
             time.sleep(0.05)
         else:

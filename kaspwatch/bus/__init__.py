@@ -33,6 +33,10 @@ class Publisher(Protocol):
 
     async def flush(self) -> None: ...
 
+    async def prepare(self, topics: list[str]) -> None:
+        """Make sure these topics can be written (exist, have leaders) before producing."""
+        ...
+
     async def stop(self) -> None: ...
 
 

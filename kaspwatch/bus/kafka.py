@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from kaspwatch.bus import BusError, Record
@@ -30,6 +30,32 @@ class KafkaPublisher:
         except KafkaError as exc:
             await self._producer.stop()
             raise BusError(f"kafka {self.bootstrap}: cannot connect: {exc}") from None
+
+    async def prepare(self, topics: list[str], timeout_s: float = 30.0) -> None:
+        """Wait until every partition of these topics has a leader (creating a topic the
+        broker auto-creates). Producing into a partition whose leader the client has not
+        learnt yet can fail a batch; waiting here before the first packet avoids it."""
+        client = self._producer.client
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        for topic in topics:
+            while True:
+                try:
+                    parts = await self._producer.partitions_for(topic)
+                except KafkaError as exc:
+                    parts, last = set(), exc
+                else:
+                    last = None
+                leaders = [
+                    client.cluster.leader_for_partition(TopicPartition(topic, p)) for p in parts
+                ]
+                if parts and all(leader is not None and leader >= 0 for leader in leaders):
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BusError(
+                        f"kafka {self.bootstrap}: topic {topic} has no leader for every partition ({last})"
+                    )
+                await client.force_metadata_update()
+                await asyncio.sleep(0.1)
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = await self._producer.send(topic, value=value, key=key)
@@ -91,3 +117,26 @@ class KafkaSubscriber:
 
     async def stop(self) -> None:
         await self._consumer.stop()
+
+
+async def group_lag(bootstrap: str, groups: list[str]) -> dict[tuple[str, str, int], int]:
+    """Records not yet committed, per (group, topic, partition), for the groups given."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="kaspwatch-lag")
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="kaspwatch-lag")
+    await admin.start()
+    await probe.start()
+    try:
+        out: dict[tuple[str, str, int], int] = {}
+        for group in groups:
+            committed = await admin.list_consumer_group_offsets(group)
+            if not committed:
+                continue
+            ends = await probe.end_offsets(list(committed))
+            for tp, meta in committed.items():
+                out[(group, tp.topic, tp.partition)] = max(ends.get(tp, 0) - meta.offset, 0)
+        return out
+    finally:
+        await probe.stop()
+        await admin.close()

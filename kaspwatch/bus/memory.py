@@ -63,6 +63,9 @@ class MemoryPublisher:
     async def flush(self) -> None:
         return None
 
+    async def prepare(self, topics: list[str]) -> None:
+        return None
+
     async def stop(self) -> None:
         return None
 
