@@ -1,8 +1,10 @@
 """A generic webhook: ``POST {"alerts": [...]}`` signed with HMAC-SHA256.
 
 Headers: ``X-Kaspwatch-Signature: sha256=<hex HMAC of the exact body>`` (with a secret),
-``X-Kaspwatch-Delivery`` and ``Idempotency-Key``: the same digest of the batch's alert ids
-and statuses on every attempt and re-delivery, so a receiver can drop duplicates.
+``X-Kaspwatch-Delivery`` and ``Idempotency-Key``: a digest of the POST's alert ids and
+statuses, the same on every retry of that POST. After a crash the alerts of the batch in
+flight are sent again, possibly grouped into other POSTs: receivers deduplicate on each
+``alerts[].alert_id``, which a replay keeps.
 """
 
 from __future__ import annotations

@@ -1,0 +1,695 @@
+"""``kaspwatch alerts`` on the real broker: to a real Alertmanager, through a SIGKILL with a
+webhook receiver counting every delivery, and past poison messages to the dead-letter topic.
+
+Every process is the real CLI; the broker is the real Apache Kafka from ``deploy/kafka``.
+Each test uses its own topics and consumer group, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from kaspwatch import event as event_module
+from tests.alertmanager import am_alerts, running_alertmanager
+from tests.conftest import KASPWATCH, SAMPLE, free_port
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(75)]
+
+SECRET = b"kaspwatch webhook test secret"
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KASPWATCH_STATE_DIR": str(tmp)}
+    for var in ("KASPWATCH_CONFIG", "KASPWATCH_BUS", "KASPWATCH_SENSOR"):
+        env.pop(var, None)  # only what the test passes on the command line
+    return env
+
+
+@pytest.fixture(scope="module")
+def sample_hits(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """What ``kaspwatch scan`` finds in the sample capture: the ground truth."""
+    out = subprocess.run(
+        [*KASPWATCH, "scan", "--sensor", "e2e", str(SAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(tmp_path_factory.mktemp("scan")),
+        check=True,
+    ).stdout
+    hits = [json.loads(line) for line in out.splitlines()]
+    assert hits and all(h["indicator"] for h in hits)
+    return hits
+
+
+def first_contacts(hits: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The hit that opens each (host, category) window: one first_contact alert each."""
+    first: dict[tuple[str, str], dict[str, Any]] = {}
+    for h in hits:
+        first.setdefault((h["host"], h["indicator"]["category"]), h)
+    return first
+
+
+async def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
+    """Create the topics and wait until every partition has a leader."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for name, parts in specs:
+            with suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(name, parts, replication_factor=1)])
+        names = [name for name, _ in specs]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            described = await admin.describe_topics(names)
+            ready = {
+                d["topic"]
+                for d in described
+                if not d["error_code"]
+                and d["partitions"]
+                and all(p["leader"] >= 0 for p in d["partitions"])
+            }
+            if ready == set(names):
+                return
+            await asyncio.sleep(0.1)
+        pytest.fail(f"topics {names} have no leader after 20 s")
+    finally:
+        await admin.close()
+
+
+async def standard_topics(bootstrap: str, hits_partitions: int) -> dict[str, str]:
+    run = uuid.uuid4().hex[:10]
+    names = {k: f"{k}-{run}" for k in ("hits", "alerts", "dlq", "group")}
+    # Every topic the CLI writes exists up front: a fresh broker auto-creating one while
+    # the client produces has been seen to fail sends with NotLeaderForPartition.
+    heartbeats = getattr(event_module, "HEARTBEATS_TOPIC", None)
+    specs = [(names["hits"], hits_partitions), (names["alerts"], 1), (names["dlq"], 1)]
+    await create_topics(bootstrap, *specs, *([(heartbeats, 1)] if heartbeats else []))
+    return names
+
+
+async def read_topic(
+    bootstrap: str, topic: str, want: int, timeout: float = 20.0
+) -> list[tuple[bytes | None, bytes]]:
+    """At least ``want`` records (and anything more that shows up within a second)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < want and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=300)
+            out.extend((m.key, m.value) for msgs in batches.values() for m in msgs)
+        batches = await consumer.getmany(timeout_ms=1000)  # a duplicate would show up here
+        out.extend((m.key, m.value) for msgs in batches.values() for m in msgs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        ends = await consumer.end_offsets(tps)
+        committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
+        return bool(tps) and committed == ends
+    finally:
+        await consumer.stop()
+
+
+async def wait_committed(bootstrap: str, group: str, topic: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await committed_everything(bootstrap, group, topic):
+            return
+        await asyncio.sleep(0.3)
+    pytest.fail(f"group {group} did not commit every offset of {topic} within {timeout} s")
+
+
+@asynccontextmanager
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await prod.start()
+    try:
+        yield prod
+    finally:
+        await prod.stop()
+
+
+def scrape(port: int) -> dict[str, float]:
+    with _DIRECT.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        body = resp.read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+async def wait_metrics(
+    port: int, ok: Callable[[dict[str, float]], bool], timeout: float = 15
+) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    got: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        with suppress(OSError):
+            got = scrape(port)
+            if ok(got):
+                break
+        await asyncio.sleep(0.2)
+    return got
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")[-3000:]
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+
+class Procs:
+    """Every process a test starts; all stopped (SIGTERM, then SIGKILL) at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Proc] = []
+
+    def start(self, name: str, args: list[str]) -> Proc:
+        n = len(self.started)
+        out, err = self.tmp / f"{n}-{name}.out", self.tmp / f"{n}-{name}.err"
+        with out.open("wb") as o, err.open("wb") as e:
+            popen = subprocess.Popen(args, stdout=o, stderr=e, env=_env(self.tmp))
+        proc = Proc(name, popen, out, err)
+        self.started.append(proc)
+        return proc
+
+    @staticmethod
+    def terminate(proc: Proc, timeout: float = 20) -> int:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(10)
+        return proc.popen.returncode
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            self.terminate(proc, timeout=10)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    ps = Procs(tmp_path)
+    try:
+        yield ps
+    finally:
+        ps.stop_all()
+
+
+def alerts_cmd(bootstrap: str, names: dict[str, str], *extra: str) -> list[str]:
+    return [
+        *KASPWATCH,
+        "alerts",
+        "--bus",
+        f"kafka://{bootstrap}",
+        "--topic",
+        names["hits"],
+        "--alerts-topic",
+        names["alerts"],
+        "--dead-letter-topic",
+        names["dlq"],
+        "--group",
+        names["group"],
+        *extra,
+    ]
+
+
+async def wait_for(
+    check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.popen.poll() is not None:
+            pytest.fail(
+                f"{proc.name} exited {proc.popen.returncode} before {what}:\n{proc.stderr()}"
+            )
+        await asyncio.sleep(0.05)
+    pytest.fail(
+        f"timed out after {timeout} s waiting for {what}"
+        + (f"\n{proc.name} stderr:\n{proc.stderr()}" if proc is not None else "")
+    )
+
+
+# ---------------------------------------------------------------- 1. to Alertmanager
+
+
+async def test_capture_to_alertmanager_through_kafka(
+    kafka_bootstrap: str, sample_hits: list[dict[str, Any]], procs: Procs, tmp_path: Path
+) -> None:
+    want = first_contacts(sample_hits)
+    assert len(want) >= 2
+    names = await standard_topics(kafka_bootstrap, hits_partitions=3)
+
+    sense = subprocess.run(
+        [
+            *KASPWATCH,
+            "sense",
+            "--pcap",
+            str(SAMPLE),
+            "--bus",
+            f"kafka://{kafka_bootstrap}",
+            "--topic",
+            names["hits"],
+            "--sensor",
+            "e2e",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(tmp_path),
+    )
+    assert sense.returncode == 0, sense.stderr
+    assert f"{len(sample_hits)} published, 0 publish failures" in sense.stderr
+
+    with running_alertmanager(tmp_path / "alertmanager") as am:
+        metrics_port = free_port()
+        alerts = procs.start(
+            "alerts",
+            alerts_cmd(
+                kafka_bootstrap,
+                names,
+                "--alertmanager",
+                am,
+                "--no-stdout",
+                "--state",
+                str(tmp_path / "s.sqlite"),
+                "--metrics-addr",
+                f"127.0.0.1:{metrics_port}",
+            ),
+        )
+
+        got: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            nonlocal got
+            got = am_alerts(am, alertname="KasperskyTraffic")
+            return len(got) >= len(want)
+
+        await wait_for(arrived, 30, f"{len(want)} alerts in Alertmanager", alerts)
+        await asyncio.sleep(1.0)  # anything extra (a duplicate, a second stage) shows up too
+        got = am_alerts(am)
+        by_key = {(a["labels"]["host"], a["labels"]["category"]): a for a in got}
+        assert set(by_key) == set(want), [a["labels"] for a in got]
+        assert len(got) == len(want)
+
+        for key, first in want.items():
+            a = by_key[key]
+            labels, ann = a["labels"], a["annotations"]
+            assert set(labels) == {
+                "alertname",
+                "severity",
+                "category",
+                "stage",
+                "site",
+                "zone",
+                "host",
+            }
+            assert labels["alertname"] == "KasperskyTraffic"
+            assert labels["stage"] == "first_contact"
+            assert (labels["host"], labels["category"]) == key
+            assert labels["severity"] == first["indicator"]["severity"]  # no OT zone: as is
+            assert (labels["site"], labels["zone"]) == ("unknown", "unknown")  # no asset map
+            assert re.fullmatch(r"[0-9a-f]{32}", ann["alert_id"]), ann
+            # the hit that opened the window: per host, the topic keeps capture order
+            assert ann["name"] == first["name"]
+            assert ann["event_id"] == first["event_id"]
+            assert a["status"]["state"] == "active"
+        assert len({a["annotations"]["alert_id"] for a in got}) == len(want)
+
+        n = float(len(want))
+        deliveries = 'kaspwatch_alert_deliveries_total{sink="alertmanager"}'
+        failures = 'kaspwatch_alert_sink_failures_total{sink="alertmanager"}'
+        metrics = await wait_metrics(metrics_port, lambda m: m.get(deliveries) == n)
+        assert metrics.get(deliveries) == n, {k: v for k, v in metrics.items() if "alert" in k}
+        assert metrics.get(failures) == 0.0
+        assert metrics.get('kaspwatch_alert_deliveries_total{sink="kafka"}') == n
+
+        await wait_committed(kafka_bootstrap, names["group"], names["hits"])
+        assert Procs.terminate(alerts) == 0, alerts.stderr()
+        assert alerts.stdout() == ""  # --no-stdout
+
+
+# ---------------------------------------------------------------- 2. SIGKILL mid-stream
+
+
+@dataclass
+class Delivery:
+    key: str  # Idempotency-Key
+    alerts: list[dict[str, Any]]
+
+    @property
+    def alert_ids(self) -> list[str]:
+        return [a["alert_id"] for a in self.alerts]
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver that checks the HMAC and records every accepted delivery."""
+
+    delay_s: float
+    url: str = ""
+    deliveries: list[Delivery] = field(default_factory=list)
+    refused: int = 0
+    in_flight: int = 0  # signed requests read, not yet answered
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ids(self) -> set[str]:
+        with self.lock:
+            return {i for d in self.deliveries for i in d.alert_ids}
+
+
+@contextmanager
+def webhook_receiver(delay_s: float) -> Iterator[Receiver]:
+    rec = Receiver(delay_s)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            want = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(self.headers.get("X-Kaspwatch-Signature", ""), want):
+                with rec.lock:
+                    rec.refused += 1
+                self._reply(401)
+                return
+            with rec.lock:
+                rec.in_flight += 1
+            time.sleep(rec.delay_s)  # a slow receiver: delivery takes seconds
+            alerts = json.loads(body)["alerts"]
+            key = self.headers.get("Idempotency-Key", "")
+            with rec.lock:  # accepted: whatever happens to the sender now
+                rec.deliveries.append(Delivery(key, alerts))
+                rec.in_flight -= 1
+            self._reply(200)
+
+        def _reply(self, status: int) -> None:
+            with suppress(OSError):  # the sender may be dead by now
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    rec.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/kaspwatch"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield rec
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def synthetic_hits(sample: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The sample's hits replayed by ``count`` pairs of clients: each IPv4 client of the
+    sample becomes 10.50.x.y, each IPv6 one fd50::x; event ids stay unique."""
+    clients = {h["host"] for h in sample}
+    out = []
+    for i in range(count):
+        v4, v6 = f"10.50.{i // 250}.{i % 250 + 1}", f"fd50::{i + 1:x}"
+        mapping = {c: (v6 if ":" in c else v4) for c in clients}
+        for h in sample:
+            doc = json.loads(json.dumps(h))
+            for f in ("src_ip", "dst_ip", "host"):
+                doc[f] = mapping.get(doc[f], doc[f])
+            doc["event_id"] = hashlib.blake2b(
+                f"{h['event_id']}|{i}".encode(), digest_size=16
+            ).hexdigest()
+            out.append(doc)
+    return out
+
+
+async def produce(
+    bootstrap: str, topic: str, docs: list[dict[str, Any]]
+) -> dict[str, tuple[int, int]]:
+    """Publish keyed by host; where each event landed: event_id -> (partition, offset)."""
+    async with producer(bootstrap) as prod:
+        futures = [
+            await prod.send(topic, json.dumps(d).encode(), key=d["host"].encode()) for d in docs
+        ]
+        done = await asyncio.gather(*futures)
+    return {d["event_id"]: (md.partition, md.offset) for d, md in zip(docs, done, strict=True)}
+
+
+async def test_alerts_consumer_killed_mid_stream_loses_and_duplicates_nothing(
+    kafka_bootstrap: str,
+    sample_hits: list[dict[str, Any]],
+    event_schema: dict[str, Any],
+    procs: Procs,
+    tmp_path: Path,
+) -> None:
+    hits = synthetic_hits(sample_hits, 300)
+    for doc in hits[:: len(sample_hits)] + hits[-len(sample_hits) :]:
+        jsonschema.validate(doc, event_schema)
+    assert len({h["event_id"] for h in hits}) == len(hits)
+    want_keys = set(first_contacts(hits))  # (host, category)
+    names = await standard_topics(kafka_bootstrap, hits_partitions=3)
+    where = await produce(kafka_bootstrap, names["hits"], hits)
+
+    secret = tmp_path / "webhook.secret"
+    secret.write_bytes(SECRET + b"\n")
+    secret.chmod(0o600)
+    state = tmp_path / "s.sqlite"
+
+    with webhook_receiver(delay_s=0.15) as rec:
+        cmd = alerts_cmd(
+            kafka_bootstrap,
+            names,
+            "--webhook",
+            rec.url,
+            "--webhook-secret-file",
+            str(secret),
+            "--state",
+            str(state),
+            "--no-stdout",
+        )
+        first = procs.start("alerts-1", cmd)
+        half = len(want_keys) // 2
+        # Kill while a delivery is in flight, past half: the receiver accepts that batch
+        # after the sender died, so the state never recorded it: the hardest moment.
+        await wait_for(
+            lambda: len(rec.ids()) >= half and rec.in_flight > 0,
+            30,
+            "half of the alerts and a delivery in flight",
+            first,
+        )
+        first.popen.send_signal(signal.SIGKILL)
+        first.popen.wait(10)
+        await wait_for(lambda: rec.in_flight == 0, 5, "the in-flight delivery to finish")
+        before_kill = rec.ids()
+        accepted_at_kill = len(rec.deliveries)
+        assert len(before_kill) < len(want_keys), "the kill came too late: all delivered"
+
+        second = procs.start("alerts-2", cmd)
+        await wait_for(
+            lambda: len(rec.ids()) >= len(want_keys), 35, "every alert after restart", second
+        )
+        await wait_committed(kafka_bootstrap, names["group"], names["hits"])
+        await asyncio.sleep(1.0)  # late duplicates would arrive now
+        assert Procs.terminate(second) == 0, second.stderr()
+        with rec.lock:
+            deliveries = list(rec.deliveries)
+        assert rec.refused == 0
+
+    # exactly one first_contact alert per (host, category), raised on the hit that opened
+    # its window; the same id whenever it is delivered again
+    got = {
+        a["alert_id"]: ((a["host"], a["category"]), a["stage"], a["event_id"])
+        for d in deliveries
+        for a in d.alerts
+    }
+    want = {k: ("first_contact", h["event_id"]) for k, h in first_contacts(hits).items()}
+    assert {k: (stage, ev) for k, stage, ev in got.values()} == want
+    assert len(got) == len(want)
+    # the alerts topic got each exactly once: the kill fell inside a webhook POST, the only
+    # delivery the state had not recorded
+    findings = await read_topic(kafka_bootstrap, names["alerts"], len(want))
+    assert sorted(json.loads(v)["finding_info"]["uid"] for _, v in findings) == sorted(got)
+
+    def describe(d: Delivery) -> str:
+        parts = sorted({where[a["event_id"]][0] for a in d.alerts})
+        return f"{len(d.alert_ids)} alerts from partitions {parts}, key {d.key[:8]}"
+
+    orphan = deliveries[accepted_at_kill - 1]  # in flight at the kill, accepted after it
+    first_seen: dict[str, int] = {}
+    redelivery: dict[int, list[str]] = {}  # delivery index -> ids it delivered again
+    for n, d in enumerate(deliveries):
+        for i in d.alert_ids:
+            if i in first_seen:
+                redelivery.setdefault(n, []).append(i)
+            else:
+                first_seen[i] = n
+    dup_ids = [i for ids in redelivery.values() for i in ids]
+    other_key = [i for n, ids in redelivery.items() for i in ids
+                 if deliveries[n].key != deliveries[first_seen[i]].key]  # fmt: skip
+    report = (
+        f"{len(deliveries)} deliveries, {len(got)} alerts, {len(before_kill)} before "
+        f"the kill; in flight at the kill: {describe(orphan)}; {len(dup_ids)} alert ids "
+        f"delivered twice, in {len(redelivery)} later deliveries "
+        f"[{'; '.join(describe(deliveries[n]) for n in redelivery)}]; "
+        f"{len(other_key)} of them under another Idempotency-Key"
+    )
+    sys.stderr.write(f"\nkill mid-stream: {report}\n")
+    # At least once: the batch the receiver accepted after the kill (the state never
+    # recorded its delivery) is sent again after the restart, and nothing else is: one
+    # kill, one batch at most. Nothing arrives three times.
+    assert set(dup_ids) <= set(orphan.alert_ids), report
+    assert len(dup_ids) == len(set(dup_ids)), report
+    # A receiver drops the re-sent alerts by their alert_id, which a replay keeps. (The
+    # Idempotency-Key header names one POST and its retries; after a restart the same
+    # alerts may be grouped into other POSTs, so it is not the key to deduplicate on.)
+    for n, ids in redelivery.items():
+        for alert in deliveries[n].alerts:
+            if alert["alert_id"] in ids:
+                first = next(
+                    a
+                    for a in deliveries[first_seen[alert["alert_id"]]].alerts
+                    if a["alert_id"] == alert["alert_id"]
+                )
+                assert (alert["stage"], alert["event_id"], alert["host"]) == (
+                    first["stage"],
+                    first["event_id"],
+                    first["host"],
+                ), report
+
+
+# ---------------------------------------------------------------- 3. poison messages
+
+
+async def test_poison_message_goes_to_dead_letter_and_processing_goes_on(
+    kafka_bootstrap: str, sample_hits: list[dict[str, Any]], procs: Procs, tmp_path: Path
+) -> None:
+    firsts = list(first_contacts(sample_hits).values())
+    good1, good2 = firsts[0], firsts[-1]
+    assert (good1["host"], good1["indicator"]["category"]) != (
+        good2["host"],
+        good2["indicator"]["category"],
+    )
+    not_json = b"{not json"
+    schema2 = json.dumps({**good1, "schema": 2, "event_id": uuid.uuid4().hex}).encode()
+    names = await standard_topics(kafka_bootstrap, hits_partitions=3)
+    sent = []
+    async with producer(kafka_bootstrap) as prod:
+        for value, key in (
+            (json.dumps(good1).encode(), good1["host"].encode()),
+            (not_json, b"poison-1"),
+            (schema2, b"poison-2"),
+            (json.dumps(good2).encode(), good2["host"].encode()),
+        ):
+            md = await prod.send_and_wait(names["hits"], value, key=key)
+            sent.append((value, key, md.partition, md.offset))
+
+    metrics_port = free_port()
+    alerts = procs.start(
+        "alerts",
+        alerts_cmd(
+            kafka_bootstrap,
+            names,
+            "--state",
+            str(tmp_path / "s.sqlite"),
+            "--metrics-addr",
+            f"127.0.0.1:{metrics_port}",
+        ),
+    )
+
+    dead = [json.loads(v) for _, v in await read_topic(kafka_bootstrap, names["dlq"], 2)]
+    assert len(dead) == 2, alerts.stderr()
+    by_value = {base64.b64decode(d["value"]): d for d in dead}
+    assert set(by_value) == {not_json, schema2}
+    for value, key, partition, offset in sent[1:3]:
+        env = by_value[value]
+        assert (env["topic"], env["partition"], env["offset"]) == (
+            names["hits"],
+            partition,
+            offset,
+        )
+        assert base64.b64decode(env["key"]) == key
+    assert by_value[not_json]["reason"].startswith("not JSON")
+    assert by_value[schema2]["reason"].startswith("unsupported schema 2")
+
+    findings = [json.loads(v) for _, v in await read_topic(kafka_bootstrap, names["alerts"], 2)]
+    want = {(g["host"], g["indicator"]["category"], g["event_id"]) for g in (good1, good2)}
+    assert {
+        (
+            f["device"]["ip"],
+            f["finding_info"]["types"][0],
+            f["finding_info"]["related_events"][0]["uid"],
+        )
+        for f in findings
+    } == want
+    assert len(findings) == 2
+
+    invalid = "kaspwatch_invalid_messages_total"
+    metrics = await wait_metrics(metrics_port, lambda m: m.get(invalid) == 2.0)
+    assert metrics.get(invalid) == 2.0
+    await wait_committed(kafka_bootstrap, names["group"], names["hits"])
+
+    assert Procs.terminate(alerts) == 0, alerts.stderr()
+    printed = [json.loads(line) for line in alerts.stdout().splitlines()]
+    assert {(a["host"], a["category"], a["event_id"]) for a in printed} == want
+    assert sorted(a["alert_id"] for a in printed) == sorted(
+        f["finding_info"]["uid"] for f in findings
+    )
+    err = alerts.stderr()
+    assert "not JSON" in err and "unsupported schema" in err  # logged with where it was
