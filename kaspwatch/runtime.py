@@ -115,6 +115,19 @@ class SensorCollector(Collector):
             value=s.decode_errors,
         )
         yield CounterMetricFamily(
+            "kaspwatch_sensor_kernel_drops",
+            "Packets the kernel dropped before the sensor read them (live capture).",
+            value=self.kernel_drops() if self.kernel_drops else 0,
+        )
+        evictions = CounterMetricFamily(
+            "kaspwatch_sensor_state_evictions",
+            "Entries evicted from a bounded state table because it was full.",
+            labels=["table"],
+        )
+        for table, n in self.sensor.evictions().items():
+            evictions.add_metric([table], n)
+        yield evictions
+        yield CounterMetricFamily(
             "kaspwatch_sensor_hits", "Events that matched an indicator.", value=s.hits
         )
         yield CounterMetricFamily(

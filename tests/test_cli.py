@@ -136,6 +136,8 @@ def test_run_prints_alerts_summary_and_writes_textfile(tmp_path: Path) -> None:
     )
     assert metrics["kaspwatch_sensor_packets_total"] > 100
     assert metrics["kaspwatch_sensor_publish_failures_total"] == 0
+    assert metrics["kaspwatch_sensor_kernel_drops_total"] == 0
+    assert metrics['kaspwatch_sensor_state_evictions_total{table="tcp_streams"}'] == 0
 
 
 def test_run_ndjson_alerts_are_json() -> None:
