@@ -62,6 +62,11 @@ def _add_source_opts(p: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--interface", metavar="IF", nargs="+", help="live capture interface(s)")
     p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="live capture: drop root for this user once the capture sockets are open",
+    )
+    p.add_argument(
         "--bpf",
         metavar="EXPR",
         help="live capture: kernel filter (default: packets that can carry a name or start "

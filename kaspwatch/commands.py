@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from kaspwatch.event import HITS_TOPIC, heartbeat_from_json
 from kaspwatch.indicator_commands import cmd_indicators
 from kaspwatch.runtime import PublishStats, heartbeats, register_sensor, run_sensor
 from kaspwatch.scan import scan
-from sensor.capture import BPF_FILTER, CaptureFile, Frame, LiveCapture, MergedLive
+from sensor.capture import BPF_FILTER, CaptureError, CaptureFile, Frame, LiveCapture, MergedLive
 from sensor.indicators import load_pack, shipped_pack_paths
 from sensor.pipeline import Sensor
 from sensor.rules import Reloader, RuleSource, source_from
@@ -77,8 +78,37 @@ def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
         return [CaptureFile(p) for p in args.pcap]
     bpf = BPF_FILTER if args.bpf is None else args.bpf
     live = MergedLive([LiveCapture(i, bpf=bpf or None) for i in args.interface])
+    if args.user:
+        drop_privileges(args.user)
     log.info("capturing on %s (%s)", ", ".join(args.interface), "filtered" if bpf else "unfiltered")
     return [live]
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` for good: the open capture sockets keep working, nothing else of
+    root's remains (supplementary groups cleared, gid before uid, no way back)."""
+    import concurrent.futures.thread  # noqa: F401 - asyncio's executor, imported lazily
+    import pwd
+
+    from kaspwatch.event import parse_ts
+
+    # Warm what Python loads lazily on first use, while the interpreter's files can still
+    # be read (a Python under /root cannot be read by the user we become).
+    parse_ts("2000-01-01T00:00:00.000000Z")  # _strptime
+    "bücher.example".encode("idna")  # encodings.idna, stringprep
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise CaptureError(f"--user {user}: no such user") from None
+    if os.getuid() != 0:
+        raise CaptureError(f"--user {user}: only root can switch user; run as root or drop --user")
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    if os.getuid() != entry.pw_uid or os.geteuid() != entry.pw_uid:
+        raise CaptureError(f"--user {user}: could not drop root")
+    log.info("running as %s (uid %d) from now on", user, entry.pw_uid)
 
 
 class _Stopper:

@@ -93,7 +93,7 @@ def wait_for_stderr(proc: subprocess.Popen[str], text: str, timeout: float = 15.
         if left <= 0 or proc.poll() is not None:
             pytest.fail(f"process never said {text!r}; stderr so far:\n{seen}")
         ready, _, _ = select.select([proc.stderr], [], [], left)
-        if ready:
-            line = proc.stderr.readline()
-            seen += line
+        if ready:  # raw read: a buffered readline could keep a second line out of select's sight
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            seen += chunk.decode(errors="replace")
     return seen

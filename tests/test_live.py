@@ -163,3 +163,43 @@ def test_sighup_reloads_site_pack_live_and_keeps_old_rules_on_a_bad_file(tmp_pat
     assert f"{pack}:" in stderr and "keeping the running rules" in stderr
     # av.oem.example: one hit after the reload and one after the refused reload
     assert "av.oem.example" in stdout.split("Summary:", 1)[1]
+
+
+def test_sensor_drops_root_after_opening_its_socket(tmp_path: Path) -> None:
+    import json
+
+    need_tools("ip", "dig", "dnsmasq")
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(
+        f"no-resolv\nno-hosts\nbind-interfaces\nlisten-address={SERVER_V4}\naddress=/com/{SERVER_V4}\n"
+    )
+    with namespace_pair("usr") as net:
+        net.spawn(
+            net.server, "dnsmasq", "-k", f"--conf-file={conf}", f"--pid-file={tmp_path}/d.pid"
+        )
+        run = net.spawn(
+            net.client,
+            sys.executable,
+            "-m",
+            "kaspwatch",
+            "run",
+            "--interface",
+            net.client_if,
+            "--user",
+            "nobody",
+            "--format",
+            "ndjson",
+        )
+        wait_for_stderr(run, "capturing on")
+        status = Path(f"/proc/{run.pid}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        caps = next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1]
+        out = net.run(net.client, "dig", "+tries=1", "+time=2", f"@{SERVER_V4}", "ds.kaspersky.com")
+        assert out.returncode == 0, out.stderr
+        time.sleep(0.5)
+        run.send_signal(signal.SIGTERM)
+        stdout, stderr = run.communicate(timeout=30)
+    assert set(uids) == {"65534"}, status  # real, effective, saved, fs: all nobody
+    assert int(caps, 16) == 0  # no capability left
+    alerts = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [(a["host"], a["name"]) for a in alerts] == [("10.78.0.2", "ds.kaspersky.com")], stderr
