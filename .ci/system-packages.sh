@@ -17,6 +17,9 @@ have nginx || need+=(nginx-light)
 have tinyproxy || need+=(tinyproxy)
 have chromium || need+=(chromium)
 have prometheus-alertmanager || need+=(prometheus-alertmanager)
+have promtool || need+=(prometheus)
+# PostgreSQL server for the store tests: its binaries live in /usr/lib/postgresql/*/bin
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
   echo "system-packages: installing ${need[*]}" >&2
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"

@@ -14,6 +14,7 @@ from kaspwatch.alerting import add_alert_options
 from kaspwatch.bus import BusError
 from kaspwatch.config import load_config
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HEARTBEATS_TOPIC, HITS_TOPIC
+from kaspwatch.store_commands import add_store_parsers
 from sensor.capture import CaptureError
 from sensor.indicators import PackError
 
@@ -152,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sensor_opts(p)
     add_alert_options(p, state_default=False)
     p.add_argument(
+        "--db",
+        metavar="URL",
+        help="also keep every hit in the incident-response store (sqlite:///PATH or postgresql://...)",
+    )
+    p.add_argument(
         "--metrics-addr",
         type=_listen_addr,
         metavar="HOST:PORT",
@@ -166,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("text", "ndjson"), default="text", help="alert output format"
     )
     _add_indicator_parsers(sub)
+    add_store_parsers(sub)
     return parser
 
 

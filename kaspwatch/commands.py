@@ -17,6 +17,7 @@ from consumers.alerts import render_json, render_text
 from consumers.assets import load_assets
 from consumers.loop import DeadLetters, consume, parse_with
 from consumers.metrics import HitMetrics, SensorHealth
+from consumers.store import open_store
 from consumers.summary import Summary
 from kaspwatch.alerting import (
     DeliveryCollector,
@@ -30,6 +31,7 @@ from kaspwatch.event import HITS_TOPIC, heartbeat_from_json
 from kaspwatch.indicator_commands import cmd_indicators
 from kaspwatch.runtime import PublishStats, heartbeats, register_sensor, run_sensor
 from kaspwatch.scan import scan
+from kaspwatch.store_commands import dispatch_store
 from sensor.capture import BPF_FILTER, CaptureError, CaptureFile, Frame, LiveCapture, MergedLive
 from sensor.indicators import load_pack, shipped_pack_paths
 from sensor.pipeline import Sensor
@@ -46,6 +48,9 @@ def dispatch(args: argparse.Namespace) -> int:
         "metrics": cmd_metrics,
         "run": cmd_run,
         "indicators": cmd_indicators,
+        "store": dispatch_store,
+        "query": dispatch_store,
+        "api": dispatch_store,
     }[args.command]
     return handler(args)
 
@@ -279,6 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     bus_url = f"memory://run-{id(sensor)}"
     engine = delivery.engine
     summary = Summary()
+    store = open_store(args.db) if args.db else None
 
     async def main() -> None:
         stopper = _Stopper(reloader)
@@ -286,7 +292,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         publisher = open_publisher(bus_url)
         alerts_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-alerts")
         metrics_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-metrics")
-        for part in (publisher, alerts_sub, metrics_sub):
+        store_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-store")
+        for part in (publisher, alerts_sub, metrics_sub, store_sub):
             await part.start()
         sensing_done = asyncio.Event()
         on_invalid = DeadLetters(metrics.invalid)
@@ -308,11 +315,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             sense(),
             consume(alerts_sub, [delivery, summary], never, on_invalid, sensing_done.is_set),
             consume(metrics_sub, [metrics], never, on_invalid, sensing_done.is_set),
+            *(
+                [consume(store_sub, [store], never, on_invalid, sensing_done.is_set)]
+                if store is not None
+                else []
+            ),
         )
         for sink in delivery.sinks:
             await sink.stop()
 
     asyncio.run(main())
+    if store is not None:
+        store.close()
     summary.print(sys.stdout)
     s = sensor.stats
     log.info(

@@ -1,0 +1,87 @@
+"""What every store backend offers, the store's one error type, and database URLs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+Row = tuple[Any, ...]
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; ``str()`` is one line for the operator."""
+
+
+class Backend(Protocol):
+    """One connection to one database. SQL uses ``?`` placeholders; backends translate.
+
+    Not thread-safe: the store and the API give each thread its own or serialise.
+    """
+
+    kind: str  # "sqlite" | "postgresql"
+    where: str  # the URL without its password, for messages
+    least: str  # two-argument minimum: min() in SQLite, LEAST() in PostgreSQL
+    greatest: str
+
+    def agg_distinct(self, column: str) -> str:
+        """SQL aggregate joining the distinct values of ``column`` with commas."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def begin(self) -> None:
+        """Start a write transaction that excludes every other writer until commit."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def insert_hits(self, columns: Sequence[str], rows: Sequence[Row]) -> set[str]:
+        """Insert what is not stored yet (by event_id); return the ids actually inserted."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def default_db_url() -> str:
+    """``$KASPWATCH_DB``, else SQLite in the state directory (like the alerts state)."""
+    env = os.environ.get("KASPWATCH_DB")
+    if env:
+        return env
+    base = Path(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch"))
+    return f"sqlite:///{base / 'store.sqlite'}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, safe for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def open_backend(url: str, readonly: bool = False) -> Backend:
+    """``sqlite:///path`` (relative) or ``sqlite:////abs/path``; ``postgresql://…``."""
+    scheme, sep, rest = url.partition("://")
+    if scheme == "sqlite" and sep:
+        from consumers.store.sqlite import SQLiteBackend
+
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise StoreError(f"database URL {url!r}: expected sqlite:///PATH")
+        return SQLiteBackend(path, readonly=readonly)
+    if scheme in ("postgresql", "postgres") and sep:
+        from consumers.store.postgres import PostgresBackend
+
+        return PostgresBackend(url, readonly=readonly)
+    raise StoreError(
+        f"database URL {redact(url)!r}: expected sqlite:///PATH or postgresql://USER@HOST/DB"
+    )

@@ -1,0 +1,372 @@
+"""The questions responders ask, as SQL both backends run: hosts, a host's timeline, who
+contacted a name, passive DNS, and hosts active after the ban.
+
+``hosts`` and ``after-ban`` read the per-host aggregates only (never ``hits``); ``host``
+reads ``hits`` through its ``(host, ts_us)`` index; ``name`` reads ``host_names`` and
+``dns`` reads ``pdns`` through their reversed-name keys. Every answer is a ``Result``:
+rows of plain values (times as RFC 3339 strings), the same from SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from itertools import groupby
+from operator import itemgetter
+from typing import Any, Final
+
+from consumers.assets import AssetMap
+from consumers.store.base import Backend, StoreError
+from consumers.store.names import NameMatch
+from consumers.store.rollup import loads_set, us_to_ts
+
+BAN_DATE: Final = date(2024, 9, 29)  # US Commerce Department ban on Kaspersky software
+DEFAULT_LIMIT: Final = 10_000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class QueryError(StoreError):
+    """A query's parameters are wrong (a bad time, address or pattern)."""
+
+
+@dataclass
+class Result:
+    query: str
+    columns: tuple[str, ...]  # every field of a row, in order (CSV header, JSON keys)
+    table: tuple[str, ...]  # the fields a terminal table shows
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""  # one line for stderr: why nothing was found, or that rows were cut
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"query": self.query, "count": len(self.rows), "results": self.rows}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def parse_time(text: str, end_of_day: bool = False) -> int:
+    """``YYYY-MM-DD`` or RFC 3339 (``Z`` or an offset; no offset means UTC) → µs.
+
+    With ``end_of_day`` a bare date means the last microsecond of that day (``--until``).
+    """
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            if end_of_day:
+                day += timedelta(days=1)
+            dt = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return (dt - _EPOCH) // timedelta(microseconds=1) - (1 if end_of_day else 0)
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise QueryError(
+            f"time {text!r}: expected YYYY-MM-DD or RFC 3339 (2026-11-01T00:00:00Z)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def parse_host(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise QueryError(f"host {text!r} is not an IP address") from None
+
+
+def ip_order(host: str) -> tuple[int, int, str]:
+    """Sort key: IPv4 by number, then IPv6 by number, then anything else by text."""
+    if ":" not in host:
+        parts = host.split(".")
+        if len(parts) == 4 and all(p.isdigit() for p in parts):
+            a, b, c, d = map(int, parts)
+            return (4, (a << 24) | (b << 16) | (c << 8) | d, host)
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return (9, 0, host)
+    return (addr.version, int(addr), host)
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+# ---------------------------------------------------------------------------- hosts
+
+HOST_COLUMNS: Final = (
+    "host",
+    "site",
+    "first_seen",
+    "last_seen",
+    "count",
+    "allowlisted",
+    "categories",
+    "sensors",
+)
+
+
+def hosts(
+    b: Backend,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    categories: Sequence[str] = (),
+    sites: Sequence[str] = (),
+    assets: AssetMap | None = None,
+    query: str = "hosts",
+) -> Result:
+    """Every host with hits: first/last seen, count, categories, sensors.
+
+    ``since``/``until`` keep hosts whose activity span overlaps the window (last seen ≥
+    since, first seen ≤ until); with ``categories`` the span, count and categories are
+    those of the chosen categories only. ``sites`` needs the asset map.
+    """
+    if sites and assets is None:
+        raise QueryError("--site needs an asset map (--assets FILE)")
+    where, params = [], []
+    if since_us is not None:
+        where.append("last_us >= ?")
+        params.append(since_us)
+    if until_us is not None:
+        where.append("first_us <= ?")
+        params.append(until_us)
+    # (host, first, last, count, allowlisted, categories, sensors) per host
+    found: list[tuple[str, int, int, int, int, list[str], list[str]]] = []
+    if categories:
+        cats = sorted(set(categories))
+        where.insert(0, f"category IN ({_marks(cats)})")
+        sql = (
+            "SELECT host, category, first_us, last_us, count, allowlisted, sensors "  # noqa: S608
+            f"FROM host_category WHERE {' AND '.join(where)} ORDER BY host"
+        )
+        for host, group in groupby(b.query(sql, [*cats, *params]), itemgetter(0)):
+            rows = list(group)
+            found.append(
+                (
+                    host,
+                    min(r[2] for r in rows),
+                    max(r[3] for r in rows),
+                    sum(r[4] for r in rows),
+                    sum(r[5] for r in rows),
+                    sorted({r[1] for r in rows}),
+                    sorted({s for r in rows for s in loads_set(r[6])}),
+                )
+            )
+    else:
+        sql = "SELECT host, first_us, last_us, count, allowlisted, categories, sensors FROM hosts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        found = [
+            (host, first, last, count, allow, loads_set(cats), loads_set(sensors))
+            for host, first, last, count, allow, cats, sensors in b.query(sql, params)
+        ]
+    found.sort(key=lambda r: ip_order(r[0]))
+    wanted_sites = set(sites)
+    out = []
+    for host, first, last, count, allow, cats_seen, sensors_seen in found:
+        row: dict[str, Any] = {"host": host}
+        if assets is not None:
+            site = assets.lookup(host).site
+            if wanted_sites and site not in wanted_sites:
+                continue
+            row["site"] = site
+        row["first_seen"] = us_to_ts(first)
+        row["last_seen"] = us_to_ts(last)
+        row["count"] = int(count)
+        row["allowlisted"] = int(allow)
+        row["categories"] = cats_seen
+        row["sensors"] = sensors_seen
+        out.append(row)
+    columns = HOST_COLUMNS if assets is not None else tuple(c for c in HOST_COLUMNS if c != "site")
+    return Result(query, columns, columns, out, "" if out else "no host matches")
+
+
+def after_ban(
+    b: Backend,
+    day: date = BAN_DATE,
+    categories: Sequence[str] = (),
+    sites: Sequence[str] = (),
+    assets: AssetMap | None = None,
+) -> Result:
+    """Hosts with a hit on or after ``day`` (UTC): the compliance list."""
+    since = parse_time(day.isoformat())
+    result = hosts(b, since, None, categories, sites, assets, query="after-ban")
+    if not result.rows:
+        result.note = f"no host active on or after {day.isoformat()}"
+    return result
+
+
+# ---------------------------------------------------------------------------- timeline
+
+TIMELINE_COLUMNS: Final = (
+    "ts",
+    "event_id",
+    "host",
+    "sensor",
+    "kind",
+    "name",
+    "query",
+    "answers",
+    "peer",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "transport",
+    "indicator_id",
+    "pattern",
+    "match_kind",
+    "category",
+    "severity",
+    "confidence",
+    "allowlisted",
+    "extra",
+)
+TIMELINE_TABLE: Final = (
+    "ts", "sensor", "kind", "name", "peer", "indicator_id", "category", "severity", "allowlisted",
+)  # fmt: skip
+_HIT_SELECT: Final = (
+    "SELECT ts_us, event_id, host, sensor, kind, name, query, answers, src_ip, src_port, dst_ip, "
+    "dst_port, transport, indicator_id, pattern, match_kind, category, severity, confidence, "
+    "allowlisted, extra FROM hits"
+)
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def host_timeline(
+    b: Backend,
+    host: str,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> Result:
+    """That host's hits in time order (``limit`` at most; 0 = all)."""
+    ip = parse_host(host)
+    sql = _HIT_SELECT + " WHERE host = ?"
+    params: list[Any] = [ip]
+    if since_us is not None:
+        sql += " AND ts_us >= ?"
+        params.append(since_us)
+    if until_us is not None:
+        sql += " AND ts_us <= ?"
+        params.append(until_us)
+    sql += " ORDER BY ts_us, event_id"
+    if limit > 0:
+        sql += " LIMIT ?"
+        params.append(limit + 1)
+    rows = []
+    for r in b.query(sql, params):
+        (ts, eid, h, sensor, kind, name, query, answers, src, sport, dst, dport, transport) = r[:13]
+        ind, pattern, match, cat, sev, conf, allow, extra = r[13:]
+        peer = _endpoint(src, sport) if kind == "dns_answer" else _endpoint(dst, dport)
+        rows.append(
+            {
+                "ts": us_to_ts(ts),
+                "event_id": eid,
+                "host": h,
+                "sensor": sensor,
+                "kind": kind,
+                "name": name,
+                "query": query,
+                "answers": loads_set(answers) if answers else [],
+                "peer": peer,
+                "src_ip": src,
+                "src_port": int(sport),
+                "dst_ip": dst,
+                "dst_port": int(dport),
+                "transport": transport,
+                "indicator_id": ind,
+                "pattern": pattern,
+                "match_kind": match,
+                "category": cat,
+                "severity": sev,
+                "confidence": conf,
+                "allowlisted": allow,
+                "extra": json.loads(extra) if extra else {},
+            }
+        )
+    note = ""
+    if limit > 0 and len(rows) > limit:
+        del rows[limit:]
+        note = f"showing the first {limit} hits of {ip}; raise --limit (0 = all) for more"
+    elif not rows:
+        known = b.query("SELECT first_us, last_us, count FROM hosts WHERE host = ?", [ip])
+        if known and since_us is None and until_us is None:
+            first, last, count = known[0]
+            note = (
+                f"no hits stored for {ip}: its {count} hits ({us_to_ts(first)} .. "
+                f"{us_to_ts(last)}) are past the retention period"
+            )
+        elif known:
+            note = f"no hits of {ip} in that window"
+        else:
+            note = f"no hits for {ip}"
+    return Result("host", TIMELINE_COLUMNS, TIMELINE_TABLE, rows, note)
+
+
+# ---------------------------------------------------------------------------- names
+
+CONTACT_COLUMNS: Final = (
+    "host", "site", "first_seen", "last_seen", "count", "names", "categories",
+)  # fmt: skip
+
+
+def name_contacts(b: Backend, match: NameMatch, assets: AssetMap | None = None) -> Result:
+    """Who contacted the names a pattern selects: one row per host."""
+    cond, params = match.where()
+    agg_names = b.agg_distinct("name")
+    agg_cats = b.agg_distinct("category")
+    sql = (
+        "SELECT host, min(first_us), max(last_us), CAST(sum(count) AS BIGINT), "  # noqa: S608
+        f"{agg_names}, {agg_cats} FROM host_names WHERE {cond} GROUP BY host"
+    )
+    rows = []
+    for host, first, last, count, names, cats in sorted(
+        b.query(sql, params), key=lambda r: ip_order(r[0])
+    ):
+        row: dict[str, Any] = {"host": host}
+        if assets is not None:
+            row["site"] = assets.lookup(host).site
+        row |= {
+            "first_seen": us_to_ts(first),
+            "last_seen": us_to_ts(last),
+            "count": int(count),
+            "names": sorted(names.split(",")),
+            "categories": sorted(cats.split(",")),
+        }
+        rows.append(row)
+    columns = (
+        CONTACT_COLUMNS if assets is not None else tuple(c for c in CONTACT_COLUMNS if c != "site")
+    )
+    return Result("name", columns, columns, rows, "" if rows else "no host contacted that name")
+
+
+DNS_COLUMNS: Final = ("name", "answer", "first_seen", "last_seen", "count")
+
+
+def passive_dns(b: Backend, match: NameMatch) -> Result:
+    """Passive DNS of watched names: the addresses they resolved to, first and last seen."""
+    cond, params = match.where()
+    sql = f"SELECT name, answer, first_us, last_us, count FROM pdns WHERE {cond}"  # noqa: S608
+    rows = [
+        {
+            "name": name,
+            "answer": answer,
+            "first_seen": us_to_ts(first),
+            "last_seen": us_to_ts(last),
+            "count": int(count),
+        }
+        for name, answer, first, last, count in sorted(
+            b.query(sql, params), key=lambda r: (r[0], ip_order(r[1]))
+        )
+    ]
+    return Result("dns", DNS_COLUMNS, DNS_COLUMNS, rows, "" if rows else "no DNS answers stored")

@@ -1,0 +1,254 @@
+"""The store as a consume-loop handler: one write transaction per batch, idempotent.
+
+``Store.handle(events)`` (the consume loop's handler protocol) runs ``ingest`` on the
+store's own thread and returns once the batch is committed, so the loop commits offsets
+only after the hits are durable. ``ingest`` keeps hits only (events with an indicator,
+allowlisted ones too), inserts those whose ``event_id`` is new and, in the same
+transaction, adds exactly those new hits to the aggregates: replaying a batch, a topic or
+a capture changes no count.
+
+Retention (``retention_days``) deletes hits older than the cutoff once an hour; the
+aggregates keep their first/last seen. Hits already older than the cutoff when they
+arrive are not stored: their ids may have been purged, so counting them again could
+count them twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from consumers.store import rollup, schema
+from consumers.store.base import Backend, open_backend
+from kaspwatch.event import Event
+
+log = logging.getLogger("kaspwatch.store")
+
+PURGE_EVERY_S: Final = 3600.0
+_DAY_US: Final = 86_400_000_000
+_CHUNK: Final = 500  # hosts per IN (...) list
+
+
+@dataclass
+class StoreStats:
+    events: int = 0  # everything handed to ingest
+    stored: int = 0  # new hits inserted
+    duplicates: int = 0  # hits already stored (replays, redeliveries)
+    expired: int = 0  # hits older than the retention cutoff on arrival
+    purged: int = 0  # hits deleted by retention
+
+
+class Store:
+    """A store of hits over a backend; usable in-process (``ingest``) and as a handler."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        retention_days: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.retention_days = retention_days
+        self.clock = clock  # wall clock for the retention cutoff (tests set it)
+        self.stats = StoreStats()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaspwatch-store")
+        self._last_purge = float("-inf")
+
+    # ------------------------------------------------------------------ handler protocol
+
+    async def handle(self, events: list[Event]) -> None:
+        if events:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self.ingest, events)
+
+    def rollback(self) -> None:
+        """Nothing to undo: a failed ``ingest`` rolled its transaction back already."""
+
+    # ------------------------------------------------------------------ writing
+
+    def cutoff_us(self, now: float | None = None) -> int | None:
+        if self.retention_days is None:
+            return None
+        now_us = int((self.clock() if now is None else now) * 1_000_000)
+        return now_us - int(self.retention_days * _DAY_US)
+
+    def ingest(self, events: Iterable[Event]) -> int:
+        """Store the hits among ``events``; return how many were new."""
+        with self._lock:
+            if time.monotonic() - self._last_purge >= PURGE_EVERY_S:
+                self._purge()
+            return self._ingest(events)
+
+    def _ingest(self, events: Iterable[Event]) -> int:
+        cutoff = self.cutoff_us()
+        rows: dict[str, rollup.HitRow] = {}
+        n = 0
+        for ev in events:
+            n += 1
+            if ev.indicator is None or ev.event_id in rows:
+                continue
+            row = rollup.hit_row(ev)
+            if cutoff is not None and row.ts_us < cutoff:
+                self.stats.expired += 1
+                continue
+            rows[ev.event_id] = row
+        self.stats.events += n
+        if not rows:
+            return 0
+        b = self.backend
+        b.begin()
+        try:
+            new_ids = b.insert_hits(schema.HIT_COLUMNS, list(rows.values()))
+            new = [r for r in rows.values() if r.event_id in new_ids]
+            if new:
+                self._aggregate(rollup.deltas(new))
+            b.commit()
+        except BaseException:
+            b.rollback()
+            raise
+        self.stats.stored += len(new)
+        self.stats.duplicates += len(rows) - len(new)
+        return len(new)
+
+    def _existing(
+        self, table: str, key: str, sets: str, hosts: list[str]
+    ) -> dict[tuple[str, ...], tuple[int, int, int, int, str, str]]:
+        out: dict[tuple[str, ...], tuple[int, int, int, int, str, str]] = {}
+        keycols = "host" if not key else f"host, {key}"
+        width = 1 if not key else 2
+        for i in range(0, len(hosts), _CHUNK):
+            chunk = hosts[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                f"SELECT {keycols}, first_us, last_us, count, allowlisted, sensors, {sets} "  # noqa: S608
+                f"FROM {table} WHERE host IN ({marks})"
+            )
+            for r in self.backend.query(sql, chunk):
+                first, last, count, allowlisted, sensors, values = r[width:]
+                out[tuple(r[:width])] = (first, last, count, allowlisted, sensors, values)
+        return out
+
+    def _aggregate(self, d: rollup.Deltas) -> None:
+        b = self.backend
+        hosts = sorted(d.hosts)
+
+        old = self._existing("host_indicator", "indicator_id", "names", hosts)
+        b.executemany(
+            "INSERT INTO host_indicator (host, indicator_id, category, first_us, last_us, count, "
+            "allowlisted, sensors, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (host, indicator_id) DO UPDATE SET category = excluded.category, "
+            "first_us = excluded.first_us, last_us = excluded.last_us, count = excluded.count, "
+            "allowlisted = excluded.allowlisted, sensors = excluded.sensors, names = excluded.names",
+            [
+                (h, ind, agg.label, *rollup.merge_row(old.get((h, ind)), agg, rollup.MAX_NAMES))
+                for (h, ind), agg in sorted(d.host_indicator.items())
+            ],
+        )
+        old = self._existing("host_category", "category", "names", hosts)
+        b.executemany(
+            "INSERT INTO host_category (host, category, first_us, last_us, count, allowlisted, "
+            "sensors, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (host, category) DO UPDATE SET "
+            "first_us = excluded.first_us, last_us = excluded.last_us, count = excluded.count, "
+            "allowlisted = excluded.allowlisted, sensors = excluded.sensors, names = excluded.names",
+            [
+                (h, cat, *rollup.merge_row(old.get((h, cat)), agg, rollup.MAX_NAMES))
+                for (h, cat), agg in sorted(d.host_category.items())
+            ],
+        )
+        old = self._existing("hosts", "", "categories", hosts)
+        b.executemany(
+            "INSERT INTO hosts (host, first_us, last_us, count, allowlisted, sensors, categories) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (host) DO UPDATE SET "
+            "first_us = excluded.first_us, last_us = excluded.last_us, count = excluded.count, "
+            "allowlisted = excluded.allowlisted, sensors = excluded.sensors, "
+            "categories = excluded.categories",
+            [
+                (h, *rollup.merge_row(old.get((h,)), agg, rollup.MAX_CATEGORIES))
+                for h, agg in sorted(d.hosts.items())
+            ],
+        )
+        least, greatest = b.least, b.greatest
+        b.executemany(
+            "INSERT INTO host_names (rname, host, name, category, indicator_id, first_us, "  # noqa: S608
+            "last_us, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (rname, host) DO UPDATE SET "
+            "category = CASE WHEN excluded.last_us >= host_names.last_us "
+            "THEN excluded.category ELSE host_names.category END, "
+            "indicator_id = CASE WHEN excluded.last_us >= host_names.last_us "
+            "THEN excluded.indicator_id ELSE host_names.indicator_id END, "
+            f"first_us = {least}(host_names.first_us, excluded.first_us), "
+            f"last_us = {greatest}(host_names.last_us, excluded.last_us), "
+            "count = host_names.count + excluded.count",
+            [
+                (
+                    rname,
+                    h,
+                    min(agg.names),
+                    agg.label,
+                    agg.ident,
+                    agg.first_us,
+                    agg.last_us,
+                    agg.count,
+                )
+                for (h, rname), agg in sorted(d.host_names.items())
+            ],
+        )
+        if d.pdns:
+            b.executemany(
+                "INSERT INTO pdns (rname, answer, name, first_us, last_us, count) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (rname, answer) DO UPDATE SET "
+                f"first_us = {least}(pdns.first_us, excluded.first_us), "
+                f"last_us = {greatest}(pdns.last_us, excluded.last_us), "
+                "count = pdns.count + excluded.count",
+                [
+                    (rname, answer, min(agg.names), agg.first_us, agg.last_us, agg.count)
+                    for (rname, answer), agg in sorted(d.pdns.items())
+                ],
+            )
+
+    # ------------------------------------------------------------------ retention
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete hits older than the retention cutoff now; return how many."""
+        with self._lock:
+            return self._purge(now)
+
+    def _purge(self, now: float | None = None) -> int:
+        self._last_purge = time.monotonic()
+        cutoff = self.cutoff_us(now)
+        if cutoff is None:
+            return 0
+        b = self.backend
+        b.begin()
+        try:
+            before = b.query("SELECT count(*) FROM hits WHERE ts_us < ?", (cutoff,))[0][0]
+            if before:
+                b.query("DELETE FROM hits WHERE ts_us < ?", (cutoff,))
+            b.commit()
+        except BaseException:
+            b.rollback()
+            raise
+        if before:
+            log.info("retention: deleted %d hits older than %s", before, rollup.us_to_ts(cutoff))
+        self.stats.purged += int(before)
+        return int(before)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            self.backend.close()
+
+
+def open_store(url: str, retention_days: float | None = None) -> Store:
+    """Open (creating if needed) the store at a ``sqlite:///…`` or ``postgresql://…`` URL."""
+    return Store(open_backend(url), retention_days)
