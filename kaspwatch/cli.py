@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from kaspwatch import __version__
 from kaspwatch.alerting import add_alert_options
+from kaspwatch.argtypes import listen_addr
 from kaspwatch.bus import BusError
 from kaspwatch.config import load_config
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HEARTBEATS_TOPIC, HITS_TOPIC
@@ -23,13 +24,6 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 log = logging.getLogger("kaspwatch")
-
-
-def _listen_addr(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9108")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _add_rule_opts(p: argparse.ArgumentParser) -> None:
@@ -109,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="SECONDS")
     p.add_argument(
         "--metrics-addr",
-        type=_listen_addr,
+        type=listen_addr,
         metavar="HOST:PORT",
         help="serve the sensor's metrics here",
     )
@@ -123,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dead-letter-topic", default=DEAD_LETTER_TOPIC)
     p.add_argument(
         "--metrics-addr",
-        type=_listen_addr,
+        type=listen_addr,
         metavar="HOST:PORT",
         help="serve this consumer's metrics (deliveries, sink failures, dead letters)",
     )
@@ -135,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default=HITS_TOPIC)
     p.add_argument(
         "--listen",
-        type=_listen_addr,
+        type=listen_addr,
         default=("127.0.0.1", 9108),
         metavar="HOST:PORT",
         help="where to serve /metrics (default 127.0.0.1:9108)",
@@ -159,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics-addr",
-        type=_listen_addr,
+        type=listen_addr,
         metavar="HOST:PORT",
         help="serve metrics while running (e.g. 127.0.0.1:9108)",
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -31,11 +30,11 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from consumers.store.base import StoreError, default_db_url
+from kaspwatch.argtypes import listen_addr
 from kaspwatch.bus import BusError
 from kaspwatch.event import HITS_TOPIC
 
@@ -43,13 +42,6 @@ log = logging.getLogger("kaspwatch")
 
 QUERY_FORMATS = ("table", "csv", "json", "ndjson")
 DEFAULT_GROUP = "kaspwatch-store"
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9110")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _positive(text: str) -> float:
@@ -150,7 +142,7 @@ def add_store_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _db_opt(p)
     p.add_argument(
         "--listen",
-        type=_listen,
+        type=listen_addr,
         default=("127.0.0.1", 9110),
         metavar="HOST:PORT",
         help="where to listen (default 127.0.0.1:9110: loopback only)",
@@ -365,38 +357,3 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- standalone
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kaspwatch", description="The incident-response store.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_store_parsers(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kaspwatch.store_commands …``: the same commands without the full CLI."""
-    from sensor.indicators import PackError
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="kaspwatch: %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    try:
-        return dispatch_store(args)
-    except (PackError, BusError) as exc:
-        print(f"kaspwatch: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        raise SystemExit(main())

@@ -19,7 +19,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 import warnings
 from pathlib import Path
@@ -36,8 +35,6 @@ K8S = DEPLOY / "k8s"
 SYSTEMD = DEPLOY / "systemd"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTMANAGER_YML = DEPLOY / "alertmanager" / "alertmanager.yml"
-STORE_COMMANDS = ("store", "query", "api")
-STORE_CLI = [sys.executable, "-m", "kaspwatch.store_commands"]
 OURS = [DOCKER, K8S, SYSTEMD, DEPLOY / "prometheus", DEPLOY / "alertmanager", REPO / "dashboards"]
 
 
@@ -47,18 +44,6 @@ def options_of(command: str) -> frozenset[str]:
     out = subprocess.run(
         [*KASPWATCH, command, "--help"], capture_output=True, text=True, timeout=60
     )
-    if out.returncode != 0 and command in STORE_COMMANDS:
-        # the store's commands are built in kaspwatch/store_commands.py, whose parser
-        # `kaspwatch` takes over once wired (as tests/test_store.py does): check against it
-        # meanwhile, and say so
-        out = subprocess.run(
-            [*STORE_CLI, command, "--help"], capture_output=True, text=True, timeout=60
-        )
-        warnings.warn(
-            f"`kaspwatch {command}` is not wired into the CLI yet: options checked against "
-            "python -m kaspwatch.store_commands",
-            stacklevel=2,
-        )
     assert out.returncode == 0, f"kaspwatch {command}: not a command\n{out.stderr}"
     return frozenset(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", out.stdout))
 

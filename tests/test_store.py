@@ -39,6 +39,7 @@ from consumers.store.names import parse_pattern, reverse_name
 from consumers.store.queries import Result
 from kaspwatch import store_commands
 from kaspwatch.bus.memory import MemoryBus
+from kaspwatch.cli import main as cli_main
 from kaspwatch.cli import main as kaspwatch_main
 from kaspwatch.event import Event, IndicatorRef, event_from_json, make_event_id
 from tests import postgres
@@ -47,7 +48,7 @@ from tests.conftest import KASPWATCH, SAMPLE, free_port
 pytestmark = pytest.mark.timeout(60)
 
 postgres_url = postgres.postgres_url  # the session fixture: a real server for this module
-STORE_CLI = [sys.executable, "-m", "kaspwatch.store_commands"]  # == `kaspwatch` once wired
+STORE_CLI = [sys.executable, "-m", "kaspwatch"]
 BACKENDS = ("sqlite", "postgresql")
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 
@@ -503,7 +504,7 @@ def test_reversed_names_and_patterns() -> None:
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = store_commands.main(list(argv))
+    code = cli_main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
