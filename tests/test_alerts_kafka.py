@@ -30,13 +30,12 @@ from typing import Any
 
 import jsonschema
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka import AIOKafkaProducer
 
 from kaspwatch import event as event_module
 from tests.alertmanager import am_alerts, running_alertmanager
 from tests.conftest import KASPWATCH, SAMPLE, free_port
+from tests.kafkautil import create_topics, read_topic, scrape, wait_committed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(75)]
 
@@ -78,33 +77,6 @@ def first_contacts(hits: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
     return first
 
 
-async def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
-    """Create the topics and wait until every partition has a leader."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        for name, parts in specs:
-            with suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, parts, replication_factor=1)])
-        names = [name for name, _ in specs]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            described = await admin.describe_topics(names)
-            ready = {
-                d["topic"]
-                for d in described
-                if not d["error_code"]
-                and d["partitions"]
-                and all(p["leader"] >= 0 for p in d["partitions"])
-            }
-            if ready == set(names):
-                return
-            await asyncio.sleep(0.1)
-        pytest.fail(f"topics {names} have no leader after 20 s")
-    finally:
-        await admin.close()
-
-
 async def standard_topics(bootstrap: str, hits_partitions: int) -> dict[str, str]:
     run = uuid.uuid4().hex[:10]
     names = {k: f"{k}-{run}" for k in ("hits", "alerts", "dlq", "group")}
@@ -116,54 +88,6 @@ async def standard_topics(bootstrap: str, hits_partitions: int) -> dict[str, str
     return names
 
 
-async def read_topic(
-    bootstrap: str, topic: str, want: int, timeout: float = 20.0
-) -> list[tuple[bytes | None, bytes]]:
-    """At least ``want`` records (and anything more that shows up within a second)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    out: list[tuple[bytes | None, bytes]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(out) < want and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=300)
-            out.extend((m.key, m.value) for msgs in batches.values() for m in msgs)
-        batches = await consumer.getmany(timeout_ms=1000)  # a duplicate would show up here
-        out.extend((m.key, m.value) for msgs in batches.values() for m in msgs)
-    finally:
-        await consumer.stop()
-    return out
-
-
-async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = await consumer.end_offsets(tps)
-        committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
-        return bool(tps) and committed == ends
-    finally:
-        await consumer.stop()
-
-
-async def wait_committed(bootstrap: str, group: str, topic: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await committed_everything(bootstrap, group, topic):
-            return
-        await asyncio.sleep(0.3)
-    pytest.fail(f"group {group} did not commit every offset of {topic} within {timeout} s")
-
-
 @asynccontextmanager
 async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -172,17 +96,6 @@ async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
         yield prod
     finally:
         await prod.stop()
-
-
-def scrape(port: int) -> dict[str, float]:
-    with _DIRECT.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        body = resp.read().decode()
-    samples = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
-    return samples
 
 
 async def wait_metrics(

@@ -11,18 +11,16 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from kaspwatch.cli import main
 from tests.conftest import KASPWATCH, SAMPLE, free_port
+from tests.kafkautil import committed_everything, create_topics, read_topic, scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -30,65 +28,6 @@ pytestmark = pytest.mark.kafka
 def scan_sample(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
     assert main(["scan", "--sensor", "e2e", str(SAMPLE)]) == 0
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-
-
-async def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in specs]
-        )
-    finally:
-        await admin.close()
-
-
-async def read_topic(
-    bootstrap: str, topic: str, want: int, timeout: float = 60.0
-) -> list[tuple[bytes | None, bytes]]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    out: list[tuple[bytes | None, bytes]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(out) < want and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            out.extend((m.key, m.value) for msgs in batches.values() for m in msgs)
-        await asyncio.sleep(1.0)  # anything beyond `want` would be a duplicate: collect it too
-        batches = await consumer.getmany(timeout_ms=500)
-        out.extend((m.key, m.value) for msgs in batches.values() for m in msgs)
-    finally:
-        await consumer.stop()
-    return out
-
-
-async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        ends = await consumer.end_offsets(parts)
-        committed = {tp: await consumer.committed(tp) or 0 for tp in parts}
-        return bool(parts) and committed == ends
-    finally:
-        await consumer.stop()
-
-
-def scrape(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
-    return samples
 
 
 @pytest.fixture
