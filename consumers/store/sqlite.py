@@ -51,7 +51,9 @@ class SQLiteBackend:
                     path, isolation_level=None, check_same_thread=False, timeout=30
                 )
                 self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL-safe
+                # FULL: a committed batch survives power loss, because the consumer commits
+                # its Kafka offsets right after; NORMAL could lose rows whose offsets are gone
+                self.conn.execute("PRAGMA synchronous=FULL")
                 # checkpoints run on a thread of their own, off the ingest path
                 self.conn.execute("PRAGMA wal_autocheckpoint=0")
             self.conn.execute("PRAGMA cache_size=-131072")  # 128 MiB
