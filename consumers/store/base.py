@@ -15,6 +15,14 @@ class StoreError(Exception):
     """The store cannot be opened or used; ``str()`` is one line for the operator."""
 
 
+def check_version(where: str, rows: Sequence[Sequence[Any]], version: int) -> None:
+    """The store's recorded schema version must be the one this kaspwatch reads."""
+    if not rows or rows[0][0] != str(version):
+        raise StoreError(
+            f"{where}: store schema {rows[0][0] if rows else '?'}, this kaspwatch reads {version}"
+        )
+
+
 class Backend(Protocol):
     """One connection to one database. SQL uses ``?`` placeholders; backends translate.
 

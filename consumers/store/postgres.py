@@ -16,7 +16,7 @@ from typing import Any, Final
 import psycopg
 
 from consumers.store import schema
-from consumers.store.base import Row, StoreError, redact
+from consumers.store.base import Row, StoreError, check_version, redact
 
 _LOCK_KEY: Final = 0x6B617370  # "kasp": the store writers' advisory lock
 _INTEGER_COLUMNS: Final = frozenset({"ts_us", "src_port", "dst_port"})
@@ -69,11 +69,7 @@ class PostgresBackend:
         except psycopg.Error:
             self.rollback()
             raise StoreError(f"{self.where}: not a kaspwatch store") from None
-        if not rows or rows[0][0] != str(schema.SCHEMA_VERSION):
-            raise StoreError(
-                f"{self.where}: store schema {rows[0][0] if rows else '?'}, "
-                f"this kaspwatch reads {schema.SCHEMA_VERSION}"
-            )
+        check_version(self.where, rows, schema.SCHEMA_VERSION)
         if not self.conn.autocommit:
             self.conn.commit()
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from kaspwatch.bus import BusError, Record
+from kaspwatch.bus.kafka import KafkaSubscriber
 
 log = logging.getLogger("kaspwatch.store")
 
@@ -32,7 +31,7 @@ class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.owner.position_new(list(assigned))
 
 
-class ReplaySubscriber:
+class ReplaySubscriber(KafkaSubscriber):
     """``start_ms``: None = resume the group (earliest when it has no commits);
     0 with ``from_beginning``; else a time in epoch milliseconds."""
 
@@ -45,28 +44,14 @@ class ReplaySubscriber:
         from_beginning: bool = False,
         start_ms: int | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
-        self.topics = topics
-        self.group = group
+        super().__init__(bootstrap, topics, group, client_id)
         self.from_beginning = from_beginning
         self.start_ms = start_ms
         self.assigned = False
         self._started: dict[TopicPartition, int] = {}  # where each partition began here
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            client_id=client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
 
-    async def start(self) -> None:
-        try:
-            await self._consumer.start()
-        except KafkaError as exc:
-            await self._consumer.stop()
-            raise BusError(f"kafka {self.bootstrap}: cannot connect: {exc}") from None
-        self._consumer.subscribe(self.topics, listener=_Seeker(self))
+    def _rebalance_listener(self) -> Any:
+        return _Seeker(self)
 
     async def position_new(self, parts: list[TopicPartition]) -> None:
         """Seek partitions seen for the first time; remember where each one starts."""
@@ -96,19 +81,6 @@ class ReplaySubscriber:
         self._started.update(starts)
         self.assigned = True
 
-    async def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
-        batches = await self._consumer.getmany(
-            timeout_ms=int(timeout * 1000), max_records=max_records
-        )
-        return [
-            Record(m.topic, m.partition, m.offset, m.key, m.value)
-            for msgs in batches.values()
-            for m in msgs
-        ]
-
-    async def commit(self) -> None:
-        await self._consumer.commit()
-
     async def lag(self) -> int:
         """Records between this group's progress and the end; 1 until assigned."""
         parts = list(self._consumer.assignment())
@@ -129,6 +101,3 @@ class ReplaySubscriber:
             self._consumer.seek(
                 tp, committed if committed is not None else self._started.get(tp, 0)
             )
-
-    async def stop(self) -> None:
-        await self._consumer.stop()

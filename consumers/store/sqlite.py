@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from consumers.store import schema
-from consumers.store.base import Row, StoreError
+from consumers.store.base import Row, StoreError, check_version
 
 log = logging.getLogger("kaspwatch.store")
 
@@ -88,11 +88,7 @@ class SQLiteBackend:
             rows = self.query("SELECT value FROM meta WHERE key = 'schema'")
         except sqlite3.Error:
             raise StoreError(f"{self.where}: not a kaspwatch store") from None
-        if not rows or rows[0][0] != str(schema.SCHEMA_VERSION):
-            raise StoreError(
-                f"{self.where}: store schema {rows[0][0] if rows else '?'}, "
-                f"this kaspwatch reads {schema.SCHEMA_VERSION}"
-            )
+        check_version(self.where, rows, schema.SCHEMA_VERSION)
 
     def agg_distinct(self, column: str) -> str:
         return f"group_concat(DISTINCT {column})"

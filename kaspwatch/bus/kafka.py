@@ -71,9 +71,9 @@ class KafkaPublisher:
 class KafkaSubscriber:
     def __init__(self, bootstrap: str, topics: list[str], group: str, client_id: str) -> None:
         self.bootstrap = bootstrap
+        self.topics = topics
         self.group = group
         self._consumer = AIOKafkaConsumer(
-            *topics,
             bootstrap_servers=bootstrap,
             group_id=group,
             client_id=client_id,
@@ -81,12 +81,21 @@ class KafkaSubscriber:
             auto_offset_reset="earliest",
         )
 
+    def _rebalance_listener(self) -> Any:
+        """Called on partition assignment; subclasses that position partitions override."""
+        return None
+
     async def start(self) -> None:
         try:
             await self._consumer.start()
         except KafkaError as exc:
             await self._consumer.stop()
             raise BusError(f"kafka {self.bootstrap}: cannot connect: {exc}") from None
+        listener = self._rebalance_listener()
+        if listener is None:
+            self._consumer.subscribe(self.topics)
+        else:
+            self._consumer.subscribe(self.topics, listener=listener)
 
     async def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
         batches = await self._consumer.getmany(
