@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer
 from kaspwatch import event as event_module
 from tests.alertmanager import am_alerts, running_alertmanager
 from tests.conftest import KASPWATCH, SAMPLE, free_port
+from tests.httpserve import serving
 from tests.kafkautil import create_topics, read_topic, scrape, wait_committed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(75)]
@@ -363,15 +364,9 @@ def webhook_receiver(delay_s: float) -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/kaspwatch"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as port:
+        rec.url = f"http://127.0.0.1:{port}/hooks/kaspwatch"
         yield rec
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def synthetic_hits(sample: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:

@@ -10,13 +10,12 @@ import ipaddress
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +30,7 @@ from consumers.sinks.syslog import SyslogSink, cef, rfc5424
 from consumers.sinks.webhook import WebhookSink, delivery_id, load_secret
 from kaspwatch.event import IndicatorRef
 from tests.alertmanager import am_alerts, free_port, running_alertmanager
+from tests.httpserve import serving
 from tests.test_alerts import UPDATE, hit
 
 pytestmark = pytest.mark.timeout(30)
@@ -159,15 +159,9 @@ def webhook_receiver(*script: tuple[int, str | None]) -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/kaspwatch?token=abc"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as port:
+        rec.url = f"http://127.0.0.1:{port}/hooks/kaspwatch?token=abc"
         yield rec
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def test_webhook_delivers_signed_batch() -> None:
