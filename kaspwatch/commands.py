@@ -33,7 +33,7 @@ from kaspwatch.runtime import PublishStats, heartbeats, register_sensor, run_sen
 from kaspwatch.scan import scan
 from kaspwatch.store_commands import dispatch_store
 from sensor.capture import BPF_FILTER, CaptureError, CaptureFile, Frame, LiveCapture, MergedLive
-from sensor.indicators import load_pack, shipped_pack_paths
+from sensor.indicators import Indicator, load_pack, shipped_pack_paths
 from sensor.pipeline import Sensor
 from sensor.rules import Reloader, RuleSource, source_from
 
@@ -221,9 +221,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _known_pairs() -> set[tuple[str, str]]:
-    """(category, severity) pairs of the shipped packs: their series start at zero."""
-    return {(i.category, i.severity) for p in shipped_pack_paths() for i in load_pack(p).indicators}
+def _known_pairs(indicators: Iterable[Indicator] | None = None) -> set[tuple[str, str]]:
+    """(category, severity) pairs of the packs in force (default: the shipped ones):
+    their series start at zero."""
+    if indicators is None:
+        indicators = [i for p in shipped_pack_paths() for i in load_pack(p).indicators]
+    return {(i.category, i.severity) for i in indicators}
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -275,7 +278,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     publish = PublishStats()
     render = render_text if args.format == "text" else render_json
     delivery, assets = open_delivery(args, build_sinks(args, None, render), None)
-    metrics = HitMetrics(assets=assets, known=_known_pairs())
+    metrics = HitMetrics(
+        assets=assets, known=_known_pairs(sensor.rules.matcher.indicators.values())
+    )
     register_sensor(metrics.registry, sensor, publish, reloader, sources)
     metrics.registry.register(DeliveryCollector(delivery))
     if args.metrics_addr:
