@@ -23,6 +23,7 @@ from consumers.sinks.ocsf import KafkaTopicSink
 from consumers.sinks.stdout import StdoutSink
 from consumers.state import AlertState
 from kaspwatch.bus import Publisher, parse_bus_url
+from kaspwatch.bus.security import KafkaSecurity
 from kaspwatch.event import ALERTS_TOPIC
 
 DEFAULT_WINDOW = 3600.0
@@ -172,16 +173,22 @@ class LagCollector(Collector):
         self.lag: dict[tuple[str, str, int], int] = {}
 
     async def refresh(
-        self, bus: str, groups: list[str], stop: asyncio.Event, every_s: float = 15.0
+        self,
+        bus: str,
+        groups: list[str],
+        stop: asyncio.Event,
+        every_s: float = 15.0,
+        security: KafkaSecurity | None = None,
     ) -> None:
         scheme, where = parse_bus_url(bus)
         if scheme != "kafka" or not groups:
             return
         from kaspwatch.bus.kafka import group_lag
+        from kaspwatch.bus.security import PLAINTEXT
 
         while not stop.is_set():
             try:
-                self.lag = await group_lag(where, groups)
+                self.lag = await group_lag(where, groups, security or PLAINTEXT)
             except Exception as exc:  # lag is best effort: never stop consuming for it
                 log.warning("consumer lag not read: %s", exc)
             with contextlib.suppress(TimeoutError):

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from kaspwatch import __version__
 from kaspwatch.alerting import add_alert_options
 from kaspwatch.argtypes import listen_addr
-from kaspwatch.bus import BusError
+from kaspwatch.bus import BusError, parse_bus_url
+from kaspwatch.bus.security import RedactSecrets
 from kaspwatch.config import load_config
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HEARTBEATS_TOPIC, HITS_TOPIC
+from kaspwatch.kafka_options import add_kafka_options, kafka_security
 from kaspwatch.store_commands import add_store_parsers
 from sensor.capture import CaptureError
 from sensor.indicators import PackError
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the sensor's metrics here",
     )
     _add_sensor_opts(p)
+    add_kafka_options(p)
 
     p = sub.add_parser("alerts", help="consume hits, raise alerts to every configured sink")
     p.add_argument("--bus", help="kafka://HOST:PORT[,HOST:PORT] (config 'bus', env KASPWATCH_BUS)")
@@ -122,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve this consumer's metrics (deliveries, sink failures, dead letters)",
     )
     add_alert_options(p, state_default=True)
+    add_kafka_options(p)
 
     p = sub.add_parser("metrics", help="consume hits and serve Prometheus metrics")
     p.add_argument("--bus", help="kafka://HOST:PORT[,HOST:PORT] (config 'bus', env KASPWATCH_BUS)")
@@ -141,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="kaspwatch-alerts,kaspwatch-metrics,kaspwatch-store",
         help="consumer groups whose lag to export, comma-separated",
     )
+    add_kafka_options(p)
 
     p = sub.add_parser("run", help="embedded mode: sensor and consumers in one process")
     _add_source_opts(p)
@@ -198,6 +203,10 @@ def _resolve(args: argparse.Namespace) -> None:
         args.bus = args.bus or cfg.bus or os.environ.get("KASPWATCH_BUS")
         if not args.bus:
             raise BusError("no bus: give --bus, set KASPWATCH_BUS, or 'bus:' in the config file")
+        args.kafka = None
+        if parse_bus_url(args.bus)[0] == "kafka":
+            args.kafka = kafka_security(args, cfg.kafka)
+            log.info("kafka %s: %s", args.bus, args.kafka.describe())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="kaspwatch: %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())  # a secret never reaches a log line
     logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     from kaspwatch import commands
 
@@ -214,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _resolve(args)
         return commands.dispatch(args)
     except (CaptureError, PackError, BusError) as exc:
-        print(f"kaspwatch: error: {exc}", file=sys.stderr)
+        print(f"kaspwatch: error: {RedactSecrets.scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -148,7 +148,9 @@ def cmd_sense(args: argparse.Namespace) -> int:
     async def main() -> None:
         stopper = _Stopper(reloader)
         stopper.install()
-        publisher = open_publisher(args.bus, client_id=f"kaspwatch-sensor-{args.sensor}")
+        publisher = open_publisher(
+            args.bus, client_id=f"kaspwatch-sensor-{args.sensor}", security=args.kafka
+        )
         await publisher.start()
         await publisher.prepare([args.topic, args.heartbeats_topic])
         sensed = asyncio.Event()
@@ -193,8 +195,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     async def main() -> None:
         stopper = _Stopper()
         stopper.install()
-        publisher = open_publisher(args.bus, client_id="kaspwatch-alerts")
-        sub = open_subscriber(args.bus, [args.topic], args.group, client_id="kaspwatch-alerts")
+        publisher = open_publisher(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
+        sub = open_subscriber(
+            args.bus, [args.topic], args.group, client_id="kaspwatch-alerts", security=args.kafka
+        )
         await publisher.start()
         await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
         delivery, _ = open_delivery(args, build_sinks(args, publisher, render), args.group)
@@ -242,12 +246,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     async def main() -> None:
         stopper = _Stopper()
         stopper.install()
-        sub = open_subscriber(args.bus, [args.topic], args.group, client_id="kaspwatch-metrics")
+        sub = open_subscriber(
+            args.bus, [args.topic], args.group, client_id="kaspwatch-metrics", security=args.kafka
+        )
         beats = open_subscriber(
             args.bus,
             [args.heartbeats_topic],
             f"{args.group}-heartbeats",
             client_id="kaspwatch-metrics",
+            security=args.kafka,
         )
         await sub.start()
         await beats.start()
@@ -262,7 +269,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                     DeadLetters(metrics.invalid),
                     parse=parse_with(heartbeat_from_json),
                 ),
-                lag.refresh(args.bus, groups, stopper.stop),
+                lag.refresh(args.bus, groups, stopper.stop, security=args.kafka),
             )
         finally:
             await sub.stop()

@@ -6,21 +6,44 @@ bus: kafka://10.1.2.3:9092         # default for sense/alerts/metrics
 packs: [/etc/kaspwatch/site.yaml]  # site packs, layered over the shipped pack
 allowlist: /etc/kaspwatch/allowlist.yaml
 window: 3600                       # alert suppression window, seconds
+kafka:                             # how every Kafka client connects (default PLAINTEXT)
+  security_protocol: SASL_SSL      # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+  sasl_mechanism: SCRAM-SHA-512    # SCRAM-SHA-256 | SCRAM-SHA-512 | PLAIN (TLS only)
+  username: kaspwatch-sensor
+  password_file: /run/credentials/kaspwatch/kafka-password   # or:
+  password_env: KASPWATCH_KAFKA_PASSWORD                     # (the default)
+  ca_file: /etc/kaspwatch/kafka-ca.pem
+  cert_file: /etc/kaspwatch/kafka-client.pem   # mutual TLS, optional, with key_file
+  key_file: /etc/kaspwatch/kafka-client.key
 ```
+A password itself is refused here: the file would be one more copy of it.
 Command-line flags override the file. Relative paths are relative to the file.
 Errors name the file and line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from kaspwatch.bus.security import KafkaSettings
 from sensor.yamlfile import PackError, load_yaml
 
-KEYS = {"sensor", "bus", "packs", "allowlist", "window"}
+KEYS = {"sensor", "bus", "packs", "allowlist", "window", "kafka"}
+KAFKA_KEYS = {
+    "security_protocol",
+    "sasl_mechanism",
+    "username",
+    "password_file",
+    "password_env",
+    "ca_file",
+    "cert_file",
+    "key_file",
+}
+KAFKA_PATHS = {"password_file", "ca_file", "cert_file", "key_file"}
 
 
 class ConfigError(PackError):
@@ -35,6 +58,7 @@ class Config:
     allowlist: str | None = None
     window: float | None = None
     path: str | None = None
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
 
 
 def load_config(path: str | None) -> Config:
@@ -49,7 +73,7 @@ def load_config(path: str | None) -> Config:
     lines = _key_lines(text)
 
     def at(key: str) -> str:
-        return f"{where}:{lines.get(key, 1)}"
+        return f"{where}:{lines.get(key, lines.get(key.split('.')[0], 1))}"
 
     for key in doc:
         if key not in KEYS and key != "__line__":
@@ -74,7 +98,9 @@ def load_config(path: str | None) -> Config:
     for key in ("sensor", "bus"):
         if key in doc and not isinstance(doc[key], str):
             raise ConfigError(f"{at(key)}: {key} must be a string")
+    kafka = _kafka_settings(doc.get("kafka"), at, base)
     return Config(
+        kafka=kafka,
         sensor=doc.get("sensor"),
         bus=doc.get("bus"),
         packs=tuple(rel(p, "packs") for p in packs),
@@ -84,12 +110,47 @@ def load_config(path: str | None) -> Config:
     )
 
 
+def _kafka_settings(section: object, at: Callable[[str], str], base: Path) -> KafkaSettings:
+    """The ``kafka:`` section; every value's origin is its ``file:line``."""
+    if section is None:
+        return KafkaSettings()
+    if not isinstance(section, dict):
+        raise ConfigError(f"{at('kafka')}: kafka is a mapping of connection settings")
+    values: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    for key, value in section.items():
+        if key == "__line__":
+            continue
+        where = at(f"kafka.{key}")
+        if key in ("password", "sasl_plain_password"):
+            raise ConfigError(
+                f"{where}: kafka.{key}: a password is not accepted in the configuration "
+                "file; put it in a file of its own (password_file, mode 0600) or in the "
+                "environment (password_env)"
+            )
+        if key not in KAFKA_KEYS:
+            raise ConfigError(
+                f"{where}: unknown kafka setting {key!r}; known: {', '.join(sorted(KAFKA_KEYS))}"
+            )
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: kafka.{key} must be a non-empty string")
+        values[key] = str(base / value) if key in KAFKA_PATHS else value
+        origins[key] = f"{where}: kafka.{key}"
+    return KafkaSettings(**values, origins=origins)
+
+
 def _key_lines(text: str) -> dict[str, int]:
-    """Line of each top-level key, for error messages."""
+    """Line of each top-level key (and ``section.key`` one level down), for error messages."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return {}
     if not isinstance(node, yaml.MappingNode):
         return {}
-    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+    lines: dict[str, int] = {}
+    for k, v in node.value:
+        lines[str(k.value)] = k.start_mark.line + 1
+        if isinstance(v, yaml.MappingNode):
+            for kk, _ in v.value:
+                lines[f"{k.value}.{kk.value}"] = kk.start_mark.line + 1
+    return lines

@@ -37,6 +37,7 @@ from consumers.store.base import StoreError, default_db_url
 from kaspwatch.argtypes import listen_addr
 from kaspwatch.bus import BusError
 from kaspwatch.event import HITS_TOPIC
+from kaspwatch.kafka_options import add_kafka_options
 
 log = logging.getLogger("kaspwatch")
 
@@ -114,6 +115,7 @@ def add_store_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="exit once every hit on the topic is stored (for a rebuild)",
     )
+    add_kafka_options(p)
 
     p = sub.add_parser("query", help="ask the store: hosts, host IP, name, dns, after-ban")
     q = p.add_subparsers(dest="what", required=True, metavar="QUERY")
@@ -226,12 +228,21 @@ def cmd_store(args: argparse.Namespace) -> int:
         sub: Subscriber
         if scheme == "kafka" and (rebuild or args.until_caught_up):
             from consumers.store.replay import ReplaySubscriber
+            from kaspwatch.bus.security import PLAINTEXT
 
             sub = ReplaySubscriber(
-                where, [args.topic], group, "kaspwatch-store", args.from_beginning, start_ms
+                where,
+                [args.topic],
+                group,
+                "kaspwatch-store",
+                args.from_beginning,
+                start_ms,
+                security=args.kafka or PLAINTEXT,
             )
         else:
-            sub = open_subscriber(bus, [args.topic], group, client_id="kaspwatch-store")
+            sub = open_subscriber(
+                bus, [args.topic], group, client_id="kaspwatch-store", security=args.kafka
+            )
         await sub.start()
         finished = (lambda: True) if args.until_caught_up else None
         try:

@@ -12,26 +12,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import stat
 from pathlib import Path
 
 from consumers.alerts import Alert
 from consumers.sinks.http import check_url, origin, post
+from kaspwatch.secretfile import read_secret_file
 
 
 def load_secret(path: str | Path) -> bytes:
     """The shared secret in ``path`` (trailing newline stripped); refuses a world-readable file."""
-    mode = os.stat(path).st_mode
-    if mode & stat.S_IROTH:
-        raise ValueError(
-            f"webhook secret file {path} is world-readable (mode {stat.S_IMODE(mode):04o}): "
-            f"run chmod o-rwx {path}"
-        )
-    secret = Path(path).read_bytes().rstrip(b"\r\n")
-    if not secret:
-        raise ValueError(f"webhook secret file {path} is empty")
-    return secret
+    return read_secret_file(path, "webhook secret file")
 
 
 def delivery_id(alerts: list[Alert]) -> str:

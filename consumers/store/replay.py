@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from kaspwatch.bus.kafka import KafkaSubscriber
+from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger("kaspwatch.store")
 
@@ -43,8 +44,9 @@ class ReplaySubscriber(KafkaSubscriber):
         client_id: str = "kaspwatch-store",
         from_beginning: bool = False,
         start_ms: int | None = None,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
-        super().__init__(bootstrap, topics, group, client_id)
+        super().__init__(bootstrap, topics, group, client_id, security)
         self.from_beginning = from_beginning
         self.start_ms = start_ms
         self.assigned = False

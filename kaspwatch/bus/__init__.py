@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from kaspwatch.bus.security import KafkaSecurity
 
 
 class BusError(Exception):
@@ -74,25 +77,34 @@ def parse_bus_url(url: str) -> tuple[str, str]:
     return scheme, rest.strip("/") or "default"
 
 
-def open_publisher(url: str, client_id: str = "kaspwatch") -> Publisher:
+def open_publisher(
+    url: str, client_id: str = "kaspwatch", security: KafkaSecurity | None = None
+) -> Publisher:
+    """``security``: how to connect to Kafka (TLS, SASL); plaintext when None."""
     scheme, where = parse_bus_url(url)
     if scheme == "kafka":
         from kaspwatch.bus.kafka import KafkaPublisher
+        from kaspwatch.bus.security import PLAINTEXT
 
-        return KafkaPublisher(where, client_id)
+        return KafkaPublisher(where, client_id, security or PLAINTEXT)
     from kaspwatch.bus.memory import MemoryBus
 
     return MemoryBus.named(where).publisher()
 
 
 def open_subscriber(
-    url: str, topics: list[str], group: str, client_id: str = "kaspwatch"
+    url: str,
+    topics: list[str],
+    group: str,
+    client_id: str = "kaspwatch",
+    security: KafkaSecurity | None = None,
 ) -> Subscriber:
     scheme, where = parse_bus_url(url)
     if scheme == "kafka":
         from kaspwatch.bus.kafka import KafkaSubscriber
+        from kaspwatch.bus.security import PLAINTEXT
 
-        return KafkaSubscriber(where, topics, group, client_id)
+        return KafkaSubscriber(where, topics, group, client_id, security or PLAINTEXT)
     from kaspwatch.bus.memory import MemoryBus
 
     return MemoryBus.named(where).subscriber(topics, group)

@@ -1,22 +1,84 @@
-"""Kafka transport (aiokafka): idempotent acks=all producer; consumer groups with manual commits."""
+"""Kafka transport (aiokafka): idempotent acks=all producer; consumer groups with manual commits.
+
+Every client connects with the same ``KafkaSecurity`` (TLS, SASL; kaspwatch/bus/security.py);
+a client that cannot start says why in one line (wrong password, untrusted certificate ...).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from kaspwatch.bus import BusError, Record
+from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity, explain_connect_failure
+
+
+class _ConnectErrors(logging.Filter):
+    """While a client starts: takes aiokafka's "Unable connect to ..." / "Unable to request
+    metadata from ..." records (their reason goes into the one-line error, not a second raw
+    line on stderr) and drops anything below the level the logger had."""
+
+    CAUGHT = ("Unable connect to", "Unable to request metadata from")
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+        self.seen: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self.CAUGHT):
+            args = record.args
+            if isinstance(args, tuple) and args:
+                self.seen.append(str(args[-1]) or type(args[-1]).__name__)
+            else:
+                self.seen.append(record.getMessage())
+            return False
+        return record.levelno >= self.level
+
+
+@contextlib.contextmanager
+def _connect_errors() -> Iterator[_ConnectErrors]:
+    logger = logging.getLogger("aiokafka")
+    level = logger.getEffectiveLevel()
+    errors = _ConnectErrors(level)
+    logger.addFilter(errors)
+    logger.setLevel(min(level, logging.WARNING))  # the metadata failure is a warning
+    try:
+        yield errors
+    finally:
+        logger.setLevel(level)
+        logger.removeFilter(errors)
+
+
+async def start_client(
+    bootstrap: str,
+    security: KafkaSecurity,
+    start: Callable[[], Awaitable[Any]],
+    stop: Callable[[], Awaitable[Any]],
+) -> None:
+    """Start an aiokafka client; on failure stop it and raise a ``BusError`` that says why."""
+    with _connect_errors() as errors:
+        try:
+            await start()
+        except (KafkaError, OSError) as exc:
+            await stop()
+            raise BusError(explain_connect_failure(bootstrap, security, errors.seen, exc)) from None
 
 
 class KafkaPublisher:
-    def __init__(self, bootstrap: str, client_id: str) -> None:
+    def __init__(self, bootstrap: str, client_id: str, security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=client_id,
+            **security.client_kwargs(),
             acks="all",
             enable_idempotence=True,
             compression_type="gzip",
@@ -25,11 +87,7 @@ class KafkaPublisher:
         )
 
     async def start(self) -> None:
-        try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise BusError(f"kafka {self.bootstrap}: cannot connect: {exc}") from None
+        await start_client(self.bootstrap, self.security, self._producer.start, self._producer.stop)
 
     async def prepare(self, topics: list[str], timeout_s: float = 30.0) -> None:
         """Wait until every partition of these topics has a leader (creating a topic the
@@ -69,12 +127,21 @@ class KafkaPublisher:
 
 
 class KafkaSubscriber:
-    def __init__(self, bootstrap: str, topics: list[str], group: str, client_id: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: list[str],
+        group: str,
+        client_id: str,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.group = group
+        self.security = security
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
+            **security.client_kwargs(),
             group_id=group,
             client_id=client_id,
             enable_auto_commit=False,
@@ -86,11 +153,7 @@ class KafkaSubscriber:
         return None
 
     async def start(self) -> None:
-        try:
-            await self._consumer.start()
-        except KafkaError as exc:
-            await self._consumer.stop()
-            raise BusError(f"kafka {self.bootstrap}: cannot connect: {exc}") from None
+        await start_client(self.bootstrap, self.security, self._consumer.start, self._consumer.stop)
         listener = self._rebalance_listener()
         if listener is None:
             self._consumer.subscribe(self.topics)
@@ -128,14 +191,21 @@ class KafkaSubscriber:
         await self._consumer.stop()
 
 
-async def group_lag(bootstrap: str, groups: list[str]) -> dict[tuple[str, str, int], int]:
+async def group_lag(
+    bootstrap: str, groups: list[str], security: KafkaSecurity = PLAINTEXT
+) -> dict[tuple[str, str, int], int]:
     """Records not yet committed, per (group, topic, partition), for the groups given."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="kaspwatch-lag")
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="kaspwatch-lag")
-    await admin.start()
-    await probe.start()
+    kw = security.client_kwargs()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="kaspwatch-lag", **kw)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="kaspwatch-lag", **kw)
+    await start_client(bootstrap, security, admin.start, admin.close)
+    try:
+        await start_client(bootstrap, security, probe.start, probe.stop)
+    except BusError:
+        await admin.close()
+        raise
     try:
         out: dict[tuple[str, str, int], int] = {}
         for group in groups:
