@@ -27,7 +27,7 @@ class Issued:
 
 
 @dataclass(frozen=True)
-class TestPKI:
+class PKI:
     ca: Path  # the CA certificate (trust store)
     server: Issued
     client: Issued
@@ -134,11 +134,11 @@ def _issue(
     )
 
 
-def make_pki(directory: Path, name: str = "kaspwatch-test-ca") -> TestPKI:
+def make_pki(directory: Path, name: str = "kaspwatch-test-ca") -> PKI:
     """A CA, and a server and a client certificate it signed, in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_path, ca_cert, ca_key = make_ca(directory, name)
-    return TestPKI(
+    return PKI(
         ca=ca_path,
         server=_issue(directory, "broker", ca_cert, ca_key, server=True),
         client=_issue(directory, "client", ca_cert, ca_key, server=False),
