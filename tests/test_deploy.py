@@ -285,7 +285,12 @@ def test_kubernetes_manifests() -> None:
             else:
                 assert "add" not in caps, name
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert secrets == {"kaspwatch-webhook", "kaspwatch-store-db", "kaspwatch-store-api"}
+    assert secrets == {
+        "kaspwatch-webhook",
+        "kaspwatch-store-db",
+        "kaspwatch-store-api",
+        "kaspwatch-kafka",  # optional: CA and SCRAM password of a secured Kafka cluster
+    }
     assert all(s in header for s in secrets), "consumers.yaml's header lists the secrets"
     # the site ConfigMap carries the same files as the compose site directory
     site = by_kind["ConfigMap"]["kaspwatch-site"]["data"]
