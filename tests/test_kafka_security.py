@@ -12,9 +12,11 @@ the last test checks the password appears in none of them, nor in the files they
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import selectors
 import signal
 import subprocess
 import time
@@ -30,7 +32,9 @@ from kaspwatch.bus.security import (
     RedactSecrets,
     resolve,
 )
-from tests.conftest import KAFKA_SH, KASPWATCH, SAMPLE, free_port
+from kaspwatch.config import load_config
+from tests.conftest import KAFKA_SH, KASPWATCH, REPO, SAMPLE, free_port
+from tests.kafkautil import scrape
 from tests.tlscerts import PKI, make_ca, make_pki
 
 USER = "kw-sensor"
@@ -125,6 +129,41 @@ def kaspwatch(
     return proc
 
 
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A long-running kaspwatch command; ``stop`` ends it and keeps its output."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KASPWATCH_")}
+    return subprocess.Popen(
+        [*KASPWATCH, *args],
+        env={**clean, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The first line the process prints within ``timeout`` seconds ('' if none)."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return ""
+    line = proc.stdout.readline()
+    OUTPUTS.append(line)
+    return line
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args!r} did not stop on SIGTERM:\n{err}")
+    OUTPUTS.extend([out, err])
+
+
 def secure(b: SecureBroker, *, ca: Path | None = None) -> list[str]:
     return [
         "--kafka-security-protocol",
@@ -142,9 +181,11 @@ def sense(
     topic: str = "sec.hits",
     env: dict[str, str] | None = None,
     timeout: float = 90,
+    verbose: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """``kaspwatch sense`` on the sample capture, publishing to ``bootstrap``."""
     return kaspwatch(
+        *(["-v"] if verbose else []),
         "sense",
         "--pcap",
         str(SAMPLE),
@@ -216,6 +257,8 @@ def test_sensor_publishes_and_consumers_read_back_over_sasl_ssl(
         topic,
         "--db",
         db,
+        "--group",
+        "sec-store",
         "--from-beginning",
         "--until-caught-up",
         env={"KASPWATCH_KAFKA_PASSWORD": broker.password},
@@ -226,45 +269,68 @@ def test_sensor_publishes_and_consumers_read_back_over_sasl_ssl(
     assert proc.returncode == 0, proc.stderr
     assert sum(h["count"] for h in json.loads(proc.stdout)) == want
 
-    # the alerts consumer, a long-running group member: its alerts arrive over SASL_SSL too
-    alerts = subprocess.Popen(
-        [
-            *KASPWATCH,
-            "alerts",
-            "--bus",
-            f"kafka://{broker.sasl_ssl}",
-            "--topic",
-            topic,
-            "--group",
-            "sec-alerts",
-            "--alerts-topic",
-            "sec.alerts",
-            "--dead-letter-topic",
-            "sec.dlq",
-            "--state",
-            str(tmp_path / "alerts.sqlite"),
-            *secure(broker),
-            "--kafka-password-env",
-            "SITE_KAFKA_SECRET",
-        ],
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("KASPWATCH_")},
-            "SITE_KAFKA_SECRET": broker.password,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    # the alerts consumer, a long-running group member: its alerts arrive over SASL_SSL too,
+    # password from an environment variable of the site's choosing
+    alerts = serve(
+        "alerts",
+        "--bus",
+        f"kafka://{broker.sasl_ssl}",
+        "--topic",
+        topic,
+        "--group",
+        "sec-alerts",
+        "--alerts-topic",
+        "sec.alerts",
+        "--dead-letter-topic",
+        "sec.dlq",
+        "--state",
+        str(tmp_path / "alerts.sqlite"),
+        *secure(broker),
+        "--kafka-password-env",
+        "SITE_KAFKA_SECRET",
+        env={"SITE_KAFKA_SECRET": broker.password},
     )
     try:
-        assert alerts.stdout is not None
-        first = alerts.stdout.readline()  # blocks until an alert or the process ends
+        first = first_line(alerts, timeout=60)
     finally:
-        alerts.send_signal(signal.SIGTERM)
-        out, err = alerts.communicate(timeout=60)
-    OUTPUTS.extend([first, out, err])
-    assert first, f"alerts printed nothing (exit {alerts.returncode}):\n{err}"
+        stop(alerts)
+    assert first, "alerts printed no alert within 60 s"
     alert = json.loads(first)
     assert alert["host"] and alert["category"]
+
+    # the metrics consumer: hits and heartbeats subscribers, and the lag reader (an admin
+    # client) reporting the store's group, all over SASL_SSL
+    port = free_port()
+    metrics = serve(
+        "--config",
+        str(config),
+        "metrics",
+        "--topic",
+        topic,
+        "--group",
+        "sec-metrics",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--lag-groups",
+        "sec-store",
+        env={"KASPWATCH_KAFKA_PASSWORD": broker.password},
+    )
+    lag = f'kaspwatch_consumer_lag{{group="sec-store",partition="0",topic="{topic}"}}'
+    try:
+        samples: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and metrics.poll() is None:
+            with contextlib.suppress(OSError):
+                samples = scrape(port)
+            hits = sum(v for k, v in samples.items() if k.startswith("kaspwatch_hits_total{"))
+            if hits == want and lag in samples:
+                break
+            time.sleep(0.3)
+    finally:
+        stop(metrics)
+    assert hits == want, samples
+    assert samples[lag] == 0  # the store committed everything
+
     for path in tmp_path.iterdir():  # nothing written holds the password
         assert broker.password.encode() not in path.read_bytes(), path
 
@@ -409,11 +475,39 @@ def test_settings_never_show_the_password() -> None:
 
 
 def test_no_command_ever_printed_the_password(broker: SecureBroker) -> None:
-    """Runs last in this module: every output above, right and wrong passwords, -v included."""
-    assert len(OUTPUTS) >= 20
+    """A right and a wrong password with debug logs on, then every output of this module
+    (all the commands above when they ran first) and the broker's logs: no password."""
+    right = sense(
+        broker.sasl_ssl,
+        *secure(broker),
+        verbose=True,
+        env={"KASPWATCH_KAFKA_PASSWORD": broker.password},
+        topic="sec.verbose",
+    )
+    assert right.returncode == 0, right.stderr
+    assert "DEBUG" in right.stderr  # aiokafka's own debug output is in there too
+    wrong = sense(
+        broker.sasl_ssl,
+        *secure(broker),
+        verbose=True,
+        env={"KASPWATCH_KAFKA_PASSWORD": broker.password[::-1]},
+    )
+    assert "authentication failed" in one_error_line(wrong)
     for text in OUTPUTS:
         assert broker.password not in text
-    assert any("authentication failed" in text for text in OUTPUTS)
-    # nor does the broker log it
+        assert broker.password[::-1] not in text
     for log in (broker.run_dir / "logs").glob("*.log"):
         assert broker.password not in log.read_text(errors="replace"), log
+
+
+def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
+    """The `kafka:` example in README "Kafka security" uses the real keys."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Kafka security", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "site.yaml"
+    config.write_text(block)
+    kafka = load_config(str(config)).kafka
+    assert kafka.security_protocol == "SASL_SSL" and kafka.sasl_mechanism == "SCRAM-SHA-512"
+    assert kafka.ca_file == str(tmp_path / "kafka-ca.pem")
+    assert kafka.where("ca_file") == f"{config}:7: kafka.ca_file"
