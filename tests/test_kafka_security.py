@@ -18,7 +18,10 @@ import os
 import secrets
 import selectors
 import signal
+import socket
+import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -375,6 +378,39 @@ def test_untrusted_ca_is_refused(broker: SecureBroker, tmp_path: Path) -> None:
     )
     line = one_error_line(proc)
     assert "certificate is not trusted" in line and str(other_ca) in line
+
+
+def test_host_name_is_verified(broker: SecureBroker) -> None:
+    """A certificate from the trusted CA, but for another name: refused. (A loopback TLS
+    server stands in for the broker: the handshake fails before Kafka's protocol starts.)"""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(broker.pki.misnamed.cert, broker.pki.misnamed.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve_tls() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(5)
+                ctx.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve_tls, daemon=True)
+    thread.start()
+    try:
+        addr = f"127.0.0.1:{listener.getsockname()[1]}"
+        proc = sense(addr, "--kafka-security-protocol", "SSL", "--kafka-ca", str(broker.pki.ca))
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+    line = one_error_line(proc)
+    assert "certificate is not trusted (IP address mismatch" in line, line
+    assert "not valid for '127.0.0.1'" in line, line
 
 
 def test_plaintext_client_on_the_sasl_ssl_port_fails_fast(broker: SecureBroker) -> None:

@@ -29,8 +29,9 @@ class Issued:
 @dataclass(frozen=True)
 class PKI:
     ca: Path  # the CA certificate (trust store)
-    server: Issued
+    server: Issued  # for localhost and 127.0.0.1
     client: Issued
+    misnamed: Issued  # a server certificate the same CA issued for another name only
 
 
 def _name(cn: str) -> x509.Name:
@@ -91,6 +92,7 @@ def _issue(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
     server: bool,
+    names: tuple[str, ...] = ("localhost", "127.0.0.1"),
 ) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -116,12 +118,7 @@ def _issue(
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
+            x509.SubjectAlternativeName([_san(n) for n in names]),
             critical=False,
         )
     cert = builder.sign(ca_key, hashes.SHA256())
@@ -134,6 +131,13 @@ def _issue(
     )
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def make_pki(directory: Path, name: str = "kaspwatch-test-ca") -> PKI:
     """A CA, and a server and a client certificate it signed, in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -142,4 +146,7 @@ def make_pki(directory: Path, name: str = "kaspwatch-test-ca") -> PKI:
         ca=ca_path,
         server=_issue(directory, "broker", ca_cert, ca_key, server=True),
         client=_issue(directory, "client", ca_cert, ca_key, server=False),
+        misnamed=_issue(
+            directory, "elsewhere", ca_cert, ca_key, server=True, names=("kafka.elsewhere.test",)
+        ),
     )

@@ -42,18 +42,24 @@ class _ConnectErrors(logging.Filter):
         return record.levelno >= self.level
 
 
+_starting: list[tuple[int, int]] = []  # (own, effective) level of aiokafka's logger before
+
+
 @contextlib.contextmanager
 def _connect_errors() -> Iterator[_ConnectErrors]:
     logger = logging.getLogger("aiokafka")
-    level = logger.getEffectiveLevel()
-    errors = _ConnectErrors(level)
+    own, effective = _starting[0] if _starting else (logger.level, logger.getEffectiveLevel())
+    errors = _ConnectErrors(effective)
+    _starting.append((own, effective))
     logger.addFilter(errors)
-    logger.setLevel(min(level, logging.WARNING))  # the metadata failure is a warning
+    logger.setLevel(min(effective, logging.WARNING))  # the metadata failure is a warning
     try:
         yield errors
     finally:
-        logger.setLevel(level)
         logger.removeFilter(errors)
+        _starting.pop()
+        if not _starting:  # clients starting side by side: the last one restores the level
+            logger.setLevel(own)
 
 
 async def start_client(
