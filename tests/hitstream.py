@@ -65,10 +65,10 @@ class HitStream(threading.Thread):
         self.frames = _templates(hosts)
         self.written = 0  # frames written so far
         self.error: BaseException | None = None
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def finish(self, timeout: float = 30) -> int:
-        self._stop.set()
+        self._done.set()
         self.join(timeout)
         if self.error is not None:
             raise AssertionError(f"hit stream failed after {self.written} frames: {self.error}")
@@ -81,7 +81,7 @@ class HitStream(threading.Thread):
             with self.copy.open("wb") as copy:
                 copy.write(PCAP_HEADER)
                 self.out.write(PCAP_HEADER)
-                while not self._stop.is_set():
+                while not self._done.is_set():
                     due = int((time.monotonic() - started) * self.rate) - self.written
                     chunk = bytearray()
                     for i in range(self.written, self.written + max(due, 0)):
@@ -96,7 +96,7 @@ class HitStream(threading.Thread):
                         self.out.flush()
                         copy.write(chunk)
                         self.written += due
-                    self._stop.wait(self.tick)
+                    self._done.wait(self.tick)
         except (BrokenPipeError, OSError, ValueError) as exc:
             self.error = exc
         finally:

@@ -165,3 +165,29 @@ async def produce(
         ]
         done = await asyncio.gather(*futures)
     return {d["event_id"]: (md.partition, md.offset) for d, md in zip(docs, done, strict=True)}
+
+
+async def partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Each partition of ``topic`` as the cluster describes it now: ``partition``,
+    ``leader``, ``replicas``, ``isr`` (broker ids)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return sorted(described["partitions"], key=lambda p: int(p["partition"]))
+    finally:
+        await admin.close()
+
+
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    """The topic's effective configuration (cluster defaults included)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        (resource,) = resp.to_object()["resources"]
+        return {c["config_names"]: c["config_value"] for c in resource["config_entries"]}
+    finally:
+        await admin.close()
