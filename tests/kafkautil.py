@@ -82,7 +82,10 @@ async def read_topic(
     return out
 
 
-async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
+async def committed_offsets(
+    bootstrap: str, group: str, topic: str
+) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offset (0 when none) and the end offset, per partition."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
@@ -94,10 +97,15 @@ async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
         ends = await consumer.end_offsets(tps)
-        committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
-        return bool(tps) and committed == ends
+        committed = {tp.partition: await consumer.committed(tp) or 0 for tp in tps}
+        return committed, {tp.partition: n for tp, n in ends.items()}
     finally:
         await consumer.stop()
+
+
+async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
+    committed, ends = await committed_offsets(bootstrap, group, topic)
+    return bool(ends) and committed == ends
 
 
 async def wait_committed(bootstrap: str, group: str, topic: str, timeout: float = 20) -> None:
