@@ -39,7 +39,10 @@ from tests.hitstream import HitStream, scan_ids
 from tests.kafkacluster import Cluster
 from tests.kafkautil import create_topics, partitions, read_topic, scrape, topic_config
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.timeout(int(os.environ.get("KASPWATCH_FAULT_TIMEOUT", "150"))),
+]
 
 procs = cliprocs.procs  # fixtures
 kafka_cluster = kafkacluster.kafka_cluster
@@ -153,7 +156,7 @@ async def test_broker_killed_mid_stream_loses_and_duplicates_nothing(
     hits, published, failures = map(int, stats.groups())
 
     truth = scan_ids(tmp_path / "stream.pcap", SENSOR, cli_env(tmp_path))
-    records = await read_topic(cluster.bootstrap, topic, len(truth), timeout=60)
+    records = await read_topic(cluster.bootstrap, topic, len(truth), 60 + len(truth) / 5000)
     ids = Counter(json.loads(value)["event_id"] for _, value in records)
     after = await partitions(cluster.bootstrap, topic)
     duplicates = sum(n - 1 for n in ids.values())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import sys
@@ -33,13 +34,18 @@ from tests.conftest import KASPWATCH
 from tests.hitstream import synthetic_hits
 from tests.kafkautil import committed_offsets, producer, standard_topics, wait_committed
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.timeout(int(os.environ.get("KASPWATCH_FAULT_TIMEOUT", "120"))),
+]
 
 procs = cliprocs.procs  # fixtures
 sample_hits = hitstream.sample_hits
 postgres_url = postgres.postgres_url
 
-CLIENTS = 600  # the sample's 19 hits from 600 client pairs: 11 400 hits, 1 200 hosts
+# the sample's 19 hits from 600 client pairs: 11 400 hits, 1 200 hosts (soak/fault.sh: more)
+CLIENTS = int(os.environ.get("KASPWATCH_CRASH_CLIENTS", "600"))
+KILLS = int(os.environ.get("KASPWATCH_CRASH_KILLS", "1"))  # kill, restart, kill the restart...
 PER_TICK = 200  # hits produced every 0.1 s while the store consumes
 
 
@@ -146,22 +152,26 @@ async def test_store_killed_mid_batch_stores_each_hit_once(
     sent = [0]
     streaming = asyncio.create_task(stream_in(kafka_bootstrap, names["hits"], hits, sent))
     try:
-        first = procs.start("store-1", cmd)
-        await wait_for(lambda: count_rows(url) >= 5 * PER_TICK, 30, "hits stored", first)
-        attempts, stored_at_kill, committed_at_kill = await kill_between_db_and_offset_commit(
-            url, first, kafka_bootstrap, names["group"], names["hits"]
-        )
-        ahead = stored_at_kill - committed_at_kill
-        sent_at_kill = sent[0]
-
-        second = procs.start("store-2", cmd)
+        proc = procs.start("store-1", cmd)
+        await wait_for(lambda: count_rows(url) >= 5 * PER_TICK, 30, "hits stored", proc)
+        kills = []  # (freezes, rows stored, offsets committed, hits sent) at each kill
+        for k in range(KILLS):
+            if kills:  # the restart is consuming again: past its start-up, storing new hits
+                await wait_for(
+                    lambda done=kills[-1][1]: count_rows(url) > done, 60, "new hits stored", proc
+                )
+            kill = await kill_between_db_and_offset_commit(
+                url, proc, kafka_bootstrap, names["group"], names["hits"]
+            )
+            kills.append((*kill, sent[0]))
+            proc = procs.start(f"store-{k + 2}", cmd)
         await streaming
-        await wait_for(lambda: count_rows(url) >= len(hits), 60, "every hit stored", second)
+        await wait_for(lambda: count_rows(url) >= len(hits), 60, "every hit stored", proc)
         await wait_committed(kafka_bootstrap, names["group"], names["hits"], timeout=30)
     finally:
         streaming.cancel()
-    assert Procs.terminate(second) == 0, second.stderr()
-    err = second.stderr()
+    assert Procs.terminate(proc) == 0, proc.stderr()
+    err = proc.stderr()
     tally = re.search(r"store: (\d+) hits stored, (\d+) already stored", err)
     assert tally is not None, err
     stored_after, already = map(int, tally.groups())
@@ -177,17 +187,25 @@ async def test_store_killed_mid_batch_stores_each_hit_once(
         }
     finally:
         b.close()
+    stored_at_kill = kills[-1][1]
+    ahead = [stored - committed for _, stored, committed, _ in kills]
     report = (
-        f"{backend}: {len(hits)} hits streamed in, {sent_at_kill} of them sent at the kill; "
-        f"killed after {attempts} freeze(s) with {stored_at_kill} rows stored and "
-        f"{committed_at_kill} offsets committed ({ahead} rows ahead of the offsets); restart "
-        f"stored {stored_after}, skipped {already} already stored; rows {total}, distinct "
-        f"event ids {distinct}, aggregate counts {sums}; {time.monotonic() - started:.1f}s"
+        f"{backend}: {len(hits)} hits streamed in; {len(kills)} kill(s) "
+        + "; ".join(
+            f"after {freezes} freeze(s), {sent_n} hits sent, {stored} rows stored, "
+            f"{committed} offsets committed"
+            for freezes, stored, committed, sent_n in kills
+        )
+        + f"; last restart stored {stored_after}, skipped {already} already stored; rows "
+        f"{total}, distinct event ids {distinct}, aggregate counts {sums}; "
+        f"{time.monotonic() - started:.1f}s"
     )
     sys.stderr.write(f"\nstore crash: {report}\n")
 
-    assert ahead > 0, report  # the kill fell between the database commit and the offset commit
-    assert already == ahead, report  # the restart read exactly that batch again and skipped it
+    # each kill fell between a batch's database commit and its offset commit ...
+    assert all(n > 0 for n in ahead), report
+    # ... and the last restart read exactly that batch again and skipped every hit of it
+    assert already == ahead[-1], report
     assert stored_after == len(hits) - stored_at_kill, report
     assert total == distinct == len(hits), report  # every hit, none twice
     assert stored_ids == ids, report
