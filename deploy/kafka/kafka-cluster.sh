@@ -90,6 +90,8 @@ broker.session.timeout.ms=${KAFKA_SESSION_TIMEOUT_MS}
 broker.heartbeat.interval.ms=${KAFKA_HEARTBEAT_MS}
 # followers fetch often enough that acks=all does not wait on an idle fetcher
 replica.fetch.wait.max.ms=50
+# the first election (and a new one after the active controller died) starts sooner
+controller.quorum.election.timeout.ms=500
 EOF
 }
 
