@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KAFKA_SH
+from tests.conftest import KAFKA_SH, kafka_jars
 
 CLUSTER_SH = KAFKA_SH.parent / "kafka-cluster.sh"
 
@@ -91,19 +90,11 @@ class Cluster:
         return killed
 
 
-def _need_tools() -> None:
-    for tool, why in (("java", "to run the brokers"), ("mvn", "to fetch the Kafka jars")):
-        if shutil.which(tool) is None:
-            pytest.fail(f"Kafka cluster tests need {tool} {why}; install it (.ci/run does)")
-
-
 @pytest.fixture
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    _need_tools()
     run_dir = tmp_path_factory.mktemp("kafka-cluster")
     env = {**os.environ, "KAFKA_CLUSTER_DIR": str(run_dir), "KAFKA_STOP_TIMEOUT": "10"}
-    if not any((KAFKA_SH.parent / "libs").glob("kafka_2.13-*.jar")):
-        subprocess.run(["bash", str(KAFKA_SH), "fetch"], env=env, check=True, timeout=600)
+    kafka_jars(env)
     started = time.monotonic()
     proc = subprocess.run(
         ["bash", str(CLUSTER_SH), "start"],

@@ -110,9 +110,14 @@ async def kill_between_db_and_offset_commit(
         if not await asyncio.to_thread(freeze_after_next_commit, url, proc, left):
             break
         attempts += 1
-        await asyncio.sleep(0.3)  # a commit request already on the wire lands now
-        committed, _ = await committed_offsets(bootstrap, group, topic)
-        if count_rows(url) > sum(committed.values()):
+        try:
+            await asyncio.sleep(0.3)  # a commit request already on the wire lands now
+            committed, _ = await committed_offsets(bootstrap, group, topic)
+            ahead = count_rows(url) > sum(committed.values())
+        except BaseException:
+            proc.popen.send_signal(signal.SIGCONT)  # never leave it frozen
+            raise
+        if ahead:
             proc.popen.send_signal(signal.SIGKILL)
             proc.popen.wait(10)
             committed, _ = await committed_offsets(bootstrap, group, topic)
