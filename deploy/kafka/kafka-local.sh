@@ -371,6 +371,10 @@ cmd_start() {
     fi
     sleep 0.1
   done
+  if grep -qF "Unable to use shared archive" "$LOGS/stdout.log" 2>/dev/null; then
+    # e.g. libs/ copied from another checkout: the archive records the jars' absolute paths
+    log "WARNING: $CDS_ARCHIVE does not match these jars (start ~1 s slower); rebuild it: $SELF cds"
+  fi
   echo "127.0.0.1:$KAFKA_PORT" >"$ADDRFILE"
   log "ready on 127.0.0.1:$KAFKA_PORT (pid $pid, $((SECONDS - t0))s, logs in $LOGS)"
   echo "127.0.0.1:$KAFKA_PORT"
