@@ -58,26 +58,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def kafka_jars(env: dict[str, str], hint: str = "") -> None:
+    """Fail with the fix when Java or Maven is missing; fetch the jars when they are."""
+    for tool, why in (("java", "to run the broker"), ("mvn", "to fetch the Kafka jars")):
+        if shutil.which(tool) is None:
+            pytest.fail(f"Kafka tests need {tool} {why}; install it (.ci/run does){hint}")
+    if not any((KAFKA_SH.parent / "libs").glob("kafka_2.13-*.jar")):
+        subprocess.run(["bash", str(KAFKA_SH), "fetch"], env=env, check=True, timeout=600)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     existing = os.environ.get("KASPWATCH_KAFKA_BOOTSTRAP")
     if existing:
         yield existing
         return
-    for tool, why in (("java", "to run the broker"), ("mvn", "to fetch the Kafka jars")):
-        if shutil.which(tool) is None:
-            pytest.fail(
-                f"Kafka tests need {tool} {why}; install it (.ci/run does) "
-                "or set KASPWATCH_KAFKA_BOOTSTRAP to a running broker"
-            )
     env = {
         **os.environ,
         "KAFKA_RUN_DIR": str(tmp_path_factory.mktemp("kafka")),
         "KAFKA_PORT": str(free_port()),
         "KAFKA_CONTROLLER_PORT": str(free_port()),
     }
-    if not any((KAFKA_SH.parent / "libs").glob("kafka_2.13-*.jar")):
-        subprocess.run(["bash", str(KAFKA_SH), "fetch"], env=env, check=True, timeout=600)
+    kafka_jars(env, " or set KASPWATCH_KAFKA_BOOTSTRAP to a running broker")
     started = time.monotonic()
     proc = subprocess.run(
         ["bash", str(KAFKA_SH), "start"], env=env, stdout=subprocess.PIPE, text=True, timeout=300

@@ -1,28 +1,44 @@
-"""Helpers for tests on the real Kafka broker: topics, reading back, commits, /metrics."""
+"""Helpers for tests on the real Kafka broker: topics, producing, reading back, commits,
+/metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.request
-from contextlib import suppress
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from kaspwatch import event as event_module
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 
 
-async def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
-    """Create the topics and wait until every partition has a leader."""
+async def create_topics(
+    bootstrap: str, *specs: tuple[str, int], replicas: list[int] | None = None
+) -> None:
+    """Create the topics and wait until every partition has a leader. ``replicas`` (broker
+    ids, the preferred leader first) places every partition on those brokers; without it,
+    one replica."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         for name, parts in specs:
+            topic = (
+                NewTopic(name, -1, -1, replica_assignments={p: replicas for p in range(parts)})
+                if replicas
+                else NewTopic(name, parts, replication_factor=1)
+            )
             with suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, parts, replication_factor=1)])
+                await admin.create_topics([topic])
         names = [name for name, _ in specs]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -32,7 +48,10 @@ async def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
                 for d in described
                 if not d["error_code"]
                 and d["partitions"]
-                and all(p["leader"] >= 0 for p in d["partitions"])
+                and all(
+                    p["leader"] >= 0 and len(p["isr"]) == len(replicas or [p["leader"]])
+                    for p in d["partitions"]
+                )
             }
             if ready == set(names):
                 return
@@ -63,7 +82,10 @@ async def read_topic(
     return out
 
 
-async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
+async def committed_offsets(
+    bootstrap: str, group: str, topic: str
+) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offset (0 when none) and the end offset, per partition."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
@@ -75,10 +97,15 @@ async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
         ends = await consumer.end_offsets(tps)
-        committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
-        return bool(tps) and committed == ends
+        committed = {tp.partition: await consumer.committed(tp) or 0 for tp in tps}
+        return committed, {tp.partition: n for tp, n in ends.items()}
     finally:
         await consumer.stop()
+
+
+async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
+    committed, ends = await committed_offsets(bootstrap, group, topic)
+    return bool(ends) and committed == ends
 
 
 async def wait_committed(bootstrap: str, group: str, topic: str, timeout: float = 20) -> None:
@@ -99,3 +126,76 @@ def scrape(port: int) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             samples[key] = float(value)
     return samples
+
+
+async def wait_metrics(
+    port: int, ok: Callable[[dict[str, float]], bool], timeout: float = 15
+) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    got: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        with suppress(OSError):
+            got = scrape(port)
+            if ok(got):
+                break
+        await asyncio.sleep(0.2)
+    return got
+
+
+async def standard_topics(bootstrap: str, hits_partitions: int) -> dict[str, str]:
+    run = uuid.uuid4().hex[:10]
+    names = {k: f"{k}-{run}" for k in ("hits", "alerts", "dlq", "group")}
+    # Every topic the CLI writes exists up front: a fresh broker auto-creating one while
+    # the client produces has been seen to fail sends with NotLeaderForPartition.
+    heartbeats = getattr(event_module, "HEARTBEATS_TOPIC", None)
+    specs = [(names["hits"], hits_partitions), (names["alerts"], 1), (names["dlq"], 1)]
+    await create_topics(bootstrap, *specs, *([(heartbeats, 1)] if heartbeats else []))
+    return names
+
+
+@asynccontextmanager
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await prod.start()
+    try:
+        yield prod
+    finally:
+        await prod.stop()
+
+
+async def produce(
+    bootstrap: str, topic: str, docs: list[dict[str, Any]]
+) -> dict[str, tuple[int, int]]:
+    """Publish keyed by host; where each event landed: event_id -> (partition, offset)."""
+    async with producer(bootstrap) as prod:
+        futures = [
+            await prod.send(topic, json.dumps(d).encode(), key=d["host"].encode()) for d in docs
+        ]
+        done = await asyncio.gather(*futures)
+    return {d["event_id"]: (md.partition, md.offset) for d, md in zip(docs, done, strict=True)}
+
+
+async def partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Each partition of ``topic`` as the cluster describes it now: ``partition``,
+    ``leader``, ``replicas``, ``isr`` (broker ids)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return sorted(described["partitions"], key=lambda p: int(p["partition"]))
+    finally:
+        await admin.close()
+
+
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    """The topic's effective configuration (cluster defaults included)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        (resource,) = resp.to_object()["resources"]
+        return {c["config_names"]: c["config_value"] for c in resource["config_entries"]}
+    finally:
+        await admin.close()

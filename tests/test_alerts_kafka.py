@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
 import signal
 import subprocess
@@ -21,8 +20,8 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -30,142 +29,31 @@ from typing import Any
 
 import jsonschema
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from kaspwatch import event as event_module
+from tests import cliprocs, hitstream
 from tests.alertmanager import am_alerts, running_alertmanager
+from tests.cliprocs import Procs, cli_env, wait_for
 from tests.conftest import KASPWATCH, SAMPLE, free_port
+from tests.hitstream import first_contacts, synthetic_hits
 from tests.httpserve import serving
-from tests.kafkautil import create_topics, read_topic, scrape, wait_committed
+from tests.kafkautil import (
+    produce,
+    producer,
+    read_topic,
+    standard_topics,
+    wait_committed,
+    wait_metrics,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(75)]
 
 SECRET = b"kaspwatch webhook test secret"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+procs = cliprocs.procs  # fixtures
+sample_hits = hitstream.sample_hits
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KASPWATCH_STATE_DIR": str(tmp)}
-    for var in ("KASPWATCH_CONFIG", "KASPWATCH_BUS", "KASPWATCH_SENSOR"):
-        env.pop(var, None)  # only what the test passes on the command line
-    return env
-
-
-@pytest.fixture(scope="module")
-def sample_hits(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """What ``kaspwatch scan`` finds in the sample capture: the ground truth."""
-    out = subprocess.run(
-        [*KASPWATCH, "scan", "--sensor", "e2e", str(SAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(tmp_path_factory.mktemp("scan")),
-        check=True,
-    ).stdout
-    hits = [json.loads(line) for line in out.splitlines()]
-    assert hits and all(h["indicator"] for h in hits)
-    return hits
-
-
-def first_contacts(hits: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The hit that opens each (host, category) window: one first_contact alert each."""
-    first: dict[tuple[str, str], dict[str, Any]] = {}
-    for h in hits:
-        first.setdefault((h["host"], h["indicator"]["category"]), h)
-    return first
-
-
-async def standard_topics(bootstrap: str, hits_partitions: int) -> dict[str, str]:
-    run = uuid.uuid4().hex[:10]
-    names = {k: f"{k}-{run}" for k in ("hits", "alerts", "dlq", "group")}
-    # Every topic the CLI writes exists up front: a fresh broker auto-creating one while
-    # the client produces has been seen to fail sends with NotLeaderForPartition.
-    heartbeats = getattr(event_module, "HEARTBEATS_TOPIC", None)
-    specs = [(names["hits"], hits_partitions), (names["alerts"], 1), (names["dlq"], 1)]
-    await create_topics(bootstrap, *specs, *([(heartbeats, 1)] if heartbeats else []))
-    return names
-
-
-@asynccontextmanager
-async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await prod.start()
-    try:
-        yield prod
-    finally:
-        await prod.stop()
-
-
-async def wait_metrics(
-    port: int, ok: Callable[[dict[str, float]], bool], timeout: float = 15
-) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    got: dict[str, float] = {}
-    while time.monotonic() < deadline:
-        with suppress(OSError):
-            got = scrape(port)
-            if ok(got):
-                break
-        await asyncio.sleep(0.2)
-    return got
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    out: Path
-    err: Path
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")[-3000:]
-
-    def stdout(self) -> str:
-        return self.out.read_text(errors="replace")
-
-
-class Procs:
-    """Every process a test starts; all stopped (SIGTERM, then SIGKILL) at the end."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.started: list[Proc] = []
-
-    def start(self, name: str, args: list[str]) -> Proc:
-        n = len(self.started)
-        out, err = self.tmp / f"{n}-{name}.out", self.tmp / f"{n}-{name}.err"
-        with out.open("wb") as o, err.open("wb") as e:
-            popen = subprocess.Popen(args, stdout=o, stderr=e, env=_env(self.tmp))
-        proc = Proc(name, popen, out, err)
-        self.started.append(proc)
-        return proc
-
-    @staticmethod
-    def terminate(proc: Proc, timeout: float = 20) -> int:
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(10)
-        return proc.popen.returncode
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            self.terminate(proc, timeout=10)
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    ps = Procs(tmp_path)
-    try:
-        yield ps
-    finally:
-        ps.stop_all()
 
 
 def alerts_cmd(bootstrap: str, names: dict[str, str], *extra: str) -> list[str]:
@@ -184,24 +72,6 @@ def alerts_cmd(bootstrap: str, names: dict[str, str], *extra: str) -> list[str]:
         names["group"],
         *extra,
     ]
-
-
-async def wait_for(
-    check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc is not None and proc.popen.poll() is not None:
-            pytest.fail(
-                f"{proc.name} exited {proc.popen.returncode} before {what}:\n{proc.stderr()}"
-            )
-        await asyncio.sleep(0.05)
-    pytest.fail(
-        f"timed out after {timeout} s waiting for {what}"
-        + (f"\n{proc.name} stderr:\n{proc.stderr()}" if proc is not None else "")
-    )
 
 
 # ---------------------------------------------------------------- 1. to Alertmanager
@@ -230,7 +100,7 @@ async def test_capture_to_alertmanager_through_kafka(
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(tmp_path),
+        env=cli_env(tmp_path),
     )
     assert sense.returncode == 0, sense.stderr
     assert f"{len(sample_hits)} published, 0 publish failures" in sense.stderr
@@ -367,37 +237,6 @@ def webhook_receiver(delay_s: float) -> Iterator[Receiver]:
     with serving(Handler) as port:
         rec.url = f"http://127.0.0.1:{port}/hooks/kaspwatch"
         yield rec
-
-
-def synthetic_hits(sample: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    """The sample's hits replayed by ``count`` pairs of clients: each IPv4 client of the
-    sample becomes 10.50.x.y, each IPv6 one fd50::x; event ids stay unique."""
-    clients = {h["host"] for h in sample}
-    out = []
-    for i in range(count):
-        v4, v6 = f"10.50.{i // 250}.{i % 250 + 1}", f"fd50::{i + 1:x}"
-        mapping = {c: (v6 if ":" in c else v4) for c in clients}
-        for h in sample:
-            doc = json.loads(json.dumps(h))
-            for f in ("src_ip", "dst_ip", "host"):
-                doc[f] = mapping.get(doc[f], doc[f])
-            doc["event_id"] = hashlib.blake2b(
-                f"{h['event_id']}|{i}".encode(), digest_size=16
-            ).hexdigest()
-            out.append(doc)
-    return out
-
-
-async def produce(
-    bootstrap: str, topic: str, docs: list[dict[str, Any]]
-) -> dict[str, tuple[int, int]]:
-    """Publish keyed by host; where each event landed: event_id -> (partition, offset)."""
-    async with producer(bootstrap) as prod:
-        futures = [
-            await prod.send(topic, json.dumps(d).encode(), key=d["host"].encode()) for d in docs
-        ]
-        done = await asyncio.gather(*futures)
-    return {d["event_id"]: (md.partition, md.offset) for d, md in zip(docs, done, strict=True)}
 
 
 async def test_alerts_consumer_killed_mid_stream_loses_and_duplicates_nothing(
