@@ -79,6 +79,10 @@ class Matcher:
             by_len = self._nets[net.version].setdefault(net.prefixlen, {})
             by_len.setdefault(int(net.network_address), []).append(ind)
 
+    def cidrs(self) -> list[str]:
+        """Every watched network (``cidr`` indicators), for capture prefilters."""
+        return [i.pattern for i in self.indicators.values() if i.match == "cidr"]
+
     def excluded(self, name: str) -> str | None:
         """The exclusion pattern that covers ``name``, if any."""
         if name in self._excl_exact:
