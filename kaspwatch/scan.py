@@ -104,7 +104,7 @@ def scan(
                 if isinstance(cap, PrefilteredFile):
                     # libpcap drops the rest in C without counting them (savefiles have
                     # no pcap_stats); bench/scan_bench.py reports the share skipped
-                    log.info("%s: %d packets passed the prefilter", path, n)
+                    log.debug("%s: %d packets passed the prefilter", path, n)
                 if cap.stats.truncated:
                     warnings.append(cap.stats.note)
                 elif n == 0 and not isinstance(cap, PrefilteredFile):
