@@ -33,6 +33,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from typing import Final
 
@@ -78,14 +79,6 @@ def prefilter_expression(cidrs: Iterable[str] = ()) -> str:
     return " or ".join((*nets, *_WHOLESALE, _IPV4_TCP, _IPV6_TCP, _IPV4_UDP, _IPV6_UDP))
 
 
-class _Timeval(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long))
-
-
-class _PktHdr(ctypes.Structure):
-    _fields_ = (("ts", _Timeval), ("caplen", ctypes.c_uint32), ("len", ctypes.c_uint32))
-
-
 class _BpfProgram(ctypes.Structure):
     _fields_ = (("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p))
 
@@ -111,11 +104,6 @@ def _load() -> ctypes.CDLL | None:
     )
     lib.pcap_setfilter.argtypes = (ctypes.c_void_p, ctypes.POINTER(_BpfProgram))
     lib.pcap_freecode.argtypes = (ctypes.POINTER(_BpfProgram),)
-    lib.pcap_next_ex.argtypes = (
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.POINTER(_PktHdr)),
-        ctypes.POINTER(ctypes.c_void_p),
-    )
     lib.pcap_datalink.argtypes = (ctypes.c_void_p,)
     lib.pcap_geterr.argtypes = (ctypes.c_void_p,)
     lib.pcap_geterr.restype = ctypes.c_char_p
@@ -129,6 +117,17 @@ _LIB: Final = _load()
 _LIBC: Final = ctypes.CDLL(None)
 _LIBC.ftell.argtypes = (ctypes.c_void_p,)
 _LIBC.ftell.restype = ctypes.c_long
+
+
+_PKTHDR: Final = struct.Struct("@llII")  # struct pcap_pkthdr: timeval, caplen, len
+# libpcap's buffer for savefile records holds up to the largest snapshot length it accepts
+# (262144); a view over it is only ever sliced to a record's caplen.
+_MAX_CAPLEN: Final = 262144
+
+
+def _view(address: int, size: int) -> memoryview:
+    """Bytes at ``address`` owned by libpcap, without copying."""
+    return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
 
 
 def available() -> bool:
@@ -200,28 +199,35 @@ class PrefilteredFile:
         self.close()
 
     def __iter__(self) -> Iterator[Frame]:
+        """Frames that pass the filter. Per packet: one call into libpcap, the header
+        read with ``struct`` and the bytes copied out, through views of libpcap's header
+        and buffer that are rebuilt only when libpcap hands out another address."""
         assert _LIB is not None and self._pcap is not None
-        handle = self._pcap
-        next_ex = _LIB.pcap_next_ex
-        hdr_p = ctypes.POINTER(_PktHdr)()
-        data_p = ctypes.c_void_p()
+        handle = ctypes.c_void_p(self._pcap)
+        # pcap_next_ex without argtypes: ctypes then passes these ready-made arguments as
+        # they are instead of converting each on every call
+        next_ex = type(_LIB.pcap_next_ex)(("pcap_next_ex", _LIB))
+        hdr_p, data_p = ctypes.c_void_p(), ctypes.c_void_p()
         hdr_ref, data_ref = ctypes.byref(hdr_p), ctypes.byref(data_p)
-        string_at = ctypes.string_at
+        hdr_at, data_at = -1, -1
+        hdr_view = data_view = memoryview(b"")
+        unpack_hdr = _PKTHDR.unpack_from
         linktype = self.linktype
-        stats = self.stats
         passed = 0
+        rc = 1
         try:
-            while True:
-                rc = next_ex(handle, hdr_ref, data_ref)
-                if rc != 1:
-                    break
-                hdr = hdr_p.contents
-                ts = hdr.ts
+            while (rc := next_ex(handle, hdr_ref, data_ref)) == 1:
+                if hdr_p.value != hdr_at:
+                    hdr_at = hdr_p.value or 0
+                    hdr_view = _view(hdr_at, _PKTHDR.size)
+                sec, frac, caplen, _len = unpack_hdr(hdr_view)
+                if data_p.value != data_at:
+                    data_at = data_p.value or 0
+                    data_view = _view(data_at, _MAX_CAPLEN)
                 passed += 1
-                yield (ts.tv_sec * 1_000_000_000 + ts.tv_usec, linktype,
-                       string_at(data_p, hdr.caplen))  # fmt: skip
+                yield (sec * 1_000_000_000 + frac, linktype, data_view[:caplen].tobytes())
         finally:
-            stats.packets = passed
+            self.stats.packets = passed
         if rc == -1:
             self._failed(self._error())
 
