@@ -25,6 +25,8 @@ from sensor.resolvers import PUBLIC_RESOLVERS
 from sensor.rules import Rules
 
 TCP_FIN_RST: Final = 0x05
+TCP_SYN: Final = 0x02
+TCP_SYN_ACK: Final = 0x12
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
 
 
@@ -84,9 +86,11 @@ class Sensor:
             self._error(str(exc).split(" ", 1)[0])
             return []
         events = [e for s in sightings if (e := self._event(ts_ns, seg, s)) is not None]
-        flow = self._flow_event(ts_ns, seg)
-        if flow is not None:
-            events.append(flow)
+        # only a SYN (or a UDP datagram) can start a flow: skip the lookup for the rest
+        if seg.proto == PROTO_UDP or seg.tcp_flags & TCP_SYN_ACK == TCP_SYN:
+            flow = self._flow_event(ts_ns, seg)
+            if flow is not None:
+                events.append(flow)
         return events
 
     def _error(self, layer: str) -> None:

@@ -34,42 +34,52 @@ _record = struct.Struct("!HHIH").unpack_from  # type, class, TTL, RDLENGTH
 
 def _name(msg: bytes, pos: int) -> tuple[str, int]:
     """(the name's text, where the record goes on after it) for a name at ``pos``."""
-    labels: list[str] = []
+    labels: list[bytes] = []
     after = -1
-    total = 0
     size = len(msg)
     for _ in range(128):  # bounded: pointer loops end here
         if pos >= size:
             raise DecodeError("dns name runs past the message")
         length = msg[pos]
         if length == 0:
-            return ".".join(labels), pos + 1 if after < 0 else after
-        if length >= 0xC0:
+            break
+        if length < 0x40:
+            end = pos + 1 + length
+            if end > size:
+                raise DecodeError("dns label runs past the message")
+            labels.append(msg[pos + 1 : end])
+            pos = end
+        elif length >= 0xC0:
             if pos + 1 >= size:
                 raise DecodeError("dns compression pointer cut short")
             if after < 0:
                 after = pos + 2
             pos = ((length & 0x3F) << 8) | msg[pos + 1]
-            continue
-        if length & 0xC0:
-            raise DecodeError("dns label type is not supported")
-        label = msg[pos + 1 : pos + 1 + length]
-        if len(label) < length:
-            raise DecodeError("dns label runs past the message")
-        total += length + 1
-        if total > 255:
-            raise DecodeError("dns name longer than 255 bytes")
-        if label.translate(None, _PLAIN):  # something to escape
-            labels.append("".join([_BYTE_TEXT[b] for b in label]))
         else:
-            labels.append(label.decode("ascii"))
-        pos += 1 + length
-    raise DecodeError("dns name compression pointers loop")
+            raise DecodeError("dns label type is not supported")
+    else:
+        raise DecodeError("dns name compression pointers loop")
+    raw = b"".join(labels)
+    if len(raw) + len(labels) > 255:
+        raise DecodeError("dns name longer than 255 bytes")
+    if raw.translate(None, _PLAIN):  # something to escape (rare): label by label
+        text = ".".join(["".join([_BYTE_TEXT[b] for b in label]) for label in labels])
+    else:
+        text = b".".join(labels).decode("ascii")
+    return text, pos + 1 if after < 0 else after
+
+
+def _host(text: str) -> str | None:
+    """``normalise_name`` for a name's text from ``_name`` (ASCII, no final dot): the
+    common case without its general steps."""
+    if 0 < len(text) <= 253 and text[-1] != ".":
+        return text.lower()
+    return normalise_name(text)
 
 
 def read_name(msg: bytes, pos: int) -> str:
     """The host name at ``pos`` (normalised); DecodeError if it does not read as one."""
-    name = normalise_name(_name(msg, pos)[0])
+    name = _host(_name(msg, pos)[0])
     if name is None:
         raise DecodeError("dns question name is not a host name")
     return name
@@ -96,7 +106,7 @@ def decode_dns(payload: bytes) -> list[Sighting]:
             questions = [_name(payload, 12)[0]]  # the name may read where the rest does not
         questions = questions[:1]
         pos = -1  # the message is broken: no answers are read
-    names = [normalise_name(q) for q in questions]
+    names = [_host(q) for q in questions]
     if None in names:
         raise DecodeError("dns question name is not a host name")
     if not response:
@@ -132,14 +142,14 @@ def _answers(msg: bytes, pos: int, count: int) -> _Answers:
             want = 4 if rtype == TYPE_A else 16
             if rdlen != want:
                 raise DecodeError(f"dns address record of {rdlen} bytes")
-            owner = normalise_name(raw_owner)
+            owner = _host(raw_owner)
             if owner is not None:
                 family = socket.AF_INET if want == 4 else socket.AF_INET6
                 addrs.setdefault(owner, []).append(socket.inet_ntop(family, msg[pos:rdata_end]))
                 ttls[owner] = min(ttls.get(owner, ttl), ttl)
         elif rtype == TYPE_CNAME:
-            owner = normalise_name(raw_owner)
-            target = normalise_name(_name(msg, pos)[0])
+            owner = _host(raw_owner)
+            target = _host(_name(msg, pos)[0])
             if owner is not None and target is not None:
                 cnames.setdefault(owner, target)
         pos = rdata_end
