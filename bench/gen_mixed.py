@@ -1,11 +1,12 @@
 """Write a realistic mixed capture for the scan benchmark, deterministically (seeded).
 
     .venv/bin/python bench/gen_mixed.py OUT.pcap [--packets 1000000] [--seed 1]
+                                        [--upload-share 0.12]
 
 The mix (Ethernet, no VLAN; 20% of sessions over IPv6), interleaved over 48 concurrent
 sessions the way a busy uplink looks:
 
-- TCP downloads and uploads: handshake, a ClientHello or an HTTP request, then bulk data
+- TCP downloads and uploads (``--upload-share`` of the TCP sessions, 12%): handshake, a ClientHello or an HTTP request, then bulk data
   (1460/1440-byte segments) with an ACK every second segment, then FIN;
 - TLS ClientHellos: ~70% ordinary (~520 bytes), ~30% post-quantum (~1.8 kB, an X25519MLKEM768
   key share) split over two segments, a third of those with the SNI in the second
@@ -225,8 +226,9 @@ def quic_initial(hello: bytes, rng: random.Random) -> bytes:
 
 
 class Mix:
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, upload_share: float = 0.12) -> None:
         self.rng = random.Random(seed)
+        self.upload_share = upload_share
         self.names = Names(self.rng)
         self.counts: Counter[str] = Counter()
         self.kaspersky: set[str] = set()
@@ -356,7 +358,7 @@ class Mix:
                 self.note(kind, name, kasp)
             yield tcp_frame(cli, cseq, sseq, PSH_ACK, chunk)
             cseq += len(chunk)
-        up = rng.random() < 0.12
+        up = rng.random() < self.upload_share
         sender, receiver = (cli, srv) if up else (srv, cli)
         seq, ack = (cseq, sseq) if up else (sseq, cseq)
         data = rng.randbytes(mss)
@@ -374,8 +376,8 @@ class Mix:
         yield tcp_frame(cli, cseq + 1, sseq + 1, ACK)
 
 
-def generate(path: Path, packets: int, seed: int) -> dict[str, object]:
-    mix = Mix(seed)
+def generate(path: Path, packets: int, seed: int, upload_share: float = 0.12) -> dict[str, object]:
+    mix = Mix(seed, upload_share)
     rng = mix.rng
     live = [mix.session() for _ in range(SESSIONS_IN_FLIGHT)]
     ts_us = 1_790_000_000 * 1_000_000
@@ -399,6 +401,7 @@ def generate(path: Path, packets: int, seed: int) -> dict[str, object]:
     info: dict[str, object] = {
         "packets": packets,
         "seed": seed,
+        "upload_share": upload_share,
         "bytes": path.stat().st_size,
         "ipv6_share": round(v6 / packets, 3),
         "dns_share": round(mix.counts["dns_message"] / packets, 3),
@@ -414,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--upload-share", type=float, default=0.12, help="TCP sessions that upload")
     args = ap.parse_args(argv)
-    info = generate(args.out, args.packets, args.seed)
+    info = generate(args.out, args.packets, args.seed, args.upload_share)
     shown = {k: v for k, v in info.items() if k != "kaspersky_names"}
     print(json.dumps(shown), file=sys.stderr)
     return 0

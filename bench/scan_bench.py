@@ -80,8 +80,10 @@ def run(cmd: list[str], stdout: Path | None = None) -> tuple[float, float, int]:
     return float(wall), float(user) + float(system), int(rss)
 
 
-def capture(workdir: Path, packets: int, seed: int) -> tuple[Path, dict[str, object]]:
-    path = workdir / f"mixed-{packets}-s{seed}.pcap"
+def capture(
+    workdir: Path, packets: int, seed: int, upload_share: float
+) -> tuple[Path, dict[str, object]]:
+    path = workdir / f"mixed-{packets}-s{seed}-up{upload_share:g}.pcap"
     sidecar = Path(f"{path}.expected.json")
     fresh = sidecar.exists() and sidecar.stat().st_mtime > GENERATOR.stat().st_mtime
     if not fresh:
@@ -95,6 +97,8 @@ def capture(workdir: Path, packets: int, seed: int) -> tuple[Path, dict[str, obj
                 str(packets),
                 "--seed",
                 str(seed),
+                "--upload-share",
+                str(upload_share),
             ],
             check=True,
             cwd=REPO,
@@ -147,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--upload-share",
+        type=float,
+        default=0.12,
+        help="TCP sessions that upload (gen_mixed.py): client data the prefilter must keep",
+    )
     ap.add_argument("--core", type=int, default=(os.cpu_count() or 1) - 1, help="taskset core")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "kaspwatch-bench")
     ap.add_argument("--memory", metavar="N,N,...", help="also compare peak RSS at these sizes")
@@ -171,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     matcher = Matcher(load_pack())
     expr = prefilter_expression(matcher.cidrs())
-    path, info = capture(args.workdir, args.packets, args.seed)
+    path, info = capture(args.workdir, args.packets, args.seed, args.upload_share)
     pin = ["taskset", "-c", str(args.core)]
     kw_cmd = [*pin, sys.executable, "-m", "kaspwatch", "scan", str(path)]
     fields = [f for f, _ in TSHARK_FIELDS]
@@ -201,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"machine: {machine()}",
         f"file: {path.name}: {packets:,} packets, {info['bytes']:,} bytes, "
-        f"IPv6 {info['ipv6_share']:.0%}, DNS {info['dns_share']:.1%} of packets, {info['counts']}",
+        f"IPv6 {info['ipv6_share']:.0%}, DNS {info['dns_share']:.1%} of packets, "
+        f"uploads {info['upload_share']:.0%} of TCP sessions, {info['counts']}",
         f"prefilter: {passed:,} packets ({passed / packets:.1%}) reach Python, "
         f"{packets - passed:,} skipped in C",
         f"runs: {args.runs}, medians, each tool pinned to core {args.core} (taskset); "
@@ -260,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in args.memory.split(",")]
         rss_by_size = []
         for n in sizes:
-            p, _ = capture(args.workdir, n, args.seed)
+            p, _ = capture(args.workdir, n, args.seed, args.upload_share)
             cmd = [*pin, sys.executable, "-m", "kaspwatch", "scan", str(p)]
             secs, cpu, rss = run(cmd, out_file)
             rss_by_size.append(rss)

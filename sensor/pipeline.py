@@ -85,9 +85,18 @@ class Sensor:
         except DecodeError as exc:
             self._error(str(exc).split(" ", 1)[0])
             return []
-        events = [e for s in sightings if (e := self._event(ts_ns, seg, s)) is not None]
-        # only a SYN (or a UDP datagram) can start a flow: skip the lookup for the rest
-        if seg.proto == PROTO_UDP or seg.tcp_flags & TCP_SYN_ACK == TCP_SYN:
+        events = (
+            [e for s in sightings if (e := self._event(ts_ns, seg, s)) is not None]
+            if sightings
+            else []
+        )
+        # only a SYN or a non-DNS UDP datagram can start a watched flow (FlowWatch says
+        # so too): skip the lookup for everything else
+        if (
+            seg.tcp_flags & TCP_SYN_ACK == TCP_SYN
+            if seg.proto == PROTO_TCP
+            else seg.sport not in DNS_PORTS and seg.dport not in DNS_PORTS
+        ):
             flow = self._flow_event(ts_ns, seg)
             if flow is not None:
                 events.append(flow)
