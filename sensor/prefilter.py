@@ -261,7 +261,7 @@ def open_capture(
         try:
             fast = PrefilteredFile(path, prefilter_expression(cidrs))
         except CaptureError as exc:
-            why = str(exc)
+            why = str(exc).removeprefix(f"{path}: ")
         else:
             cap.close()
             return fast
