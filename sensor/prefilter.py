@@ -120,8 +120,9 @@ _LIBC.ftell.restype = ctypes.c_long
 
 
 _PKTHDR: Final = struct.Struct("@llII")  # struct pcap_pkthdr: timeval, caplen, len
-# libpcap's buffer for savefile records holds up to the largest snapshot length it accepts
-# (262144); a view over it is only ever sliced to a record's caplen.
+# libpcap's record buffer is at least as long as the record in it (it is reallocated, and
+# its address changes, for a longer one). The view spans the longest caplen libpcap
+# accepts for these link types and is only ever sliced to the current record's caplen.
 _MAX_CAPLEN: Final = 262144
 
 
