@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--observations", action="store_true", help="also print names that matched nothing"
     )
     p.add_argument("--format", choices=("ndjson", "table"), default="ndjson")
+    p.add_argument(
+        "--no-prefilter",
+        action="store_true",
+        help="run every packet through Python (the reference path) instead of letting "
+        "libpcap drop, in C, packets that cannot carry a name (sensor/prefilter.py)",
+    )
     _add_sensor_opts(p)
 
     p = sub.add_parser("sense", help="run the sensor and publish hits to the bus")

@@ -69,7 +69,7 @@ def _sensor(args: argparse.Namespace, observations: bool = False) -> tuple[Senso
 
 def cmd_scan(args: argparse.Namespace) -> int:
     sensor, _ = _sensor(args, observations=args.observations)
-    warnings, errors = scan(args.pcap, sensor, args.format)
+    warnings, errors = scan(args.pcap, sensor, args.format, prefilter=not args.no_prefilter)
     for warning in warnings:
         log.warning("%s", warning)
     for error in errors:

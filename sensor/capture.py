@@ -67,7 +67,8 @@ class CaptureFile:
             self.size = os.fstat(self._raw.fileno()).st_size
             self._fh = self._raw
         head = self._peek(4)
-        if head[:2] == b"\x1f\x8b":
+        self.compressed = head[:2] == b"\x1f\x8b"
+        if self.compressed:
             self._fh = gzip.GzipFile(fileobj=self._fh)  # type: ignore[assignment]
             head = self._peek(4)
         if not head:

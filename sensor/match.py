@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 from sensor.indicators import Indicator, Pack, expand_range
@@ -25,6 +25,20 @@ KIND_WHERE: Final = {
     "http_connect": "http",
     "ip_flow": "ip",
 }
+
+
+def _tails(patterns: Iterable[str]) -> set[str]:
+    """The last two labels of each pattern: a name ending in none of them matches none."""
+    return {".".join(p.split(".")[-2:]) for p in patterns}
+
+
+def _has_tail(name: str, tails: set[str]) -> bool:
+    last = name.rfind(".")
+    return (
+        name[name.rfind(".", 0, last) + 1 :] in tails
+        or name[last + 1 :] in tails  # a one-label pattern (an exclusion of "local")
+        or name in tails
+    )
 
 
 def _applies(ind: Indicator, where: str, path: str | None) -> bool:
@@ -56,7 +70,8 @@ class Matcher:
         self._v6_lens = sorted(self._nets[6], reverse=True)
         self._has_exclusions = bool(self._excl_exact or self._excl_suffix)
         patterns = [*self._exact, *self._suffix, *(f"x.{parent}" for parent in self._wild)]
-        self._tails = {".".join(p.split(".")[-2:]) for p in patterns}
+        self._tails = _tails(patterns)
+        self._excl_tails = _tails(self._excl_exact | self._excl_suffix)
 
     @property
     def version(self) -> str:
@@ -79,8 +94,14 @@ class Matcher:
             by_len = self._nets[net.version].setdefault(net.prefixlen, {})
             by_len.setdefault(int(net.network_address), []).append(ind)
 
+    def cidrs(self) -> list[str]:
+        """Every watched network (``cidr`` indicators), for capture prefilters."""
+        return [i.pattern for i in self.indicators.values() if i.match == "cidr"]
+
     def excluded(self, name: str) -> str | None:
         """The exclusion pattern that covers ``name``, if any."""
+        if not _has_tail(name, self._excl_tails):
+            return None
         if name in self._excl_exact:
             return name
         if self._excl_suffix:
@@ -97,8 +118,7 @@ class Matcher:
         """The most specific indicator for ``name`` that applies where ``kind`` was seen."""
         # Fast reject: every pattern ends in one of a few two-label tails (kaspersky.com,
         # co.uk ...); most names on a network end in none of them.
-        last = name.rfind(".")
-        if name[name.rfind(".", 0, last) + 1 :] not in self._tails and name not in self._tails:
+        if not _has_tail(name, self._tails):
             return None
         found = self._lookup(name, KIND_WHERE[kind], path)
         if found is not None and self._has_exclusions and self.excluded(name):

@@ -25,6 +25,8 @@ from sensor.resolvers import PUBLIC_RESOLVERS
 from sensor.rules import Rules
 
 TCP_FIN_RST: Final = 0x05
+TCP_SYN: Final = 0x02
+TCP_SYN_ACK: Final = 0x12
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
 
 
@@ -83,10 +85,21 @@ class Sensor:
         except DecodeError as exc:
             self._error(str(exc).split(" ", 1)[0])
             return []
-        events = [e for s in sightings if (e := self._event(ts_ns, seg, s)) is not None]
-        flow = self._flow_event(ts_ns, seg)
-        if flow is not None:
-            events.append(flow)
+        events = (
+            [e for s in sightings if (e := self._event(ts_ns, seg, s)) is not None]
+            if sightings
+            else []
+        )
+        # only a SYN or a non-DNS UDP datagram can start a watched flow (FlowWatch says
+        # so too): skip the lookup for everything else
+        if (
+            seg.tcp_flags & TCP_SYN_ACK == TCP_SYN
+            if seg.proto == PROTO_TCP
+            else seg.sport not in DNS_PORTS and seg.dport not in DNS_PORTS
+        ):
+            flow = self._flow_event(ts_ns, seg)
+            if flow is not None:
+                events.append(flow)
         return events
 
     def _error(self, layer: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -162,18 +163,29 @@ def test_progress_on_a_terminal_only() -> None:
     import os
     import pty
 
-    leader, follower = pty.openpty()
-    proc = subprocess.run(
-        [*KASPWATCH, "scan", str(SAMPLE)], stdout=subprocess.PIPE, stderr=follower, timeout=60
-    )
-    os.close(follower)
-    shown = os.read(leader, 65536).decode()
-    os.close(leader)
-    assert proc.returncode == 0
+    def on_a_terminal(*args: str) -> str:
+        leader, follower = pty.openpty()
+        proc = subprocess.run(
+            [*KASPWATCH, "scan", *args, str(SAMPLE)],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=60,
+        )
+        os.close(follower)
+        shown = os.read(leader, 65536).decode()
+        os.close(leader)
+        assert proc.returncode == 0
+        return shown
+
+    shown = on_a_terminal("--no-prefilter")
     assert (
         f"{SAMPLE}: {SAMPLE_PACKETS} packets," in shown
         and "packets/s" in shown
         and "100.0%" in shown
     )
+    # through libpcap only the packets that passed the prefilter are counted
+    shown = on_a_terminal()
+    passed = re.search(rf"{SAMPLE}: (\d+) packets past the prefilter, .* 100.0%", shown)
+    assert passed and 0 < int(passed[1]) < SAMPLE_PACKETS, shown
     piped = kw("scan", str(SAMPLE))
     assert "packets/s" not in piped.stderr

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
 
+NO_EXTRA: Final[Mapping[str, Any]] = MappingProxyType({})
 _HOST: Final = re.compile(r"[a-z0-9_*-]+(\.[a-z0-9_*-]+)*|[0-9a-f:.]+")
 
 
@@ -13,19 +15,19 @@ class DecodeError(ValueError):
     """A packet or message is malformed. Counted, never fatal."""
 
 
-@dataclass(frozen=True, slots=True)
-class Sighting:
+class Sighting(NamedTuple):
     """A name seen in one packet, before matching.
 
     ``chain`` holds CNAME targets for a DNS answer (in chain order, the asked name
-    excluded); ``answers`` the A/AAAA addresses the chain ends in.
+    excluded); ``answers`` the A/AAAA addresses the chain ends in. A NamedTuple: one is
+    made for every name on the wire, and a frozen dataclass costs several times more.
     """
 
     kind: str
     name: str
     chain: tuple[str, ...] = ()
     answers: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = NO_EXTRA
     path: str | None = None  # HTTP request path: matched by path_prefix, never published
     ttl: int = 0  # DNS answer: smallest TTL of the address records
 

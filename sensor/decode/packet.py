@@ -35,7 +35,9 @@ _TUNNEL_PORTS: Final = tunnel.UDP_TUNNEL_PORTS
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
-_tcp_head = struct.Struct("!HHI").unpack_from  # ports, sequence number
+# version/IHL, total length, flags/fragment offset, protocol, source, destination
+_ipv4_header = struct.Struct("!BxHxxHxBxx4s4s").unpack_from
+_tcp_header = struct.Struct("!HHIxxxxBB").unpack_from  # ports, seq, data offset, flags
 _udp_header = struct.Struct("!HHH").unpack_from
 _new = tuple.__new__  # builds a Segment in C, skipping NamedTuple's Python-level __new__
 
@@ -165,16 +167,12 @@ class PacketDecoder:
     def _ipv4(self, data: bytes, off: int, end: int, depth: int) -> Segment | None:
         if end < off + 20:
             raise DecodeError("ipv4 header cut short")
-        ihl = (data[off] & 0x0F) * 4
+        vihl, total, frag, proto, src, dst = _ipv4_header(data, off)
+        ihl = (vihl & 0x0F) * 4
         if ihl < 20:
             raise DecodeError(f"ipv4 header length {ihl}")
-        total = _u16(data, off + 2)[0]
         if total < ihl:
             raise DecodeError(f"ipv4 total length {total} < header length {ihl}")
-        frag = _u16(data, off + 6)[0]
-        proto = data[off + 9]
-        src = data[off + 12 : off + 16]
-        dst = data[off + 16 : off + 20]
         stop = min(end, off + total)
         if frag & 0x3FFF:  # more-fragments set or an offset: a fragment
             if self._frags is None:
@@ -248,12 +246,12 @@ class PacketDecoder:
         if proto == PROTO_TCP:
             if end - pos < 20:
                 raise DecodeError("tcp header cut short")
-            sport, dport, seq = _tcp_head(data, pos)
-            doff = (data[pos + 12] >> 4) * 4
+            sport, dport, seq, doff, flags = _tcp_header(data, pos)
+            doff = (doff >> 4) * 4
             if doff < 20:
                 raise DecodeError(f"tcp data offset {doff}")
             payload = data[pos + doff : end]
-            return _new(Segment, (src, dst, PROTO_TCP, sport, dport, data[pos + 13], payload, seq))
+            return _new(Segment, (src, dst, PROTO_TCP, sport, dport, flags, payload, seq))
         if proto == PROTO_IPIP:
             return self._inner((_ETH_IPV4, pos), data, end, depth)
         if proto == PROTO_IPV6:

@@ -9,6 +9,7 @@ like TLS, HTTP or DNS, and every table and buffer is bounded (oldest evicted, co
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
@@ -24,6 +25,9 @@ MAX_HEAD: Final = 16384  # bytes of a TLS/HTTP stream head kept while waiting fo
 MAX_DNS_BUFFER: Final = 2 + 65535
 MAX_OUT_OF_ORDER: Final = 16  # segments held per flow while waiting for a gap to fill
 SEQ_MOD: Final = 1 << 32
+# first bytes a stream worth state can start with: a TLS handshake record or a request
+# line's upper-case method (see _could_be_client_hello and _starts_http)
+_STREAM_STARTS: Final = frozenset({0x16, *range(ord("A"), ord("Z") + 1)})
 
 
 @dataclass
@@ -41,14 +45,16 @@ def _could_be_client_hello(payload: bytes) -> bool:
     return head[:1] == b"\x16" and head[1:2] in (b"", b"\x03") and head[5:6] in (b"", b"\x01")
 
 
+# a method token (RFC 9110 tchar) starting with a capital, then the space before the
+# target, within the first 24 bytes; a response (``HTTP/1.1 200``) has a "/" in its first word
+_REQUEST_LINE: Final = re.compile(rb"[A-Z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,22} ")
+
+
 def _starts_http(payload: bytes) -> bool:
-    """A request line's start (``GET /``, ``CONNECT h:443``), not a response (``HTTP/1.1``)."""
-    return (
-        bool(payload)
-        and 65 <= payload[0] <= 90
-        and b" " in payload[:24]
-        and payload[:5] != b"HTTP/"
-    )
+    """A request line's start (``GET /``, ``CONNECT h:443``), not a response (``HTTP/1.1``)
+    nor bulk data that happens to start with a capital letter (it would hold a stream
+    buffer until MAX_HEAD for nothing)."""
+    return _REQUEST_LINE.match(payload) is not None
 
 
 class StreamTable:
@@ -68,6 +74,8 @@ class StreamTable:
         """Sightings completed by this segment (may be several for DNS)."""
         flow = self._flows.get(key)
         if flow is None:
+            if payload[0] not in _STREAM_STARTS and not dns_port:
+                return []  # mid-stream data (most segments): neither a hello nor a request
             return self._start(key, seq, payload, dns_port)
         data = self._in_order(flow, seq, payload)
         if data is None:
