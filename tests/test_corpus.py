@@ -41,7 +41,8 @@ TSHARK_MISSES = {
 # files that must be refused with a clear message, never a traceback
 UNREADABLE = {"suricata-verify_bug-1450-04_tls_DER-incomplete-header.pcap": "corrupt record"}
 
-FILES = sorted(p.name for p in CORPUS.glob("*.pcap*")) if CORPUS.exists() else []
+# A missing corpus must fail (through the ``corpus`` fixture), never collect zero cases and pass.
+FILES = sorted(p.name for p in CORPUS.glob("*.pcap*")) or ["<corpus missing>"]
 
 
 def truth(name: str) -> set[tuple[str, str, str, str]]:
@@ -89,3 +90,10 @@ def test_corpus_file_matches_tshark(
     # DNS answers may add CNAME-chain names; beyond that nothing tshark did not see
     extra = {e for e in got - want if e[0] != "dns_answer"} - TSHARK_MISSES.get(name, set())
     assert not extra, f"{name}: names tshark did not see: {sorted(extra)[:5]}"
+
+
+def test_every_manifest_file_is_tested(corpus: Path) -> None:
+    listed = {
+        line.split("\t")[0] for line in (corpus / "MANIFEST.tsv").read_text().splitlines()[1:]
+    }
+    assert listed and listed == set(FILES), sorted(listed ^ set(FILES))[:5]
