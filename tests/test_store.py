@@ -218,7 +218,7 @@ def hosts_of(result: Result) -> list[str]:
     return [r["host"] for r in result.rows]
 
 
-TABLES = ("hits", "host_indicator", "host_category", "hosts", "host_names", "pdns")
+TABLES = ("hits", "host_category", "hosts", "host_names", "pdns")
 
 
 def snapshot(url: str) -> dict[str, Any]:

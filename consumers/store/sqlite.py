@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from consumers.store import schema
-from consumers.store.base import Row, StoreError, check_version
+from consumers.store.base import Row, StoreError, check_version, ensure_schema
 
 log = logging.getLogger("kaspwatch.store")
 
@@ -70,17 +70,11 @@ class SQLiteBackend:
 
     def ensure_schema(self) -> None:
         try:
-            self.begin()
-            for stmt in (*schema.tables("TEXT", "INTEGER", " WITHOUT ROWID"), *schema.INDEXES):
-                self.conn.execute(stmt)
-            self.conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT (key) DO NOTHING",
-                (str(schema.SCHEMA_VERSION),),
-            )
-            self.commit()
+            migrated = ensure_schema(self, "TEXT", "INTEGER", " WITHOUT ROWID")
         except sqlite3.Error as exc:
-            self.rollback()
             raise StoreError(f"{self.where}: cannot create the schema: {exc}") from None
+        for version in migrated:
+            log.info("%s: store schema %d upgraded to %d", self.where, version, version + 1)
         self.check_schema()
 
     def check_schema(self) -> None:
@@ -90,8 +84,8 @@ class SQLiteBackend:
             raise StoreError(f"{self.where}: not a kaspwatch store") from None
         check_version(self.where, rows, schema.SCHEMA_VERSION)
 
-    def agg_distinct(self, column: str) -> str:
-        return f"group_concat(DISTINCT {column})"
+    def agg_join(self, column: str) -> str:
+        return f"group_concat({column})"
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self.conn.execute(sql, params).fetchall()
