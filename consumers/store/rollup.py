@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
@@ -84,41 +84,51 @@ def hit_row(ev: Event) -> HitRow:
     ind = ev.indicator
     if ind is None:
         raise ValueError(f"event {ev.event_id} is an observation, not a hit")
-    extra = {k: v for k, v in ev.extra.items() if k != "allowlisted"}
+    extra = {k: v for k, v in ev.extra.items() if k != "allowlisted"} if ev.extra else None
     allow = ev.extra.get("allowlisted")
-    return HitRow(
-        ev.event_id,
-        ts_to_us(ev.ts),
-        ev.host,
-        ev.sensor,
-        ev.kind,
-        ev.name,
-        ev.query,
-        _encode(list(ev.answers)) if ev.answers else None,
-        ev.src_ip,
-        ev.src_port,
-        ev.dst_ip,
-        ev.dst_port,
-        ev.transport,
-        ind.id,
-        ind.pattern,
-        ind.match,
-        ind.category,
-        ind.severity,
-        ind.confidence,
-        str(allow) if allow else None,
-        _encode_sorted(extra) if extra else None,
+    # tuple.__new__: the fields in order, without NamedTuple's keyword-taking __new__
+    return _new_row(
+        HitRow,
+        (
+            ev.event_id,
+            ts_to_us(ev.ts),
+            ev.host,
+            ev.sensor,
+            ev.kind,
+            ev.name,
+            ev.query,
+            _json_strings(ev.answers) if ev.answers else None,
+            ev.src_ip,
+            ev.src_port,
+            ev.dst_ip,
+            ev.dst_port,
+            ev.transport,
+            ind.id,
+            ind.pattern,
+            ind.match,
+            ind.category,
+            ind.severity,
+            ind.confidence,
+            str(allow) if allow else None,
+            _encode_sorted(extra) if extra else None,
+        ),
     )
 
 
-def dumps_set(values: Iterable[str]) -> str:
-    ordered = sorted(values)
-    joined = "".join(ordered)
-    # printable ASCII without quotes or backslashes is what JSON writes as it is: skip
-    # the encoder (the same text, a fifth of the time)
+_new_row = tuple.__new__
+
+
+def _json_strings(values: Sequence[str]) -> str:
+    """A JSON array of strings, as ``json.dumps`` writes it (compact): printable ASCII
+    without quotes or backslashes is written as it is (a fifth of the encoder's time)."""
+    joined = "".join(values)
     if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
-        return '["' + '","'.join(ordered) + '"]' if ordered else "[]"
-    return _encode(ordered)
+        return '["' + '","'.join(values) + '"]' if values else "[]"
+    return _encode(list(values))
+
+
+def dumps_set(values: Iterable[str]) -> str:
+    return _json_strings(sorted(values))
 
 
 def loads_set(text: str) -> list[str]:
