@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import groupby
@@ -101,6 +101,30 @@ def ip_order(host: str) -> tuple[int, bytes, str]:
     return (addr.version, addr.packed, host)
 
 
+class _Sets:
+    """Parses of one query's stored lists, by text: hosts share a few combinations of
+    sensors, categories or names, so each distinct text is parsed once per query. Every
+    row gets a list of its own."""
+
+    def __init__(self, parse: Callable[[str], list[str]]) -> None:
+        self.parse = parse
+        self.seen: dict[str, list[str]] = {}
+
+    def __call__(self, text: str) -> list[str]:
+        parsed = self.seen.get(text)
+        if parsed is None:
+            parsed = self.seen[text] = self.parse(text)
+        return parsed.copy()
+
+
+def _sorted_split(text: str) -> list[str]:
+    return sorted(text.split(","))
+
+
+def _distinct_split(text: str) -> list[str]:
+    return sorted(set(text.split(",")))
+
+
 def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
@@ -169,27 +193,43 @@ def hosts(
         sql = "SELECT host, first_us, last_us, count, allowlisted, categories, sensors FROM hosts"
         if where:
             sql += " WHERE " + " AND ".join(where)
+        sets = _Sets(loads_set)
         found = [
-            (host, first, last, count, allow, loads_set(cats), loads_set(sensors))
+            (host, first, last, count, allow, sets(cats), sets(sensors))
             for host, first, last, count, allow, cats, sensors in b.query(sql, params)
         ]
     found.sort(key=lambda r: ip_order(r[0]))
     wanted_sites = set(sites)
     out = []
     for host, first, last, count, allow, cats_seen, sensors_seen in found:
-        row: dict[str, Any] = {"host": host}
-        if assets is not None:
-            site = assets.lookup(host).site
-            if wanted_sites and site not in wanted_sites:
-                continue
-            row["site"] = site
-        row["first_seen"] = us_to_ts(first)
-        row["last_seen"] = us_to_ts(last)
-        row["count"] = int(count)
-        row["allowlisted"] = int(allow)
-        row["categories"] = cats_seen
-        row["sensors"] = sensors_seen
-        out.append(row)
+        if assets is None:
+            out.append(
+                {
+                    "host": host,
+                    "first_seen": us_to_ts(first),
+                    "last_seen": us_to_ts(last),
+                    "count": int(count),
+                    "allowlisted": int(allow),
+                    "categories": cats_seen,
+                    "sensors": sensors_seen,
+                }
+            )
+            continue
+        site = assets.lookup(host).site
+        if wanted_sites and site not in wanted_sites:
+            continue
+        out.append(
+            {
+                "host": host,
+                "site": site,
+                "first_seen": us_to_ts(first),
+                "last_seen": us_to_ts(last),
+                "count": int(count),
+                "allowlisted": int(allow),
+                "categories": cats_seen,
+                "sensors": sensors_seen,
+            }
+        )
     columns = HOST_COLUMNS if assets is not None else tuple(c for c in HOST_COLUMNS if c != "site")
     return Result(query, columns, columns, out, "" if out else "no host matches")
 
@@ -337,19 +377,21 @@ def name_contacts(b: Backend, match: NameMatch, assets: AssetMap | None = None) 
         f"{b.agg_join('name')}, {b.agg_join('category')} FROM host_names WHERE {cond} "
         "GROUP BY host"
     )
-    rows = []
-    site = assets.lookup if assets is not None else None
+    names_of, cats_of = _Sets(_sorted_split), _Sets(_distinct_split)
     found = b.query(sql, params)
     found.sort(key=lambda r: ip_order(r[0]))
+    rows: list[dict[str, Any]] = []
     for host, first, last, count, names, cats in found:
-        row: dict[str, Any] = {"host": host}
-        if site is not None:
-            row["site"] = site(host).site
-        row["first_seen"] = us_to_ts(first)
-        row["last_seen"] = us_to_ts(last)
-        row["count"] = int(count)
-        row["names"] = sorted(names.split(","))
-        row["categories"] = sorted(set(cats.split(",")))
+        row: dict[str, Any] = {
+            "host": host,
+            "first_seen": us_to_ts(first),
+            "last_seen": us_to_ts(last),
+            "count": int(count),
+            "names": names_of(names),
+            "categories": cats_of(cats),
+        }
+        if assets is not None:
+            row = {"host": host, "site": assets.lookup(host).site} | row
         rows.append(row)
     columns = (
         CONTACT_COLUMNS if assets is not None else tuple(c for c in CONTACT_COLUMNS if c != "site")
