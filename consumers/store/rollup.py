@@ -2,7 +2,7 @@
 
 Pure Python, no database: the store runs these inside its write transaction on the hits
 that the database reports as newly inserted, so a replayed hit never counts twice.
-Sets (sensors, names, categories) are bounded: once full, the ones seen first stay.
+Sets (sensors, categories) are bounded: once full, the ones seen first stay.
 """
 
 from __future__ import annotations
