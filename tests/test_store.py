@@ -34,7 +34,7 @@ from consumers.assets import load_assets
 from consumers.loop import consume
 from consumers.store import open_backend, open_store, queries
 from consumers.store.api import make_server
-from consumers.store.base import Backend
+from consumers.store.base import Backend, StoreError
 from consumers.store.names import parse_pattern, reverse_name
 from consumers.store.queries import Result
 from kaspwatch import store_commands
@@ -218,7 +218,7 @@ def hosts_of(result: Result) -> list[str]:
     return [r["host"] for r in result.rows]
 
 
-TABLES = ("hits", "host_indicator", "host_category", "hosts", "host_names", "pdns")
+TABLES = ("hits", "host_category", "hosts", "host_names", "pdns")
 
 
 def snapshot(url: str) -> dict[str, Any]:
@@ -253,6 +253,95 @@ def test_replaying_the_same_hits_changes_no_count(fresh_url: str, events: list[E
     hosts = {r[0]: r for r in open_backend(fresh_url, readonly=True).query("SELECT * FROM hosts")}
     assert int(hosts["10.77.0.2"][3]) == 17  # count
     assert int(hosts["10.1.0.9"][4]) == 1  # allowlisted
+
+
+def _as_schema_1(url: str) -> None:
+    """Rewrite a store into the layout kaspwatch wrote as schema 1: host_names keyed by
+    name first, names lists in host_category and its category index, host_indicator."""
+    b = open_backend(url)
+    text, integer, clustered = (
+        ("TEXT", "INTEGER", " WITHOUT ROWID")
+        if b.kind == "sqlite"
+        else ('TEXT COLLATE "C"', "BIGINT", "")
+    )
+    try:
+        b.begin()
+        for stmt in (
+            "ALTER TABLE host_names RENAME TO host_names_v2",
+            f"CREATE TABLE host_names (rname {text} NOT NULL, host {text} NOT NULL, "
+            f"name {text} NOT NULL, category {text} NOT NULL, indicator_id {text} NOT NULL, "
+            f"first_us {integer} NOT NULL, last_us {integer} NOT NULL, count {integer} NOT NULL, "
+            f"PRIMARY KEY (rname, host)){clustered}",
+            "INSERT INTO host_names SELECT rname, host, name, category, indicator_id, first_us, "
+            "last_us, count FROM host_names_v2",
+            "DROP TABLE host_names_v2",
+            f"ALTER TABLE host_category ADD COLUMN names {text} NOT NULL DEFAULT '[]'",
+            "CREATE INDEX host_category_category ON host_category (category)",
+            f"CREATE TABLE host_indicator (host {text} NOT NULL, indicator_id {text} NOT NULL, "
+            f"category {text} NOT NULL, first_us {integer} NOT NULL, last_us {integer} NOT NULL, "
+            f"count {integer} NOT NULL, allowlisted {integer} NOT NULL, sensors {text} NOT NULL, "
+            f"names {text} NOT NULL, PRIMARY KEY (host, indicator_id)){clustered}",
+            "INSERT INTO host_indicator VALUES ('10.1.0.5', 'kw-x', 'update', 1, 2, 3, 0, '[]', '[]')",
+            "UPDATE meta SET value = '1' WHERE key = 'schema'",
+        ):
+            b.query(stmt)
+        b.commit()
+    finally:
+        b.close()
+
+
+def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
+    fresh_url: str, events: list[Event], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ingest_in_batches(fresh_url, events, 7)
+    before = snapshot(fresh_url)
+    _as_schema_1(fresh_url)
+    # readers do not write: they say what to do
+    with pytest.raises(
+        StoreError, match="store schema 1, this kaspwatch reads 2: run 'kaspwatch store'"
+    ):
+        open_backend(fresh_url, readonly=True)
+    code, out, err = run_cli(capsys, "query", "hosts", "--db", fresh_url)
+    assert code == 2 and out == "" and "run 'kaspwatch store' on it once" in err
+    store = open_store(fresh_url)  # the writer upgrades it, in one transaction
+    try:
+        assert store.ingest(events) == 0  # every hit is still known: nothing counts twice
+    finally:
+        store.close()
+    assert snapshot(fresh_url) == before
+    b = open_backend(fresh_url, readonly=True)
+    try:
+        assert b.query("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+        assert hosts_of(queries.name_contacts(b, parse_pattern("kaspersky.com")))[0] == "10.1.0.5"
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "advice"),
+    [
+        (
+            "0",
+            "rebuild it from the hits topic ('kaspwatch store --from-beginning' into a new --db)",
+        ),
+        ("99", "upgrade kaspwatch to read it"),
+    ],
+)
+def test_a_store_of_another_schema_is_refused_with_what_to_do(
+    fresh_url: str, events: list[Event], version: str, advice: str
+) -> None:
+    ingest_in_batches(fresh_url, events[:3], 3)
+    b = open_backend(fresh_url)
+    try:
+        b.begin()
+        b.query("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
+        b.commit()
+    finally:
+        b.close()
+    for readonly in (True, False):
+        with pytest.raises(StoreError) as exc:
+            open_backend(fresh_url, readonly=readonly)
+        assert str(exc.value).endswith(f"store schema {version}, this kaspwatch reads 2: {advice}")
 
 
 def test_observations_are_not_stored(fresh_url: str, events: list[Event]) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from consumers.store import schema
+
 Row = tuple[Any, ...]
 
 
@@ -16,11 +18,53 @@ class StoreError(Exception):
 
 
 def check_version(where: str, rows: Sequence[Sequence[Any]], version: int) -> None:
-    """The store's recorded schema version must be the one this kaspwatch reads."""
-    if not rows or rows[0][0] != str(version):
-        raise StoreError(
-            f"{where}: store schema {rows[0][0] if rows else '?'}, this kaspwatch reads {version}"
-        )
+    """The store's recorded schema version must be the one this kaspwatch reads; the
+    error says what to do about it."""
+    found = rows[0][0] if rows else "?"
+    if found == str(version):
+        return
+    if not str(found).isdigit():
+        raise StoreError(f"{where}: not a kaspwatch store (no schema version)")
+    if int(found) > version:
+        what = "upgrade kaspwatch to read it"
+    elif int(found) in schema.MIGRATIONS:
+        what = "run 'kaspwatch store' on it once to upgrade it in place"
+    else:
+        what = "rebuild it from the hits topic ('kaspwatch store --from-beginning' into a new --db)"
+    raise StoreError(f"{where}: store schema {found}, this kaspwatch reads {version}: {what}")
+
+
+def ensure_schema(b: Backend, text: str, integer: str, clustered: str = "") -> list[int]:
+    """Create the schema in an empty database, or upgrade an older store in place, in one
+    write transaction (so two writers starting together cannot both do it); return the
+    versions migrated from. A version this kaspwatch cannot upgrade is left as it is, for
+    ``check_version`` to explain."""
+    migrated: list[int] = []
+    b.begin()
+    try:
+        made = schema.tables(text, integer, clustered)
+        b.query(made[0])  # meta
+        rows = b.query("SELECT value FROM meta WHERE key = 'schema'")
+        if not rows:
+            for stmt in (*made[1:], *schema.INDEXES):
+                b.query(stmt)
+            b.query(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(schema.SCHEMA_VERSION),)
+            )
+        elif str(rows[0][0]).isdigit():
+            version = int(rows[0][0])
+            while version < schema.SCHEMA_VERSION and version in schema.MIGRATIONS:
+                for stmt in schema.migration(version, text, integer, clustered):
+                    b.query(stmt)
+                migrated.append(version)
+                version += 1
+            if migrated:
+                b.query("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
+        b.commit()
+    except BaseException:
+        b.rollback()
+        raise
+    return migrated
 
 
 class Backend(Protocol):
@@ -34,8 +78,8 @@ class Backend(Protocol):
     least: str  # two-argument minimum: min() in SQLite, LEAST() in PostgreSQL
     greatest: str
 
-    def agg_distinct(self, column: str) -> str:
-        """SQL aggregate joining the distinct values of ``column`` with commas."""
+    def agg_join(self, column: str) -> str:
+        """SQL aggregate joining every value of ``column`` with commas."""
         ...
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...

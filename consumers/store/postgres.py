@@ -10,13 +10,16 @@ ordering and the reversed-name ranges behave exactly as in SQLite.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
 
 from consumers.store import schema
-from consumers.store.base import Row, StoreError, check_version, redact
+from consumers.store.base import Row, StoreError, check_version, ensure_schema, redact
+
+log = logging.getLogger("kaspwatch.store")
 
 _LOCK_KEY: Final = 0x6B617370  # "kasp": the store writers' advisory lock
 _INTEGER_COLUMNS: Final = frozenset({"ts_us", "src_port", "dst_port"})
@@ -47,20 +50,11 @@ class PostgresBackend:
 
     def ensure_schema(self) -> None:
         try:
-            self.begin()
-            for stmt in (*schema.tables('TEXT COLLATE "C"', "BIGINT"), *schema.INDEXES):
-                self.conn.execute(stmt.encode())
-            self.conn.execute(
-                _sql(
-                    "INSERT INTO meta (key, value) VALUES ('schema', ?) "
-                    "ON CONFLICT (key) DO NOTHING"
-                ),
-                (str(schema.SCHEMA_VERSION),),
-            )
-            self.commit()
+            migrated = ensure_schema(self, 'TEXT COLLATE "C"', "BIGINT")
         except psycopg.Error as exc:
-            self.rollback()
             raise StoreError(f"{self.where}: cannot create the schema: {exc}") from None
+        for version in migrated:
+            log.info("%s: store schema %d upgraded to %d", self.where, version, version + 1)
         self.check_schema()
 
     def check_schema(self) -> None:
@@ -73,8 +67,8 @@ class PostgresBackend:
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def agg_distinct(self, column: str) -> str:
-        return f"string_agg(DISTINCT {column}, ',')"
+    def agg_join(self, column: str) -> str:
+        return f"string_agg({column}, ',')"
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self.conn.cursor() as cur:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import groupby
 from operator import itemgetter
+from socket import AF_INET, AF_INET6, inet_pton
 from typing import Any, Final
 
 from consumers.assets import AssetMap
@@ -80,18 +81,48 @@ def parse_host(text: str) -> str:
         raise QueryError(f"host {text!r} is not an IP address") from None
 
 
-def ip_order(host: str) -> tuple[int, int, str]:
-    """Sort key: IPv4 by number, then IPv6 by number, then anything else by text."""
-    if ":" not in host:
-        parts = host.split(".")
-        if len(parts) == 4 and all(p.isdigit() for p in parts):
-            a, b, c, d = map(int, parts)
-            return (4, (a << 24) | (b << 16) | (c << 8) | d, host)
+def ip_order(host: str) -> tuple[int, bytes, str]:
+    """Sort key: IPv4 by number, then IPv6 by number, then anything else by text.
+
+    The packed address (big-endian bytes) orders as the number does; ``inet_pton`` is
+    what makes sorting 10,000 hosts cheap next to ``ipaddress``."""
     try:
-        addr = ipaddress.ip_address(host)
+        return (4, inet_pton(AF_INET, host), host)
+    except OSError:
+        pass
+    try:
+        return (6, inet_pton(AF_INET6, host), host)
+    except OSError:
+        pass
+    try:
+        addr = ipaddress.ip_address(host)  # a scoped IPv6 address (fe80::1%eth0)
     except ValueError:
-        return (9, 0, host)
-    return (addr.version, int(addr), host)
+        return (9, b"", host)
+    return (addr.version, addr.packed, host)
+
+
+class _Sets:
+    """Parses of one query's stored lists, by text: hosts share a few combinations of
+    sensors, categories or names, so each distinct text is parsed once per query. Every
+    row gets a list of its own."""
+
+    def __init__(self, parse: Callable[[str], list[str]]) -> None:
+        self.parse = parse
+        self.seen: dict[str, list[str]] = {}
+
+    def __call__(self, text: str) -> list[str]:
+        parsed = self.seen.get(text)
+        if parsed is None:
+            parsed = self.seen[text] = self.parse(text)
+        return parsed.copy()
+
+
+def _sorted_split(text: str) -> list[str]:
+    return sorted(text.split(","))
+
+
+def _distinct_split(text: str) -> list[str]:
+    return sorted(set(text.split(",")))
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -162,27 +193,43 @@ def hosts(
         sql = "SELECT host, first_us, last_us, count, allowlisted, categories, sensors FROM hosts"
         if where:
             sql += " WHERE " + " AND ".join(where)
+        sets = _Sets(loads_set)
         found = [
-            (host, first, last, count, allow, loads_set(cats), loads_set(sensors))
+            (host, first, last, count, allow, sets(cats), sets(sensors))
             for host, first, last, count, allow, cats, sensors in b.query(sql, params)
         ]
     found.sort(key=lambda r: ip_order(r[0]))
     wanted_sites = set(sites)
     out = []
     for host, first, last, count, allow, cats_seen, sensors_seen in found:
-        row: dict[str, Any] = {"host": host}
-        if assets is not None:
-            site = assets.lookup(host).site
-            if wanted_sites and site not in wanted_sites:
-                continue
-            row["site"] = site
-        row["first_seen"] = us_to_ts(first)
-        row["last_seen"] = us_to_ts(last)
-        row["count"] = int(count)
-        row["allowlisted"] = int(allow)
-        row["categories"] = cats_seen
-        row["sensors"] = sensors_seen
-        out.append(row)
+        if assets is None:
+            out.append(
+                {
+                    "host": host,
+                    "first_seen": us_to_ts(first),
+                    "last_seen": us_to_ts(last),
+                    "count": int(count),
+                    "allowlisted": int(allow),
+                    "categories": cats_seen,
+                    "sensors": sensors_seen,
+                }
+            )
+            continue
+        site = assets.lookup(host).site
+        if wanted_sites and site not in wanted_sites:
+            continue
+        out.append(
+            {
+                "host": host,
+                "site": site,
+                "first_seen": us_to_ts(first),
+                "last_seen": us_to_ts(last),
+                "count": int(count),
+                "allowlisted": int(allow),
+                "categories": cats_seen,
+                "sensors": sensors_seen,
+            }
+        )
     columns = HOST_COLUMNS if assets is not None else tuple(c for c in HOST_COLUMNS if c != "site")
     return Result(query, columns, columns, out, "" if out else "no host matches")
 
@@ -323,26 +370,28 @@ CONTACT_COLUMNS: Final = (
 def name_contacts(b: Backend, match: NameMatch, assets: AssetMap | None = None) -> Result:
     """Who contacted the names a pattern selects: one row per host."""
     cond, params = match.where()
-    agg_names = b.agg_distinct("name")
-    agg_cats = b.agg_distinct("category")
+    # a host's rows have distinct names (the key is (host, rname)): no DISTINCT needed,
+    # which SQLite would pay for with a temporary B-tree per host
     sql = (
         "SELECT host, min(first_us), max(last_us), CAST(sum(count) AS BIGINT), "  # noqa: S608
-        f"{agg_names}, {agg_cats} FROM host_names WHERE {cond} GROUP BY host"
+        f"{b.agg_join('name')}, {b.agg_join('category')} FROM host_names WHERE {cond} "
+        "GROUP BY host"
     )
-    rows = []
-    for host, first, last, count, names, cats in sorted(
-        b.query(sql, params), key=lambda r: ip_order(r[0])
-    ):
-        row: dict[str, Any] = {"host": host}
-        if assets is not None:
-            row["site"] = assets.lookup(host).site
-        row |= {
+    names_of, cats_of = _Sets(_sorted_split), _Sets(_distinct_split)
+    found = b.query(sql, params)
+    found.sort(key=lambda r: ip_order(r[0]))
+    rows: list[dict[str, Any]] = []
+    for host, first, last, count, names, cats in found:
+        row: dict[str, Any] = {
+            "host": host,
             "first_seen": us_to_ts(first),
             "last_seen": us_to_ts(last),
             "count": int(count),
-            "names": sorted(names.split(",")),
-            "categories": sorted(cats.split(",")),
+            "names": names_of(names),
+            "categories": cats_of(cats),
         }
+        if assets is not None:
+            row = {"host": host, "site": assets.lookup(host).site} | row
         rows.append(row)
     columns = (
         CONTACT_COLUMNS if assets is not None else tuple(c for c in CONTACT_COLUMNS if c != "site")

@@ -2,25 +2,23 @@
 
 Pure Python, no database: the store runs these inside its write transaction on the hits
 that the database reports as newly inserted, so a replayed hit never counts twice.
-Sets (sensors, names, categories) are bounded: once full, the ones seen first stay.
+Sets (sensors, categories) are bounded: once full, the ones seen first stay.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
-from itertools import groupby
+from functools import cache, lru_cache
 from operator import itemgetter
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
-from consumers.store.names import reverse_name
 from kaspwatch.event import Event
 
 MAX_SENSORS: Final = 16
-MAX_NAMES: Final = 32
 MAX_CATEGORIES: Final = 32
 
 _EPOCH: Final = datetime(1970, 1, 1)
@@ -36,16 +34,24 @@ def ts_to_us(ts: str) -> int:
 
 
 def us_to_ts(us: int) -> str:
-    """Microseconds since the epoch → RFC 3339 UTC with microseconds, as events carry."""
-    day, rest = divmod(us, 86_400_000_000)
-    secs, frac = divmod(rest, 1_000_000)
-    hours, secs = divmod(secs, 3600)
-    return f"{_day(day)}T{hours:02d}:{secs // 60:02d}:{secs % 60:02d}.{frac:06d}Z"
+    """Microseconds since the epoch → RFC 3339 UTC with microseconds, as events carry.
+
+    Queries print two per row: the day and the time of day come from small caches (a few
+    thousand days, at most 86,400 seconds), so only the microseconds are formatted."""
+    secs, frac = divmod(us, 1_000_000)
+    day, rest = divmod(secs, 86_400)
+    return f"{_day(day)}T{_hms(rest)}.{frac:06d}Z"
 
 
 @lru_cache(maxsize=4096)
 def _day(day: int) -> str:
     return (_EPOCH + timedelta(days=day)).date().isoformat()
+
+
+@cache  # at most 86,400 entries
+def _hms(secs: int) -> str:
+    hours, secs = divmod(secs, 3600)
+    return f"{hours:02d}:{secs // 60:02d}:{secs % 60:02d}"
 
 
 class HitRow(NamedTuple):
@@ -78,41 +84,51 @@ def hit_row(ev: Event) -> HitRow:
     ind = ev.indicator
     if ind is None:
         raise ValueError(f"event {ev.event_id} is an observation, not a hit")
-    extra = {k: v for k, v in ev.extra.items() if k != "allowlisted"}
+    extra = {k: v for k, v in ev.extra.items() if k != "allowlisted"} if ev.extra else None
     allow = ev.extra.get("allowlisted")
-    return HitRow(
-        ev.event_id,
-        ts_to_us(ev.ts),
-        ev.host,
-        ev.sensor,
-        ev.kind,
-        ev.name,
-        ev.query,
-        _encode(list(ev.answers)) if ev.answers else None,
-        ev.src_ip,
-        ev.src_port,
-        ev.dst_ip,
-        ev.dst_port,
-        ev.transport,
-        ind.id,
-        ind.pattern,
-        ind.match,
-        ind.category,
-        ind.severity,
-        ind.confidence,
-        str(allow) if allow else None,
-        _encode_sorted(extra) if extra else None,
+    # tuple.__new__: the fields in order, without NamedTuple's keyword-taking __new__
+    return _new_row(
+        HitRow,
+        (
+            ev.event_id,
+            ts_to_us(ev.ts),
+            ev.host,
+            ev.sensor,
+            ev.kind,
+            ev.name,
+            ev.query,
+            _json_strings(ev.answers) if ev.answers else None,
+            ev.src_ip,
+            ev.src_port,
+            ev.dst_ip,
+            ev.dst_port,
+            ev.transport,
+            ind.id,
+            ind.pattern,
+            ind.match,
+            ind.category,
+            ind.severity,
+            ind.confidence,
+            str(allow) if allow else None,
+            _encode_sorted(extra) if extra else None,
+        ),
     )
 
 
-def dumps_set(values: Iterable[str]) -> str:
-    ordered = sorted(values)
-    joined = "".join(ordered)
-    # printable ASCII without quotes or backslashes is what JSON writes as it is: skip
-    # the encoder (the same text, a fifth of the time)
+_new_row = tuple.__new__
+
+
+def _json_strings(values: Sequence[str]) -> str:
+    """A JSON array of strings, as ``json.dumps`` writes it (compact): printable ASCII
+    without quotes or backslashes is written as it is (a fifth of the encoder's time)."""
+    joined = "".join(values)
     if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
-        return '["' + '","'.join(ordered) + '"]' if ordered else "[]"
-    return _encode(ordered)
+        return '["' + '","'.join(values) + '"]' if values else "[]"
+    return _encode(list(values))
+
+
+def dumps_set(values: Iterable[str]) -> str:
+    return _json_strings(sorted(values))
 
 
 def loads_set(text: str) -> list[str]:
@@ -149,133 +165,110 @@ class Agg:
     label: str = ""  # the category of the latest hit (an indicator's category can change)
     ident: str = ""  # the indicator of the latest hit
 
-    def merge(self, other: Agg) -> None:
-        if other.last_us >= self.last_us:
-            self.label, self.ident = other.label, other.ident
-        self.first_us = min(self.first_us, other.first_us)
-        self.last_us = max(self.last_us, other.last_us)
-        self.count += other.count
-        self.allowlisted += other.allowlisted
-        self.sensors |= other.sensors
-        self.names |= other.names
-
 
 @dataclass
 class Deltas:
-    """What a batch of new hits adds to each aggregate table, by key."""
+    """What a batch of new hits adds to each aggregate table, by key: every key once."""
 
-    host_indicator: dict[tuple[str, str], Agg] = field(default_factory=dict)
-    host_category: dict[tuple[str, str], Agg] = field(default_factory=dict)
     hosts: dict[str, Agg] = field(default_factory=dict)
-    host_names: dict[tuple[str, str], Agg] = field(default_factory=dict)  # (host, rname)
-    pdns: dict[tuple[str, str], Agg] = field(default_factory=dict)  # (rname, answer)
+    host_category: dict[tuple[str, str], Agg] = field(default_factory=dict)
+    host_names: dict[tuple[str, str], Agg] = field(default_factory=dict)  # (host, name)
+    pdns: dict[tuple[str, str], Agg] = field(default_factory=dict)  # (name, answer)
 
 
-_HOST_TS = itemgetter(2, 1)
+_K = TypeVar("_K")
 _TS = itemgetter(1)
 _HOST = itemgetter(2)
 _SENSOR = itemgetter(3)
 _NAME = itemgetter(5)
-_NAME_ANSWERS = itemgetter(5, 7)
 _INDICATOR = itemgetter(13)
 _CATEGORY = itemgetter(16)
-_ALLOWLISTED = itemgetter(19)
 
 
-def _agg_of(rows: list[HitRow], values: Callable[[HitRow], str]) -> Agg:
-    """The aggregate of rows in time order (the last one is the latest)."""
-    latest = rows[-1]
-    if len(rows) == 1:
-        return Agg(
-            latest.ts_us,
-            latest.ts_us,
-            1,
-            0 if latest.allowlisted is None else 1,
-            {latest.sensor},
-            {values(latest)},
-            latest.category,
-            latest.indicator_id,
-        )
-    return Agg(
-        rows[0].ts_us,
-        latest.ts_us,
-        len(rows),
-        len(rows) - list(map(_ALLOWLISTED, rows)).count(None),
-        set(map(_SENSOR, rows)),
-        set(map(values, rows)),
-        latest.category,
-        latest.indicator_id,
-    )
+def _spans(
+    keys: list[_K], ts: list[int], ts_rev: list[int]
+) -> tuple[dict[_K, int], dict[_K, int], Counter[_K]]:
+    """First time, latest time and count of each key, from columns in time order."""
+    first = dict(zip(keys[::-1], ts_rev, strict=True))  # the earliest is written last
+    return first, dict(zip(keys, ts, strict=True)), Counter(keys)
 
 
 def deltas(rows: Iterable[HitRow]) -> Deltas:
-    """Group a batch's new hits by every aggregate key (sorting and grouping run in C)."""
+    """A batch's new hits, summed per host, per (host, category) and per (host, name),
+    and per (name, answer) for DNS answers.
+
+    Column-wise, so the per-hit work runs in C (``dict(zip(…))`` over the columns in time
+    order keeps each key's latest value, ``Counter`` counts); Python loops only over the
+    distinct keys and (key, value) pairs, the rare allowlisted hits and the DNS answers."""
+    ordered = sorted(rows, key=_TS)
+    ts = list(map(_TS, ordered))
+    ts_rev = ts[::-1]
+    hosts = list(map(_HOST, ordered))
+    cats = list(map(_CATEGORY, ordered))
+    sensors = list(map(_SENSOR, ordered))
     d = Deltas()
-    ordered = sorted(rows, key=_HOST_TS)
-    for host, group in groupby(ordered, _HOST):
-        hits = list(group)
-        d.hosts[host] = _agg_of(hits, _CATEGORY)
-        # sorted() is stable: every sub-group below stays in time order
-        for ind, g in groupby(sorted(hits, key=_INDICATOR), _INDICATOR):
-            d.host_indicator[(host, ind)] = _agg_of(list(g), _NAME)
-        for cat, g in groupby(sorted(hits, key=_CATEGORY), _CATEGORY):
-            d.host_category[(host, cat)] = _agg_of(list(g), _NAME)
-        for name, g in groupby(sorted(hits, key=_NAME), _NAME):
-            d.host_names[(host, reverse_name(name))] = _agg_of(list(g), _NAME)
-    answered = sorted(
-        (r for r in ordered if r.kind == "dns_answer" and r.answers), key=_NAME_ANSWERS
-    )
-    for (name, answers), g in groupby(answered, _NAME_ANSWERS):
-        agg = _agg_of(sorted(g, key=_TS), _NAME)
-        rname = reverse_name(name)
-        for answer in loads_set(answers):
-            key = (rname, str(answer))
-            if key in d.pdns:
-                d.pdns[key].merge(agg)
-            else:
-                d.pdns[key] = _copy(agg)
+    allowed = Counter((r[2], r[16]) for r in ordered if r[19] is not None)
+
+    first, last, count = _spans(hosts, ts, ts_rev)
+    for h, n in count.items():
+        d.hosts[h] = Agg(first[h], last[h], n)
+    for h, s in set(zip(hosts, sensors, strict=True)):
+        d.hosts[h].sensors.add(s)
+    for h, c in set(zip(hosts, cats, strict=True)):
+        d.hosts[h].names.add(c)
+
+    keys = list(zip(hosts, cats, strict=True))
+    first2, last2, count2 = _spans(keys, ts, ts_rev)
+    for k, n in count2.items():
+        d.host_category[k] = Agg(first2[k], last2[k], n)
+    for h, c, s in set(zip(hosts, cats, sensors, strict=True)):
+        d.host_category[(h, c)].sensors.add(s)
+    for (h, c), n in allowed.items():
+        d.hosts[h].allowlisted += n
+        d.host_category[(h, c)].allowlisted += n
+
+    keys = list(zip(hosts, map(_NAME, ordered), strict=True))
+    first2, last2, count2 = _spans(keys, ts, ts_rev)
+    latest = dict(zip(keys, zip(cats, map(_INDICATOR, ordered), strict=True), strict=True))
+    for k, n in count2.items():
+        cat, ind = latest[k]
+        d.host_names[k] = Agg(first2[k], last2[k], n, label=cat, ident=ind)
+
+    pdns = d.pdns
+    for r in ordered:
+        if r[7] is not None and r[4] == "dns_answer":
+            for answer in loads_set(r[7]):
+                key = (r[5], str(answer))
+                a = pdns.get(key)
+                if a is None:
+                    pdns[key] = Agg(r[1], r[1], 1)
+                else:
+                    a.last_us = r[1]
+                    a.count += 1
     return d
 
 
-def _copy(agg: Agg) -> Agg:
-    return Agg(
-        agg.first_us,
-        agg.last_us,
-        agg.count,
-        agg.allowlisted,
-        set(agg.sensors),
-        set(agg.names),
-        agg.label,
-        agg.ident,
-    )
+Counts = tuple[int, int, int, int]  # first_us, last_us, count, allowlisted
 
 
-def _merge_set(old_json: str, new: set[str], bound: int) -> str:
-    old = loads_set(old_json)
-    if new.issubset(old) or len(old) >= bound:
-        return old_json  # nothing to add (the common case): keep the stored text
-    return dumps_set(bounded_union(old, new, bound))
-
-
-def merge_row(
-    old: tuple[int, int, int, int, str, str] | None, new: Agg, max_names: int
-) -> tuple[int, int, int, int, str, str]:
-    """(first, last, count, allowlisted, sensors JSON, names JSON) after adding ``new``."""
+def merge_counts(old: Counts | None, new: Agg) -> Counts:
+    """(first, last, count, allowlisted) after adding ``new`` to a stored row (or none)."""
     if old is None:
-        return (
-            new.first_us,
-            new.last_us,
-            new.count,
-            new.allowlisted,
-            dumps_set(bounded_union([], new.sensors, MAX_SENSORS)),
-            dumps_set(bounded_union([], new.names, max_names)),
-        )
-    first, last, count, allowlisted, sensors_json, names_json = old
+        return (new.first_us, new.last_us, new.count, new.allowlisted)
+    first, last, count, allowlisted = old
     return (
         min(first, new.first_us),
         max(last, new.last_us),
         count + new.count,
         allowlisted + new.allowlisted,
-        _merge_set(sensors_json, new.sensors, MAX_SENSORS),
-        _merge_set(names_json, new.names, max_names),
     )
+
+
+def merge_set(old_json: str | None, new: set[str], bound: int) -> str:
+    """A stored bounded set (JSON, or none yet) with ``new`` added."""
+    if old_json is None:
+        return dumps_set(bounded_union([], new, bound))
+    old = loads_set(old_json)
+    if new.issubset(old) or len(old) >= bound:
+        return old_json  # nothing to add (the common case): keep the stored text
+    return dumps_set(bounded_union(old, new, bound))

@@ -9,22 +9,27 @@ Times are integer microseconds since the epoch (UTC), the same in both databases
   range delete. In SQLite the table is clustered on it (``WITHOUT ROWID``). Indexed by
   ``(host, ts_us)`` for a host's timeline. Retention deletes rows here only.
 - Materialised aggregates, updated in the transaction that inserts the hits and only for
-  hits that were new (a replay changes nothing): ``host_indicator`` and ``host_category``
-  (first/last seen, count, allowlisted count, sensors and names seen — bounded JSON lists),
+  hits that were new (a replay changes nothing), each key once per batch:
   ``hosts`` (one row per host: what ``query hosts`` and ``after-ban`` read, a few thousand
-  rows scanned whole), ``host_names`` (who contacted which name, keyed by reversed name
-  first, so a zone is one key range) and ``pdns`` (passive DNS of watched names: name →
-  answer addresses, keyed the same way). Their rows are clustered by key in SQLite.
-  No aggregate column that changes on update is indexed: an update rewrites one row in
-  place and moves no index entry.
-- ``meta``: the schema version.
+  rows scanned whole; sensors and categories seen as bounded JSON lists),
+  ``host_category`` (the same per (host, category), for ``--category``) and
+  ``host_names`` (who contacted which name: the latest indicator and category, first/last
+  seen, count), all keyed by host first, and ``pdns`` (passive DNS of watched names: name
+  → answer addresses, keyed by reversed name). Host-first keys are what makes ingest
+  cheap: a batch's hits come in bursts per host, so a host's aggregate rows sit together
+  and a batch dirties about a page per host in each table instead of one per (name, host)
+  key (version 1 keyed ``host_names`` by name: 4.6 KiB of WAL per hit against 2.4 KiB
+  now, measured in batches of 500). A name or zone query reads ``host_names`` whole in host order (a few hundred
+  thousand short rows) and groups as it goes. Rows are clustered by key in SQLite; no
+  aggregate table has a secondary index, so an update rewrites one row in place.
+- ``meta``: the schema version. ``MIGRATIONS`` upgrade older stores in place.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 HIT_COLUMNS: Final = (
     "event_id",
@@ -80,18 +85,6 @@ _TABLES: Final = (
         extra {t},
         PRIMARY KEY (ts_us, event_id)
     ){clustered}""",
-    """CREATE TABLE IF NOT EXISTS host_indicator (
-        host {t} NOT NULL,
-        indicator_id {t} NOT NULL,
-        category {t} NOT NULL,
-        first_us {i} NOT NULL,
-        last_us {i} NOT NULL,
-        count {i} NOT NULL,
-        allowlisted {i} NOT NULL,
-        sensors {t} NOT NULL,
-        names {t} NOT NULL,
-        PRIMARY KEY (host, indicator_id)
-    ){clustered}""",
     """CREATE TABLE IF NOT EXISTS host_category (
         host {t} NOT NULL,
         category {t} NOT NULL,
@@ -100,7 +93,6 @@ _TABLES: Final = (
         count {i} NOT NULL,
         allowlisted {i} NOT NULL,
         sensors {t} NOT NULL,
-        names {t} NOT NULL,
         PRIMARY KEY (host, category)
     ){clustered}""",
     """CREATE TABLE IF NOT EXISTS hosts (
@@ -113,15 +105,15 @@ _TABLES: Final = (
         sensors {t} NOT NULL
     ){clustered}""",
     """CREATE TABLE IF NOT EXISTS host_names (
-        rname {t} NOT NULL,
         host {t} NOT NULL,
+        rname {t} NOT NULL,
         name {t} NOT NULL,
         category {t} NOT NULL,
         indicator_id {t} NOT NULL,
         first_us {i} NOT NULL,
         last_us {i} NOT NULL,
         count {i} NOT NULL,
-        PRIMARY KEY (rname, host)
+        PRIMARY KEY (host, rname)
     ){clustered}""",
     """CREATE TABLE IF NOT EXISTS pdns (
         rname {t} NOT NULL,
@@ -134,11 +126,31 @@ _TABLES: Final = (
     ){clustered}""",
 )
 
-INDEXES: Final = (
-    "CREATE INDEX IF NOT EXISTS hits_host_ts ON hits (host, ts_us)",
-    "CREATE INDEX IF NOT EXISTS host_category_category ON host_category (category)",
-)
-INDEX_NAMES: Final = ("hits_host_ts", "host_category_category")
+INDEXES: Final = ("CREATE INDEX IF NOT EXISTS hits_host_ts ON hits (host, ts_us)",)
+INDEX_NAMES: Final = ("hits_host_ts",)
+
+# version → the statements that bring a store of that version to the next one, in one
+# transaction. 1 → 2 keeps every count: host_names and host_category are copied into
+# their host-first layout; host_indicator (read by no query) and the names lists of
+# host_category (idem) go. ``{clustered}`` and the types are filled in as for ``tables``.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "DROP INDEX IF EXISTS host_category_category",
+        "DROP TABLE IF EXISTS host_indicator",
+        "ALTER TABLE host_names RENAME TO host_names_v1",
+        "ALTER TABLE host_category RENAME TO host_category_v1",
+        "{host_names}",
+        "{host_category}",
+        "INSERT INTO host_names (host, rname, name, category, indicator_id, first_us, last_us, "
+        "count) SELECT host, rname, name, category, indicator_id, first_us, last_us, count "
+        "FROM host_names_v1",
+        "INSERT INTO host_category (host, category, first_us, last_us, count, allowlisted, "
+        "sensors) SELECT host, category, first_us, last_us, count, allowlisted, sensors "
+        "FROM host_category_v1",
+        "DROP TABLE host_names_v1",
+        "DROP TABLE host_category_v1",
+    ),
+}
 
 
 def tables(text: str, integer: str, clustered: str = "") -> list[str]:
@@ -146,3 +158,13 @@ def tables(text: str, integer: str, clustered: str = "") -> list[str]:
     table but ``meta`` (SQLite: `` WITHOUT ROWID``: rows kept in primary-key order, so a
     batch's updates to one host's rows touch few pages)."""
     return [t.format(t=text, i=integer, clustered=clustered) for t in _TABLES]
+
+
+def migration(version: int, text: str, integer: str, clustered: str = "") -> list[str]:
+    """The statements upgrading a store of ``version`` by one version."""
+    made = {_name(t): t for t in tables(text, integer, clustered)}
+    return [made[stmt[1:-1]] if stmt.startswith("{") else stmt for stmt in MIGRATIONS[version]]
+
+
+def _name(create: str) -> str:
+    return create.split("EXISTS", 1)[1].split("(", 1)[0].strip()

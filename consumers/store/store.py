@@ -26,6 +26,7 @@ from typing import Final
 
 from consumers.store import rollup, schema
 from consumers.store.base import Backend, open_backend
+from consumers.store.names import reverse_name
 from kaspwatch.event import Event
 
 log = logging.getLogger("kaspwatch.store")
@@ -119,51 +120,42 @@ class Store:
 
     def _existing(
         self, table: str, key: str, sets: str, hosts: list[str]
-    ) -> dict[tuple[str, ...], tuple[int, int, int, int, str, str]]:
-        out: dict[tuple[str, ...], tuple[int, int, int, int, str, str]] = {}
+    ) -> dict[tuple[str, ...], tuple[rollup.Counts, tuple[str, ...]]]:
+        """The stored counts and sets of these hosts' rows in ``table``, by key."""
+        out: dict[tuple[str, ...], tuple[rollup.Counts, tuple[str, ...]]] = {}
         keycols = "host" if not key else f"host, {key}"
         width = 1 if not key else 2
         for i in range(0, len(hosts), _CHUNK):
             chunk = hosts[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
             sql = (
-                f"SELECT {keycols}, first_us, last_us, count, allowlisted, sensors, {sets} "  # noqa: S608
+                f"SELECT {keycols}, first_us, last_us, count, allowlisted, {sets} "  # noqa: S608
                 f"FROM {table} WHERE host IN ({marks})"
             )
             for r in self.backend.query(sql, chunk):
-                first, last, count, allowlisted, sensors, values = r[width:]
-                out[tuple(r[:width])] = (first, last, count, allowlisted, sensors, values)
+                out[tuple(r[:width])] = (r[width : width + 4], r[width + 4 :])
         return out
 
     def _aggregate(self, d: rollup.Deltas) -> None:
+        """Each key of the batch is written once: ``hosts`` and ``host_category`` are read
+        first (their bounded sets are merged here), the others add in SQL."""
         b = self.backend
         hosts = sorted(d.hosts)
-
-        old = self._existing("host_indicator", "indicator_id", "names", hosts)
-        b.executemany(
-            "INSERT INTO host_indicator (host, indicator_id, category, first_us, last_us, count, "
-            "allowlisted, sensors, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (host, indicator_id) DO UPDATE SET category = excluded.category, "
-            "first_us = excluded.first_us, last_us = excluded.last_us, count = excluded.count, "
-            "allowlisted = excluded.allowlisted, sensors = excluded.sensors, names = excluded.names",
-            [
-                (h, ind, agg.label, *rollup.merge_row(old.get((h, ind)), agg, rollup.MAX_NAMES))
-                for (h, ind), agg in sorted(d.host_indicator.items())
-            ],
-        )
-        old = self._existing("host_category", "category", "names", hosts)
-        b.executemany(
-            "INSERT INTO host_category (host, category, first_us, last_us, count, allowlisted, "
-            "sensors, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (host, category) DO UPDATE SET "
-            "first_us = excluded.first_us, last_us = excluded.last_us, count = excluded.count, "
-            "allowlisted = excluded.allowlisted, sensors = excluded.sensors, names = excluded.names",
-            [
-                (h, cat, *rollup.merge_row(old.get((h, cat)), agg, rollup.MAX_NAMES))
-                for (h, cat), agg in sorted(d.host_category.items())
-            ],
-        )
-        old = self._existing("hosts", "", "categories", hosts)
+        merge_counts, merge_set = rollup.merge_counts, rollup.merge_set
+        old = self._existing("hosts", "", "sensors, categories", hosts)
+        none: tuple[None, ...] = (None, None)
+        rows: list[tuple[object, ...]] = []
+        for h in hosts:
+            agg = d.hosts[h]
+            counts, sets = old.get((h,), (None, none))
+            rows.append(
+                (
+                    h,
+                    *merge_counts(counts, agg),
+                    merge_set(sets[0], agg.sensors, rollup.MAX_SENSORS),
+                    merge_set(sets[1], agg.names, rollup.MAX_CATEGORIES),
+                )
+            )
         b.executemany(
             "INSERT INTO hosts (host, first_us, last_us, count, allowlisted, sensors, categories) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -171,16 +163,34 @@ class Store:
             "first_us = excluded.first_us, last_us = excluded.last_us, count = excluded.count, "
             "allowlisted = excluded.allowlisted, sensors = excluded.sensors, "
             "categories = excluded.categories",
-            [
-                (h, *rollup.merge_row(old.get((h,)), agg, rollup.MAX_CATEGORIES))
-                for h, agg in sorted(d.hosts.items())
-            ],
+            rows,
+        )
+        old = self._existing("host_category", "category", "sensors", hosts)
+        rows = []
+        for (h, cat), agg in sorted(d.host_category.items()):
+            counts, sets = old.get((h, cat), (None, none))
+            rows.append(
+                (
+                    h,
+                    cat,
+                    *merge_counts(counts, agg),
+                    merge_set(sets[0], agg.sensors, rollup.MAX_SENSORS),
+                )
+            )
+        b.executemany(
+            "INSERT INTO host_category (host, category, first_us, last_us, count, allowlisted, "
+            "sensors) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (host, category) DO UPDATE SET "
+            "first_us = excluded.first_us, last_us = excluded.last_us, count = excluded.count, "
+            "allowlisted = excluded.allowlisted, sensors = excluded.sensors",
+            rows,
         )
         least, greatest = b.least, b.greatest
+        reverse = reverse_name
         b.executemany(
-            "INSERT INTO host_names (rname, host, name, category, indicator_id, first_us, "  # noqa: S608
+            "INSERT INTO host_names (host, rname, name, category, indicator_id, first_us, "  # noqa: S608
             "last_us, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (rname, host) DO UPDATE SET "
+            "ON CONFLICT (host, rname) DO UPDATE SET "
             "category = CASE WHEN excluded.last_us >= host_names.last_us "
             "THEN excluded.category ELSE host_names.category END, "
             "indicator_id = CASE WHEN excluded.last_us >= host_names.last_us "
@@ -188,19 +198,10 @@ class Store:
             f"first_us = {least}(host_names.first_us, excluded.first_us), "
             f"last_us = {greatest}(host_names.last_us, excluded.last_us), "
             "count = host_names.count + excluded.count",
-            [
-                (
-                    rname,
-                    h,
-                    min(agg.names),
-                    agg.label,
-                    agg.ident,
-                    agg.first_us,
-                    agg.last_us,
-                    agg.count,
-                )
-                for (h, rname), agg in sorted(d.host_names.items())
-            ],
+            sorted(
+                (h, reverse(name), name, agg.label, agg.ident, agg.first_us, agg.last_us, agg.count)
+                for (h, name), agg in d.host_names.items()
+            ),
         )
         if d.pdns:
             b.executemany(
@@ -210,10 +211,10 @@ class Store:
                 f"first_us = {least}(pdns.first_us, excluded.first_us), "
                 f"last_us = {greatest}(pdns.last_us, excluded.last_us), "
                 "count = pdns.count + excluded.count",
-                [
-                    (rname, answer, min(agg.names), agg.first_us, agg.last_us, agg.count)
-                    for (rname, answer), agg in sorted(d.pdns.items())
-                ],
+                sorted(
+                    (reverse(name), answer, name, agg.first_us, agg.last_us, agg.count)
+                    for (name, answer), agg in d.pdns.items()
+                ),
             )
 
     # ------------------------------------------------------------------ retention
