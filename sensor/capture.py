@@ -243,14 +243,34 @@ BPF_FILTER: Final = " or ".join(
 )
 
 
+_SOL_PACKET: Final = 263
+_PACKET_STATISTICS: Final = 6
+_PACKET_FANOUT: Final = 18
+_PACKET_FANOUT_HASH: Final = 0  # by flow: the kernel's symmetric 5-tuple hash
+_PACKET_FANOUT_FLAG_DEFRAG: Final = 0x8000  # reassemble IP fragments first, so they hash alike
+
+
 class LiveCapture:
     """Frames from one interface through an AF_PACKET socket (needs CAP_NET_RAW).
 
     ``bpf`` is compiled by libpcap (through scapy) and attached in the kernel, so
     uninteresting packets never reach Python. ``drops`` reads the kernel's counters.
+
+    ``fanout`` joins the socket to a PACKET_FANOUT group (id 0-65535) in flow-hash mode:
+    several sensor processes on one interface with the same group each get a share of
+    the flows, and both directions of a flow go to the same process (the hash is
+    symmetric), so each owns its flows' whole state (TCP stream heads, QUIC Initials).
+    DNS attribution is per process: a flow to an address whose DNS answer another member
+    saw is not attributed. The group exists while a member lives.
     """
 
-    def __init__(self, interface: str, snaplen: int = 65535, bpf: str | None = BPF_FILTER) -> None:
+    def __init__(
+        self,
+        interface: str,
+        snaplen: int = 65535,
+        bpf: str | None = BPF_FILTER,
+        fanout: int | None = None,
+    ) -> None:
         self.interface = interface
         self.snaplen = snaplen
         self.kernel_packets = 0
@@ -268,6 +288,8 @@ class LiveCapture:
             raise CaptureError(f"{interface}: cannot capture: {exc.strerror}") from None
         if bpf:
             self._attach(bpf)
+        if fanout is not None:
+            self._join_fanout(fanout)
         self._sock.settimeout(0.2)
         self.stats = ReadStats()
         self._stop = False
@@ -284,11 +306,24 @@ class LiveCapture:
                 f"{self.interface}: cannot attach capture filter {bpf!r}: {exc}"
             ) from None
 
+    def _join_fanout(self, group: int) -> None:
+        if not 0 <= group <= 0xFFFF:
+            self._sock.close()
+            raise CaptureError(f"{self.interface}: fanout group {group} is not in 0-65535")
+        mode = _PACKET_FANOUT_HASH | _PACKET_FANOUT_FLAG_DEFRAG
+        try:
+            arg = struct.pack("I", group | mode << 16)  # the flag sets bit 31: not a C int
+            self._sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT, arg)
+        except OSError as exc:  # EINVAL: the group exists with another mode or interface
+            self._sock.close()
+            raise CaptureError(
+                f"{self.interface}: cannot join fanout group {group}: {exc.strerror}"
+            ) from None
+
     def read_kernel_stats(self) -> tuple[int, int]:
         """(packets, drops) since the last call, added to the running totals."""
-        sol_packet, packet_statistics = 263, 6
         try:
-            raw = self._sock.getsockopt(sol_packet, packet_statistics, 8)
+            raw = self._sock.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8)
         except OSError:
             return self.kernel_packets, self.kernel_drops
         packets, drops = struct.unpack("II", raw)
