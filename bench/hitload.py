@@ -28,13 +28,14 @@ def _checksum(header: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def dns_query_frame(n: int, base: int = 100) -> bytes:
-    """Ethernet/IPv4/UDP DNS A query for ``kw<n>.upd.kaspersky.com`` from client ``n``."""
+def dns_query_frame(n: int, base: int = 100, client: int | None = None) -> bytes:
+    """Ethernet/IPv4/UDP DNS A query for ``kw<n>.upd.kaspersky.com`` from client ``client``
+    (default: ``n``)."""
     name = QUERY_NAME.format(n=n)
     qname = b"".join(bytes((len(label),)) + label.encode() for label in name.split(".")) + b"\0"
     dns = struct.pack("!HHHHHH", n & 0xFFFF, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
     udp = struct.pack("!HHHH", 1024 + n % 60000, 53, 8 + len(dns), 0) + dns
-    src = bytes(int(x) for x in client_ip(n, base).split("."))
+    src = bytes(int(x) for x in client_ip(n if client is None else client, base).split("."))
     ip = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n & 0xFFFF, 0, 64, 17, 0, src, RESOLVER
     )
@@ -43,9 +44,10 @@ def dns_query_frame(n: int, base: int = 100) -> bytes:
     return eth + ip + udp
 
 
-def frames(count: int, base: int = 100) -> Iterator[bytes]:
+def frames(count: int, base: int = 100, hosts: int | None = None) -> Iterator[bytes]:
+    """``count`` queries; from ``count`` distinct clients, or round-robin over ``hosts``."""
     for n in range(count):
-        yield dns_query_frame(n, base)
+        yield dns_query_frame(n, base, None if hosts is None else n % hosts)
 
 
 def write_pcap(path: Path, packets: Iterator[bytes], interval_us: int = 100) -> int:

@@ -1,4 +1,6 @@
-"""Helpers for tests on the real Kafka broker: topics, reading back, commits, /metrics."""
+"""Helpers for tests on the real Kafka broker: topics, reading back, commits, /metrics.
+
+bench/ scripts use them too, so pytest is imported only where a test fails."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import time
 import urllib.request
 from contextlib import suppress
 
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -15,14 +16,19 @@ from aiokafka.errors import TopicAlreadyExistsError
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 
 
-async def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
-    """Create the topics and wait until every partition has a leader."""
+async def create_topics(
+    bootstrap: str, *specs: tuple[str, int], configs: dict[str, str] | None = None
+) -> None:
+    """Create the topics (with these topic ``configs``) and wait until every partition
+    has a leader."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         for name, parts in specs:
             with suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, parts, replication_factor=1)])
+                await admin.create_topics(
+                    [NewTopic(name, parts, replication_factor=1, topic_configs=configs or {})]
+                )
         names = [name for name, _ in specs]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -37,6 +43,8 @@ async def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
             if ready == set(names):
                 return
             await asyncio.sleep(0.1)
+        import pytest
+
         pytest.fail(f"topics {names} have no leader after 20 s")
     finally:
         await admin.close()
@@ -64,6 +72,13 @@ async def read_topic(
 
 
 async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
+    committed, end = await group_progress(bootstrap, group, topic)
+    return end is not None and committed == end
+
+
+async def group_progress(bootstrap: str, group: str, topic: str) -> tuple[int, int | None]:
+    """(offsets the group committed, end offsets), summed over the topic's partitions;
+    end is None while the topic has no partitions."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
@@ -74,9 +89,11 @@ async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
             await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return 0, None
         ends = await consumer.end_offsets(tps)
-        committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
-        return bool(tps) and committed == ends
+        committed = [await consumer.committed(tp) or 0 for tp in tps]
+        return sum(committed), sum(ends.values())
     finally:
         await consumer.stop()
 
@@ -87,6 +104,8 @@ async def wait_committed(bootstrap: str, group: str, topic: str, timeout: float 
         if await committed_everything(bootstrap, group, topic):
             return
         await asyncio.sleep(0.3)
+    import pytest
+
     pytest.fail(f"group {group} did not commit every offset of {topic} within {timeout} s")
 
 
