@@ -212,15 +212,6 @@ async def drain(
     """hits/s from the group's first commit until its lag is 0."""
     proc = spawn(cmd, tmp / f"{name}.log")
     spy = None
-    if profile:
-        spy = subprocess.Popen(
-            [
-                *("py-spy", "record", "-p", str(proc.pid), "-d", "20", "-f", "raw"),
-                *("-o", str(tmp / f"{name}.folded"), "--nonblocking"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
     first: tuple[float, int] | None = None
     try:
         deadline = time.monotonic() + 240
@@ -229,6 +220,15 @@ async def drain(
             now = time.monotonic()
             if committed and first is None:
                 first = (now, committed)
+                if profile:  # from the first commit: start-up is not what we are after
+                    spy = subprocess.Popen(
+                        [
+                            *("py-spy", "record", "-p", str(proc.pid), "-f", "raw"),
+                            *("-o", str(tmp / f"{name}.folded"), "--nonblocking"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
             if end is not None and committed == end and first is not None:
                 rate = (committed - first[1]) / (now - first[0]) if now > first[0] else 0.0
                 break
@@ -244,17 +244,26 @@ async def drain(
     return rate, (tmp / f"{name}.folded").read_text() if profile else ""
 
 
-def top_self(folded: str, n: int = 12) -> list[str]:
-    """The functions with the most samples on top of the stack (py-spy raw output)."""
-    counts: dict[str, int] = {}
+def hot_spots(folded: str, n: int = 8) -> list[str]:
+    """From py-spy's folded stacks: the functions most often on top of the stack (self),
+    and the project's own functions by time spent in them and below (total)."""
+    own: dict[str, int] = {}
+    total_in: dict[str, int] = {}
     total = 0
     for line in folded.splitlines():
-        stack, _, k = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
-        counts[leaf] = counts.get(leaf, 0) + int(k)
-        total += int(k)
-    best = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
-    return [f"  {k / total:6.1%}  {leaf}" for leaf, k in best]
+        stack, _, count = line.rpartition(" ")
+        k = int(count)
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + k
+        for f in set(frames):
+            if "(kaspwatch/" in f or "(consumers/" in f or "(sensor/" in f:
+                total_in[f] = total_in.get(f, 0) + k
+        total += k
+    rows = []
+    for label, table in (("self", own), ("total", total_in)):
+        for f, k in sorted(table.items(), key=lambda kv: -kv[1])[:n]:
+            rows.append(f"  {label:<5} {k / max(total, 1):6.1%}  {f}")
+    return rows
 
 
 async def throughput(args: argparse.Namespace, bootstrap: str, tmp: Path) -> list[str]:
@@ -286,8 +295,8 @@ async def throughput(args: argparse.Namespace, bootstrap: str, tmp: Path) -> lis
         _, folded = await drain(
             slowest, [*consumers[slowest], "--group", group], bootstrap, group, topic, tmp, True
         )
-        rows.append(f"py-spy, {slowest} (self time, top functions):")
-        rows += top_self(folded)
+        rows.append(f"py-spy, {slowest}, while draining:")
+        rows += hot_spots(folded)
     return rows
 
 

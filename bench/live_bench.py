@@ -52,13 +52,15 @@ def ensure_tools() -> None:
         subprocess.run(["bash", str(REPO / ".ci" / "system-packages.sh")], check=True)
 
 
-def default_pcap(workdir: Path) -> Path:
+def default_pcap(workdir: Path, packets: int) -> Path:
+    """The seeded mixed capture of bench/gen_mixed.py (bulk TCP, TLS, HTTP, DNS, QUIC)."""
     gen = REPO / "bench" / "gen_mixed.py"
-    if gen.exists():
-        out = workdir / "mixed.pcap"
-        subprocess.run([sys.executable, str(gen), "--out", str(out)], check=True)
-        return out
-    return REPO / "samples" / "sample.pcap"
+    if not gen.exists():
+        sys.exit("live_bench: bench/gen_mixed.py is missing; pass --pcap FILE")
+    out = workdir / "mixed.pcap"
+    cmd = [sys.executable, str(gen), str(out), "--packets", str(packets)]
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return out
 
 
 def start_sensor(net: Pair, cpu: int, name: str, fanout: bool) -> subprocess.Popen[str]:
@@ -108,7 +110,8 @@ def stop_sensor(proc: subprocess.Popen[str]) -> tuple[int, int, float]:
 def trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, procs: int, seconds: float) -> Trial:
     ncpu = os.cpu_count() or 1
     sensors = [start_sensor(net, i % ncpu, f"bench-{i}", procs > 1) for i in range(procs)]
-    loops = max(1, round(rate * seconds / pcap_packets))
+    count = int(rate * seconds)
+    loops = -(-count // pcap_packets)  # enough loops for count packets; --limit cuts
     server_if = "kws" + net.client_if[3:]
     replay = net.run(
         net.server,
@@ -119,6 +122,7 @@ def trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, procs: int, secon
         "--preload-pcap",
         "--unique-ip",  # new addresses each loop: many flows for the fanout hash
         f"--loop={loops}",
+        f"--limit={count}",
         f"--pps={rate}",
         "-i",
         server_if,
@@ -172,14 +176,15 @@ def best(trials: list[Trial]) -> Trial | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pcap", type=Path, help="capture to replay (default: bench/gen_mixed.py)")
+    ap.add_argument("--packets", type=int, default=300_000, help="size of the generated capture")
     ap.add_argument("--seconds", type=float, default=8.0, help="replay length per rate")
     ap.add_argument("--rates", help="comma-separated pps ladder (default: 2k .. 220k)")
     args = ap.parse_args()
     ensure_tools()
     rates = [int(r) for r in args.rates.split(",")] if args.rates else list(RATES)
     with tempfile.TemporaryDirectory(prefix="kw-live-bench-") as tmp:
-        pcap = args.pcap or default_pcap(Path(tmp))
-        info = subprocess.run(["capinfos", "-c", str(pcap)], capture_output=True, text=True)
+        pcap = args.pcap or default_pcap(Path(tmp), args.packets)
+        info = subprocess.run(["capinfos", "-c", "-M", str(pcap)], capture_output=True, text=True)
         m = re.search(r"Number of packets:\s+(\d+)", info.stdout) if info.returncode == 0 else None
         n = int(m.group(1)) if m else sum(1 for _ in _frames(pcap))
         print(
