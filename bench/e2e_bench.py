@@ -304,13 +304,16 @@ async def inside(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kw-e2e-") as t:
         tmp = Path(t)
         with broker(tmp) as bootstrap:
-            print(f"broker {bootstrap} in the sensor's namespace; {os.cpu_count()} cores")
+            print(
+                f"broker {bootstrap} in the sensor's namespace; {os.cpu_count()} cores, "
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
             print(LAT_HEAD)
             lat = await latency(args, bootstrap, tmp)
             print(f"| consumer | {args.preload} hits from {args.hosts} hosts |")
             print("|---|---|")
             tput = await throughput(args, bootstrap, tmp)
-    print("\nsummary")
+    print(f"\nsummary (load average at the end {os.getloadavg()[0]:.1f})")
     print(LAT_HEAD)
     print("\n".join(lat))
     print(f"| consumer (alone, {args.preload} hits, {args.hosts} hosts) | drain rate |\n|---|---|")

@@ -43,6 +43,7 @@ class Trial:
     read: int
     drops: int
     exit_s: float
+    per_process: str  # "read/drops" of each process, to see which one fell behind
 
 
 def ensure_tools() -> None:
@@ -143,6 +144,7 @@ def trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, procs: int, secon
         sum(t[0] for t in totals),
         sum(t[1] for t in totals),
         max(t[2] for t in totals),
+        " ".join(f"{t[0]}/{t[1]}" for t in totals),
     )
 
 
@@ -150,17 +152,30 @@ def ladder(
     net: Pair, pcap: Path, n: int, procs: int, rates: list[int], seconds: float
 ) -> list[Trial]:
     out: list[Trial] = []
-    for rate in rates:
+
+    def run(rate: int) -> Trial:
         t = trial(net, pcap, n, rate, procs, seconds)
         out.append(t)
         print(
-            f"  {procs} proc  offered {rate:>7} pps  achieved {t.achieved_pps:>9.0f} pps  "
-            f"sent {t.sent:>8}  read {t.read:>8}  kernel drops {t.drops:>7}  exit {t.exit_s:4.1f} s",
+            f"  {procs} proc  offered {rate:>7} pps  achieved {t.achieved_pps:>7.0f} pps  "
+            f"sent {t.sent:>7}  read {t.read:>7}  kernel drops {t.drops:>6}  "
+            f"exit {t.exit_s:4.1f} s"
+            + (f"  (read/drops each: {t.per_process})" if procs > 1 else ""),
             flush=True,
         )
-        if t.drops and len(out) >= 2 and out[-2].drops:
-            break  # two rates with drops in a row: past the knee
+        return t
+
+    for rate in rates:
+        if not ok(run(rate)):
+            good = [t.rate for t in out if ok(t)]
+            if good:  # one more step halfway back, to place the knee closer
+                run((max(good) + rate) // 2)
+            break
     return out
+
+
+def ok(t: Trial) -> bool:
+    return t.drops == 0 and t.exit_s <= KEPT_UP_EXIT_S
 
 
 KEPT_UP_EXIT_S = 2.0  # a sensor that fell behind spends longer reading out its queue
@@ -169,7 +184,7 @@ KEPT_UP_EXIT_S = 2.0  # a sensor that fell behind spends longer reading out its 
 def best(trials: list[Trial]) -> Trial | None:
     """The highest rate with no kernel drop and no backlog left when the replay ended (the
     32 MiB socket queue would otherwise hide a sensor that is slower than the wire)."""
-    good = [t for t in trials if t.drops == 0 and t.exit_s <= KEPT_UP_EXIT_S]
+    good = [t for t in trials if ok(t)]
     return max(good, key=lambda t: t.achieved_pps) if good else None
 
 
@@ -188,7 +203,8 @@ def main() -> int:
         m = re.search(r"Number of packets:\s+(\d+)", info.stdout) if info.returncode == 0 else None
         n = int(m.group(1)) if m else sum(1 for _ in _frames(pcap))
         print(
-            f"capture {pcap} ({n} packets), {os.cpu_count()} cores, {args.seconds:.0f} s per rate"
+            f"capture {pcap} ({n} packets), {os.cpu_count()} cores, {args.seconds:.0f} s per "
+            f"rate, load average {os.getloadavg()[0]:.1f} (other work on the machine skews this)"
         )
         with namespace_pair("lb") as net:
             print("one sensor process, core 0; tcpreplay on the last core")
@@ -208,6 +224,7 @@ def main() -> int:
     print(f"| 2 processes (fanout), 2 cores | {b2.achieved_pps:.0f} |" if b2 else "| 2 | none |")
     if b1 and b2:
         print(f"| scaling 2 vs 1 | {b2.achieved_pps / b1.achieved_pps:.2f}x |")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if (os.cpu_count() or 1) <= 2:
         print("note: 2 cores: tcpreplay shares core 1 with the second fanout member")
     return 0
