@@ -244,6 +244,9 @@ async def drain(
     return rate, (tmp / f"{name}.folded").read_text() if profile else ""
 
 
+_ENTRY = ("__main__.py", "cli.py", "commands.py", "store_commands.py")  # always on the stack
+
+
 def hot_spots(folded: str, n: int = 8) -> list[str]:
     """From py-spy's folded stacks: the functions most often on top of the stack (self),
     and the project's own functions by time spent in them and below (total)."""
@@ -256,7 +259,8 @@ def hot_spots(folded: str, n: int = 8) -> list[str]:
         frames = stack.split(";")
         own[frames[-1]] = own.get(frames[-1], 0) + k
         for f in set(frames):
-            if "(kaspwatch/" in f or "(consumers/" in f or "(sensor/" in f:
+            own_code = "(kaspwatch/" in f or "(consumers/" in f or "(sensor/" in f
+            if own_code and not any(e in f for e in _ENTRY):
                 total_in[f] = total_in.get(f, 0) + k
         total += k
     rows = []

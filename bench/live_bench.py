@@ -44,6 +44,11 @@ class Trial:
     drops: int
     exit_s: float
     per_process: str  # "read/drops" of each process, to see which one fell behind
+    cpu_s: float  # the sensors' CPU time while the replay ran: load on the machine aside
+
+    @property
+    def us_per_packet(self) -> float:
+        return self.cpu_s * 1e6 / self.read if self.read else 0.0
 
 
 def ensure_tools() -> None:
@@ -114,6 +119,7 @@ def trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, procs: int, secon
     count = int(rate * seconds)
     loops = -(-count // pcap_packets)  # enough loops for count packets; --limit cuts
     server_if = "kws" + net.client_if[3:]
+    cpu_before = sum(cpu_seconds(p.pid) for p in sensors)
     replay = net.run(
         net.server,
         "taskset",
@@ -135,6 +141,7 @@ def trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, procs: int, secon
     sent = int(re.search(r"Actual: (\d+) packets", replay.stdout).group(1))  # type: ignore[union-attr]
     pps = float(re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", replay.stdout).group(1))  # type: ignore[union-attr]
     time.sleep(1.0)  # let the sensors read out what is queued
+    cpu = sum(cpu_seconds(p.pid) for p in sensors) - cpu_before
     totals = [stop_sensor(p) for p in sensors]
     return Trial(
         rate,
@@ -145,7 +152,14 @@ def trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, procs: int, secon
         sum(t[1] for t in totals),
         max(t[2] for t in totals),
         " ".join(f"{t[0]}/{t[1]}" for t in totals),
+        cpu,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all threads (/proc/PID/stat utime, stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ladder(
@@ -159,7 +173,7 @@ def ladder(
         print(
             f"  {procs} proc  offered {rate:>7} pps  achieved {t.achieved_pps:>7.0f} pps  "
             f"sent {t.sent:>7}  read {t.read:>7}  kernel drops {t.drops:>6}  "
-            f"exit {t.exit_s:4.1f} s"
+            f"exit {t.exit_s:4.1f} s  cpu {t.us_per_packet:4.1f} us/packet"
             + (f"  (read/drops each: {t.per_process})" if procs > 1 else ""),
             flush=True,
         )
@@ -225,6 +239,15 @@ def main() -> int:
     if b1 and b2:
         print(f"| scaling 2 vs 1 | {b2.achieved_pps / b1.achieved_pps:.2f}x |")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    clean = [t for t in one if ok(t) and t.read]
+    if clean:  # what one core could do if nothing else wanted it (batches are fullest there)
+        top = max(clean, key=lambda t: t.achieved_pps)
+        us, passed = top.us_per_packet, top.read / top.sent
+        print(
+            f"one process: {us:.1f} us CPU per packet read at its highest zero-drop rate: "
+            f"a whole core would read ~{1e6 / us:,.0f} packets/s, "
+            f"~{1e6 / us / passed:,.0f} offered ({passed:.0%} pass the kernel filter)"
+        )
     if (os.cpu_count() or 1) <= 2:
         print("note: 2 cores: tcpreplay shares core 1 with the second fanout member")
     return 0
