@@ -13,7 +13,7 @@ Throughput: N hits (from --hosts client hosts) preloaded into a topic; `kaspwatc
 offsets committed per second from the group's first commit until its lag is 0.
 
 Needs root. Run: .venv/bin/python bench/e2e_bench.py   (--profile adds a py-spy profile of
-the slowest consumer; needs `pip install py-spy` in .venv)
+the slowest consumer)
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ from tests.kafkautil import create_topics, group_progress  # noqa: E402
 from tests.netns import namespace_pair  # noqa: E402
 
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka-local.sh"
+PY_SPY = shutil.which(
+    "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+)
 KW = [sys.executable, "-m", "kaspwatch"]
 LAT_HEAD = (
     "| rate | alerts/expected | p50 ms | p99 ms | max ms | sensor p50 ms | sensor p99 ms |\n"
@@ -223,7 +226,7 @@ async def drain(
                 if profile:  # from the first commit: start-up is not what we are after
                     spy = subprocess.Popen(
                         [
-                            *("py-spy", "record", "-p", str(proc.pid), "-f", "raw"),
+                            *(str(PY_SPY), "record", "-p", str(proc.pid), "-f", "raw"),
                             *("-o", str(tmp / f"{name}.folded"), "--nonblocking"),
                         ],
                         stdout=subprocess.DEVNULL,
@@ -334,6 +337,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy the slowest consumer")
     ap.add_argument("--inside", nargs=3, metavar=("CLIENT_IF", "SERVER_NS", "SERVER_IF"))
     args, _ = ap.parse_known_args()
+    if args.profile and PY_SPY is None:
+        sys.exit("e2e_bench: --profile needs py-spy (a dev dependency: make test installs it)")
     if args.inside is None:
         return outside(args, sys.argv[1:])
     return asyncio.run(inside(args))
