@@ -19,6 +19,7 @@ have kdig || need+=(knot-dnsutils)
 have nginx || need+=(nginx-light)
 have tinyproxy || need+=(tinyproxy)
 have chromium || need+=(chromium)
+have tcpreplay || need+=(tcpreplay)
 have prometheus-alertmanager || need+=(prometheus-alertmanager)
 have promtool || need+=(prometheus)
 # PostgreSQL server for the store tests: its binaries live in /usr/lib/postgresql/*/bin

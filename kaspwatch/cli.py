@@ -64,6 +64,13 @@ def _add_source_opts(p: argparse.ArgumentParser) -> None:
         help="live capture: drop root for this user once the capture sockets are open",
     )
     p.add_argument(
+        "--fanout",
+        type=int,
+        metavar="GROUP",
+        help="live capture: join PACKET_FANOUT group GROUP (0-65535, flow hash) so several "
+        "sensor processes on one interface share its flows, each flow to one process",
+    )
+    p.add_argument(
         "--bpf",
         metavar="EXPR",
         help="live capture: kernel filter (default: packets that can carry a name or start "

@@ -82,10 +82,17 @@ def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
     if args.pcap:
         return [CaptureFile(p) for p in args.pcap]
     bpf = BPF_FILTER if args.bpf is None else args.bpf
-    live = MergedLive([LiveCapture(i, bpf=bpf or None) for i in args.interface])
+    if args.fanout is not None and len(args.interface) > 1:
+        raise CaptureError("--fanout takes one --interface: run one fanout group per interface")
+    live = MergedLive([LiveCapture(i, bpf=bpf or None, fanout=args.fanout) for i in args.interface])
     if args.user:
         drop_privileges(args.user)
-    log.info("capturing on %s (%s)", ", ".join(args.interface), "filtered" if bpf else "unfiltered")
+    log.info(
+        "capturing on %s (%s%s)",
+        ", ".join(args.interface),
+        "filtered" if bpf else "unfiltered",
+        "" if args.fanout is None else f", fanout group {args.fanout}",
+    )
     return [live]
 
 
@@ -176,14 +183,17 @@ def cmd_sense(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     s = sensor.stats
+    drops = [src.kernel_drops() for src in sources if isinstance(src, MergedLive)]
     log.info(
-        "sensor %s: %d packets, %d hits, %d published, %d publish failures, %d decode errors",
+        "sensor %s: %d packets, %d hits, %d published, %d publish failures, %d decode errors, "
+        "%d kernel drops",
         args.sensor,
         s.packets,
         s.hits,
         publish.published,
         publish.failures,
         s.decode_errors,
+        sum(drops),
     )
     return 1 if publish.failures else 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -117,8 +118,16 @@ def format_ts(epoch_ns: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
 
 
+_TS_SHAPE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{1,6}Z")
+
+
 def parse_ts(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """The inverse of ``format_ts`` (1-6 fraction digits), strict on the shape; ValueError
+    otherwise. fromisoformat after a shape check: strptime was a fifth of the alerts
+    consumer's time."""
+    if not _TS_SHAPE.fullmatch(ts):
+        raise ValueError(f"time {ts!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+    return datetime.fromisoformat(ts)
 
 
 def make_event_id(

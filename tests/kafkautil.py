@@ -1,5 +1,7 @@
 """Helpers for tests on the real Kafka broker: topics, producing, reading back, commits,
-/metrics."""
+/metrics.
+
+bench/ scripts use them too, so pytest is imported only where a test fails."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -23,19 +24,28 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopba
 
 
 async def create_topics(
-    bootstrap: str, *specs: tuple[str, int], replicas: list[int] | None = None
+    bootstrap: str,
+    *specs: tuple[str, int],
+    replicas: list[int] | None = None,
+    configs: dict[str, str] | None = None,
 ) -> None:
-    """Create the topics and wait until every partition has a leader. ``replicas`` (broker
-    ids, the preferred leader first) places every partition on those brokers; without it,
-    one replica."""
+    """Create the topics (with these topic ``configs``) and wait until every partition has a
+    leader. ``replicas`` (broker ids, the preferred leader first) places every partition on
+    those brokers; without it, one replica."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         for name, parts in specs:
             topic = (
-                NewTopic(name, -1, -1, replica_assignments={p: replicas for p in range(parts)})
+                NewTopic(
+                    name,
+                    -1,
+                    -1,
+                    replica_assignments={p: replicas for p in range(parts)},
+                    topic_configs=configs or {},
+                )
                 if replicas
-                else NewTopic(name, parts, replication_factor=1)
+                else NewTopic(name, parts, replication_factor=1, topic_configs=configs or {})
             )
             with suppress(TopicAlreadyExistsError):
                 await admin.create_topics([topic])
@@ -56,6 +66,8 @@ async def create_topics(
             if ready == set(names):
                 return
             await asyncio.sleep(0.1)
+        import pytest
+
         pytest.fail(f"topics {names} have no leader after 20 s")
     finally:
         await admin.close()
@@ -96,6 +108,8 @@ async def committed_offsets(
             await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return {}, {}
         ends = await consumer.end_offsets(tps)
         committed = {tp.partition: await consumer.committed(tp) or 0 for tp in tps}
         return committed, {tp.partition: n for tp, n in ends.items()}
@@ -108,12 +122,21 @@ async def committed_everything(bootstrap: str, group: str, topic: str) -> bool:
     return bool(ends) and committed == ends
 
 
+async def group_progress(bootstrap: str, group: str, topic: str) -> tuple[int, int | None]:
+    """(offsets the group committed, end offsets), summed over the topic's partitions;
+    end is None while the topic has no partitions."""
+    committed, ends = await committed_offsets(bootstrap, group, topic)
+    return sum(committed.values()), (sum(ends.values()) if ends else None)
+
+
 async def wait_committed(bootstrap: str, group: str, topic: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await committed_everything(bootstrap, group, topic):
             return
         await asyncio.sleep(0.3)
+    import pytest
+
     pytest.fail(f"group {group} did not commit every offset of {topic} within {timeout} s")
 
 

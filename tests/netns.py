@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import pytest
-
 SERVER_V4, CLIENT_V4 = "10.78.0.1", "10.78.0.2"
 SERVER_V6, CLIENT_V6 = "fd78::1", "fd78::2"
 
 
 def need_tools(*tools: str) -> None:
+    import pytest  # here, so bench/ scripts can use namespace_pair without pytest
+
     if os.geteuid() != 0:
         pytest.fail("namespace tests need root (ip netns); run the suite as root, as CI does")
     missing = [t for t in tools if shutil.which(t) is None]
@@ -84,6 +84,8 @@ def namespace_pair(tag: str) -> Iterator[Pair]:
 def wait_for_stderr(proc: subprocess.Popen[str], text: str, timeout: float = 15.0) -> str:
     """Read the process's stderr until ``text`` appears; return what was read."""
     import select
+
+    import pytest
 
     assert proc.stderr is not None
     seen = ""

@@ -45,6 +45,17 @@ def test_one_alert_per_host_and_category_per_window() -> None:
     assert (engine.alerts, engine.suppressed) == (4, 1)
 
 
+def test_fanned_out_sensors_do_not_double_alert() -> None:
+    """Sensors in one PACKET_FANOUT group each see some of a host's flows; the alerts
+    consumer keys on (host, category, stage), never on the sensor, so one alert."""
+    from dataclasses import replace
+
+    engine = AlertEngine(window_s=600)
+    a = replace(hit("10.1.1.1", 0), sensor="edge-1/fanout-0")
+    b = replace(hit("10.1.1.1", 1, name="s02.upd.kaspersky.com"), sensor="edge-1/fanout-1")
+    assert [len(engine.feed(e)) for e in (a, b)] == [1, 0]
+
+
 def test_observations_never_alert() -> None:
     ev = hit("10.1.1.1", 0)
     obs = Event(**{**{f: getattr(ev, f) for f in Event.__slots__}, "indicator": None})  # type: ignore[attr-defined]
