@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from kaspwatch import __version__
 from kaspwatch.alerting import add_alert_options
 from kaspwatch.argtypes import listen_addr
 from kaspwatch.bus import BusError
-from kaspwatch.config import load_config
+from kaspwatch.bus.spool import SpoolError
+from kaspwatch.config import SPOOL_POLICIES, load_config, parse_size
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HEARTBEATS_TOPIC, HITS_TOPIC
 from kaspwatch.store_commands import add_store_parsers
 from sensor.capture import CaptureError
@@ -69,6 +72,41 @@ def _add_source_opts(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_spool_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="hits wait here while the bus is down (config 'spool_dir'; default "
+        "$KASPWATCH_STATE_DIR/spool-SENSOR, else .kaspwatch/spool-SENSOR)",
+    )
+    p.add_argument(
+        "--spool-max-bytes",
+        type=_size,
+        metavar="SIZE",
+        help="spool bound, e.g. 512M (config 'spool_max_bytes'; default 512M)",
+    )
+    p.add_argument(
+        "--spool-policy",
+        choices=SPOOL_POLICIES,
+        help="which hit a full spool loses, counted and logged (config 'spool_policy'; "
+        "default drop-oldest)",
+    )
+    p.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a send the bus has not acknowledged by then counts as failed: spool (default 10)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kaspwatch",
@@ -107,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve the sensor's metrics here",
     )
+    _add_spool_opts(p)
     _add_sensor_opts(p)
 
     p = sub.add_parser("alerts", help="consume hits, raise alerts to every configured sink")
@@ -194,10 +233,39 @@ def _resolve(args: argparse.Namespace) -> None:
         args.sensor = (
             args.sensor or cfg.sensor or os.environ.get("KASPWATCH_SENSOR") or socket.gethostname()
         )
+    if "spool_dir" in args:
+        base = os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch")
+        args.spool_dir = (
+            args.spool_dir
+            or cfg.spool_dir
+            or os.path.join(base, "spool-" + re.sub(r"[^A-Za-z0-9._-]", "_", args.sensor))
+        )
+        args.spool_max_bytes = args.spool_max_bytes or cfg.spool_max_bytes or 512 << 20
+        args.spool_policy = args.spool_policy or cfg.spool_policy or "drop-oldest"
     if "bus" in args:
         args.bus = args.bus or cfg.bus or os.environ.get("KASPWATCH_BUS")
         if not args.bus:
             raise BusError("no bus: give --bus, set KASPWATCH_BUS, or 'bus:' in the config file")
+
+
+class _RateLimit(logging.Filter):
+    """Each distinct message at most once per ``interval`` seconds: a client retrying an
+    unreachable broker ten times a second must not flood the log (or block on a full pipe)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        now = time.monotonic()
+        if now - self.last.get(key, -self.interval) < self.interval:
+            return False
+        if len(self.last) > 1000:
+            self.last.clear()
+        self.last[key] = now
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,12 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    if not args.verbose:
+        logging.getLogger("aiokafka").addFilter(_RateLimit(30.0))
     from kaspwatch import commands
 
     try:
         _resolve(args)
         return commands.dispatch(args)
-    except (CaptureError, PackError, BusError) as exc:
+    except (CaptureError, PackError, BusError, SpoolError) as exc:
         print(f"kaspwatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

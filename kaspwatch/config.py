@@ -6,6 +6,9 @@ bus: kafka://10.1.2.3:9092         # default for sense/alerts/metrics
 packs: [/etc/kaspwatch/site.yaml]  # site packs, layered over the shipped pack
 allowlist: /etc/kaspwatch/allowlist.yaml
 window: 3600                       # alert suppression window, seconds
+spool_dir: /var/lib/kaspwatch/spool  # sense: hits wait here while the bus is down
+spool_max_bytes: 512M              # sense: spool bound (K, M, G suffixes)
+spool_policy: drop-oldest          # sense: which hit a full spool loses (or drop-newest)
 ```
 Command-line flags override the file. Relative paths are relative to the file.
 Errors name the file and line.
@@ -20,7 +23,10 @@ import yaml
 
 from sensor.yamlfile import PackError, load_yaml
 
-KEYS = {"sensor", "bus", "packs", "allowlist", "window"}
+KEYS = {
+    "sensor", "bus", "packs", "allowlist", "window", "spool_dir", "spool_max_bytes", "spool_policy"
+}  # fmt: skip
+SPOOL_POLICIES = ("drop-oldest", "drop-newest")
 
 
 class ConfigError(PackError):
@@ -35,6 +41,19 @@ class Config:
     allowlist: str | None = None
     window: float | None = None
     path: str | None = None
+    spool_dir: str | None = None
+    spool_max_bytes: int | None = None
+    spool_policy: str | None = None
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``65536``: a size in bytes (K, M, G are powers of 1024)."""
+    t = str(text).strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    digits = t[:-1] if mult > 1 else t
+    if not digits.isdigit() or int(digits) == 0:
+        raise ValueError(f"size {text!r}: expected a positive number of bytes, e.g. 512M")
+    return int(digits) * mult
 
 
 def load_config(path: str | None) -> Config:
@@ -74,7 +93,20 @@ def load_config(path: str | None) -> Config:
     for key in ("sensor", "bus"):
         if key in doc and not isinstance(doc[key], str):
             raise ConfigError(f"{at(key)}: {key} must be a string")
+    size = doc.get("spool_max_bytes")
+    try:
+        max_bytes = parse_size(size) if size is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"{at('spool_max_bytes')}: {exc}") from None
+    policy = doc.get("spool_policy")
+    if policy is not None and policy not in SPOOL_POLICIES:
+        raise ConfigError(
+            f"{at('spool_policy')}: spool_policy must be one of {', '.join(SPOOL_POLICIES)}"
+        )
     return Config(
+        spool_dir=rel(doc["spool_dir"], "spool_dir") if doc.get("spool_dir") else None,
+        spool_max_bytes=max_bytes,
+        spool_policy=policy,
         sensor=doc.get("sensor"),
         bus=doc.get("bus"),
         packs=tuple(rel(p, "packs") for p in packs),

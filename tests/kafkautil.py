@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 import urllib.request
 from contextlib import suppress
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -99,3 +102,36 @@ def scrape(port: int) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             samples[key] = float(value)
     return samples
+
+
+class LocalBroker:
+    """A broker of the test's own (``deploy/kafka/kafka-local.sh`` on free ports), for tests
+    that stop and restart it; ``start(keep_data=True)`` restarts it with its topics and
+    offsets, as after a real outage. The session's ``kafka_bootstrap`` broker is never stopped."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from tests.conftest import KAFKA_SH, free_port
+
+        self.script = KAFKA_SH
+        self.env = {
+            **os.environ,
+            "KAFKA_RUN_DIR": str(run_dir),
+            "KAFKA_PORT": str(free_port()),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+        }
+        self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
+
+    def start(self, keep_data: bool = False) -> None:
+        env = {**self.env, "KAFKA_KEEP_DATA": "1" if keep_data else "0"}
+        proc = subprocess.run(
+            ["bash", str(self.script), "start"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"kafka-local.sh start failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+    def stop(self) -> None:
+        subprocess.run(["bash", str(self.script), "stop"], env=self.env, timeout=120, check=False)

@@ -74,12 +74,16 @@ def parse_bus_url(url: str) -> tuple[str, str]:
     return scheme, rest.strip("/") or "default"
 
 
-def open_publisher(url: str, client_id: str = "kaspwatch") -> Publisher:
+def open_publisher(
+    url: str, client_id: str = "kaspwatch", delivery_timeout: float | None = None
+) -> Publisher:
+    """``delivery_timeout``: fail a send not acknowledged within that many seconds (for a
+    spooling sensor) rather than retry it for ever."""
     scheme, where = parse_bus_url(url)
     if scheme == "kafka":
         from kaspwatch.bus.kafka import KafkaPublisher
 
-        return KafkaPublisher(where, client_id)
+        return KafkaPublisher(where, client_id, delivery_timeout)
     from kaspwatch.bus.memory import MemoryBus
 
     return MemoryBus.named(where).publisher()
