@@ -329,8 +329,9 @@ async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: 
     order = [d["ts"] for d in unique.values()]
     assert order == sorted(order)  # in capture order, after dedup (first copy kept)
     assert len(unique) == hits  # every hit arrived
-    seqs = {int(d["name"][1:7]) for d in unique.values()}
-    assert seqs == set(range(queries.sent))  # every query the test made became a hit
+    seqs = [int(d["name"][1:7]) for d in unique.values()]
+    assert seqs == sorted(seqs) and set(seqs) == set(range(queries.sent))  # each query: 2 hits
+    assert hits == 2 * queries.sent  # on loopback the sensor sees it leave and arrive
     report = {
         "queries": queries.sent,
         "hits": hits,
@@ -352,24 +353,26 @@ async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: 
 
 @pytest.mark.kafka
 @pytest.mark.timeout(120)
-async def test_full_spool_with_broker_down_counts_and_logs_every_loss(
+async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_restart(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
+    """Broker down, a tiny spool (8 KiB, drop-newest): every hit is kept or counted, logged
+    and reflected in the exit code; the sensor stops with hits still on disk, and the next
+    sensor on the same spool replays them once the broker is back."""
     need_tools("ip")
     topic = f"hits-{uuid.uuid4().hex[:8]}"
     await create_topics(broker.bootstrap, (topic, 1), ("kaspwatch.heartbeats.v1", 1))
     dport = free_port()
-    sensor = sense(
-        broker, topic, dport, tmp_path,
-        "--spool-dir", str(tmp_path / "spool"), "--spool-max-bytes", "8K",
-        "--spool-policy", "drop-newest",
-    )  # fmt: skip
+    spool = ["--spool-dir", str(tmp_path / "spool"), "--spool-max-bytes", "8K"]
+    sensor = sense(broker, topic, dport, tmp_path, *spool, "--spool-policy", "drop-newest")
     mport = sensor.metrics
     try:
         sensor.wait_capturing()
-        broker.stop()
         with Queries(dport, per_s=200) as queries:
-            dropped = await wait_metric(
+            await wait_metric(mport, "kaspwatch_sensor_published_total", lambda v: v > 0, 20,
+                              "hits published before the outage")  # fmt: skip
+            broker.stop()
+            await wait_metric(
                 mport,
                 'kaspwatch_sensor_spool_dropped_total{policy="drop-newest"}',
                 lambda v: v >= 100,
@@ -378,25 +381,38 @@ async def test_full_spool_with_broker_down_counts_and_logs_every_loss(
             )
         await asyncio.sleep(1)
         final = scrape(mport)
-        broker.start(keep_data=True)
-        await wait_metric(mport, "kaspwatch_sensor_spool_depth_records", lambda v: v == 0, 60,
-                          "the spool to drain")  # fmt: skip
-        after = scrape(mport)
     finally:
-        code = sensor.finish()
+        code = sensor.finish()  # the broker is still down
     stderr = sensor.stderr()
     hits = int(final["kaspwatch_sensor_hits_total"])
     dropped = final['kaspwatch_sensor_spool_dropped_total{policy="drop-newest"}']
     assert final['kaspwatch_sensor_spool_dropped_total{policy="drop-oldest"}'] == 0
     assert 0 < final["kaspwatch_sensor_spool_depth_bytes"] <= 8192
     kept = int(final["kaspwatch_sensor_spool_depth_records"])
-    assert kept + dropped == hits == queries.sent  # every hit: kept or counted as lost
+    before = int(final["kaspwatch_sensor_published_total"])
+    # every hit published, kept or counted as lost (on loopback the sensor sees each query
+    # twice: leaving and arriving, at different times, so two hits with different event ids)
+    assert before + kept + dropped == hits == 2 * queries.sent
     assert code == 1, "a sensor that lost hits says so in its exit code"
-    assert (
-        "full" in stderr and "drop-newest lost" in stderr and f"({int(dropped)} in total)" in stderr
-    )
-    assert after["kaspwatch_sensor_spool_replayed_total"] == kept
-    got = await read_topic(broker.bootstrap, topic, kept, timeout=20)
+    assert "full" in stderr and "drop-newest lost" in stderr
+    assert f"({int(dropped)} in total)" in stderr  # the last count, logged on the way out
+    assert f"{kept} hits" in stderr and "not yet acknowledged" in stderr
+
+    broker.start(keep_data=True)
+    second = sense(broker, topic, free_port(), tmp_path, *spool)
+    try:
+        second.wait_capturing()
+        await wait_metric(second.metrics, "kaspwatch_sensor_spool_replayed_total",
+                          lambda v: v == kept, 60, "the spool left on disk to be replayed")  # fmt: skip
+    finally:
+        assert second.finish() == 0, second.stderr()[-3000:]
+    assert f"{kept} hits" in second.stderr() and "left from an earlier run" in second.stderr()
+    got = await read_topic(broker.bootstrap, topic, before + kept, timeout=20)
     names = [json.loads(v)["name"] for _, v in got]
-    want = [f"s{n:06d}.ds.kaspersky.com" for n in range(kept)]  # drop-newest keeps the first
+    # drop-newest keeps the oldest: the hits before the outage, then the first spooled
+    want = [f"s{n:06d}.ds.kaspersky.com" for n in range((before + kept) // 2)]
     assert list(dict.fromkeys(names)) == want
+    sys.stderr.write(
+        f"\nfull-spool test: hits {hits}, published {before}, kept {kept}, dropped {int(dropped)}, "
+        f"replayed by the next sensor {kept}, received {len(got)}\n"
+    )
