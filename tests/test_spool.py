@@ -27,7 +27,16 @@ from typing import Any
 import dns.message
 import pytest
 
-from kaspwatch.bus.spool import Spool, SpoolError, SpoolRecord
+from kaspwatch.bus.memory import MemoryBus
+from kaspwatch.bus.spool import (
+    DROPPED,
+    POLICIES,
+    SPOOLED,
+    Spool,
+    SpoolError,
+    SpoolingPublisher,
+    SpoolRecord,
+)
 from tests.conftest import KASPWATCH, free_port
 from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape
 from tests.netns import need_tools
@@ -144,6 +153,88 @@ def test_bad_settings_and_unwritable_directory(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(SpoolError, match=f"spool {blocker}/s: not writable"):
         Spool(blocker / "s")
+
+
+# ---------------------------------------------------------------- the publisher's order
+
+
+class FlakyBus:
+    """The in-process bus with an outage switch: ``fail`` rejects every send after a short
+    while, ``hang`` never answers (a client that is stuck). Not Kafka: the order logic only;
+    the real broker is below."""
+
+    mode = "up"
+    clients = 0
+
+    def __init__(self, bus: MemoryBus) -> None:
+        self.inner = bus.publisher()
+        FlakyBus.clients += 1
+
+    async def start(self) -> None:
+        if FlakyBus.mode != "up":
+            raise ConnectionError("bus down")
+
+    async def prepare(self, topics: list[str]) -> None:
+        return None
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+        if FlakyBus.mode == "up":
+            return await self.inner.send(topic, value, key)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if FlakyBus.mode == "fail":
+            asyncio.get_running_loop().call_later(0.05, fut.set_exception, ConnectionError("down"))
+        return fut  # hang: never resolved
+
+    async def flush(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("outage", ["fail", "hang"])
+async def test_publisher_keeps_order_through_an_outage_and_loses_nothing(
+    tmp_path: Path, outage: str
+) -> None:
+    bus = MemoryBus.named(f"flaky-{outage}")
+    FlakyBus.mode, FlakyBus.clients = "up", 0
+    pub = SpoolingPublisher(
+        lambda: FlakyBus(bus), Spool(tmp_path), delivery_timeout=0.05, round_records=7,
+        retry_s=0.05, grace_s=0.2,
+    )  # fmt: skip
+    await pub.start()
+    results: list[Any] = []
+    n = 0
+
+    async def send(count: int) -> None:
+        nonlocal n
+        for _ in range(count):
+            results.append(await pub.send("hits", f'{{"n":{n}}}'.encode(), b"h"))
+            n += 1
+            if n % 5 == 0:
+                await asyncio.sleep(0.01)  # a capture batch: the loop runs in between
+
+    await send(40)
+    FlakyBus.mode = outage
+    await send(60)
+    await asyncio.sleep(0.6)  # the round in flight fails (or times out); later hits spool
+    assert pub.down and pub.spool.depth_records > 0
+    await send(40)
+    FlakyBus.mode = "up"
+    await send(40)
+    await pub.flush()
+    got = [json.loads(r.value)["n"] for r in bus.topics["hits"]]
+    first = list(dict.fromkeys(got))  # deduplicated by id, first copy kept
+    assert first == list(range(180))  # every hit, in order
+    assert pub.spool.depth_records == 0 and pub.stats.dropped == dict.fromkeys(POLICIES, 0)
+    assert pub.stats.replayed == pub.stats.spooled > 0
+    done = [await f for f in results]
+    assert all(r in (SPOOLED, DROPPED) or r is not None for r in done)
+    assert sum(r == SPOOLED for r in done) <= pub.stats.spooled
+    if outage == "hang":
+        assert FlakyBus.clients >= 2  # the stuck client was replaced
+    await pub.stop()
+    MemoryBus.forget(f"flaky-{outage}")
 
 
 # ---------------------------------------------------------------- a real outage

@@ -410,6 +410,7 @@ class SpoolingPublisher:
         memory_records: int = 20_000,
         retry_s: float = 1.0,
         passthrough: tuple[str, ...] = (),
+        grace_s: float = 5.0,
     ) -> None:
         self._connect = connect
         self.inner = connect()
@@ -422,6 +423,7 @@ class SpoolingPublisher:
         self.round_bytes = round_bytes
         self.memory_records = memory_records
         self.retry_s = retry_s
+        self.limit_s = delivery_timeout * 2 + grace_s  # a round's hard deadline
         self.down = False  # the last round failed: hits go to the spool
         self._queue: deque[_Item] = deque()  # not yet sent
         self._flight: list[_Item] | None = None  # the round the bus has now
@@ -507,7 +509,7 @@ class SpoolingPublisher:
         then replaced by a new one)."""
         if not await self._ensure_inner():
             return None
-        limit = self.delivery_timeout * 2 + 5
+        limit = self.limit_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         try:
@@ -540,7 +542,7 @@ class SpoolingPublisher:
             return True
         fresh = self._connect()
         try:
-            async with asyncio.timeout(self.delivery_timeout * 2 + 5):
+            async with asyncio.timeout(self.limit_s):
                 await fresh.start()
         except Exception as exc:
             self._note_down(exc)
@@ -647,4 +649,8 @@ class SpoolingPublisher:
                 self.spool.depth_bytes,
             )
         if self._inner_ok:
-            await self.inner.stop()
+            try:
+                async with asyncio.timeout(self.limit_s):  # a stuck client must not hang exit
+                    await self.inner.stop()
+            except TimeoutError:
+                log.warning("bus client did not stop within %.0f s; leaving it", self.limit_s)
