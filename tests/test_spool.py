@@ -155,6 +155,50 @@ def test_bad_settings_and_unwritable_directory(tmp_path: Path) -> None:
         Spool(blocker / "s")
 
 
+def test_spool_settings_from_config_flags_and_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kaspwatch.cli import _resolve, build_parser
+    from kaspwatch.config import ConfigError, load_config
+
+    cfg = tmp_path / "kaspwatch.yaml"
+    cfg.write_text(
+        "sensor: edge/1\nspool_dir: sp\nspool_max_bytes: 64M\nspool_policy: drop-newest\n"
+    )
+    c = load_config(str(cfg))
+    assert (c.spool_dir, c.spool_max_bytes, c.spool_policy) == (
+        str(tmp_path / "sp"),
+        64 << 20,
+        "drop-newest",
+    )
+    for body, msg in (
+        ("\nspool_max_bytes: lots\n", ":2: size 'lots'"),
+        ("spool_policy: drop-random\n", ":1: spool_policy must be one of"),
+    ):
+        cfg.write_text(body)
+        with pytest.raises(ConfigError, match=msg):
+            load_config(str(cfg))
+    monkeypatch.setenv("KASPWATCH_STATE_DIR", str(tmp_path / "state"))
+    args = build_parser().parse_args(
+        [
+            "sense",
+            "--pcap",
+            "x",
+            "--bus",
+            "memory://",
+            "--sensor",
+            "edge/1",
+            "--spool-max-bytes",
+            "1G",
+        ]
+    )
+    _resolve(args)
+    assert args.spool_dir == str(tmp_path / "state" / "spool-edge_1")
+    assert (args.spool_max_bytes, args.spool_policy) == (1 << 30, "drop-oldest")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sense", "--pcap", "x", "--spool-max-bytes", "-3"])
+
+
 # ---------------------------------------------------------------- the publisher's order
 
 
@@ -373,7 +417,7 @@ async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: 
     mport = sensor.metrics
     try:
         sensor.wait_capturing()
-        with Queries(dport) as queries:
+        with Queries(dport, per_s=50) as queries:
             await wait_metric(mport, "kaspwatch_sensor_published_total", lambda v: v > 50, 20,
                               "hits published before the outage")  # fmt: skip
             before = metric(mport, "kaspwatch_sensor_published_total")
@@ -402,7 +446,9 @@ async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: 
         code = sensor.finish()
     stderr = sensor.stderr()
     assert code == 0, stderr[-3000:]
-    assert final["kaspwatch_sensor_kernel_drops_total"] == 0
+    # The kernel can drop packets on a loaded machine (the suite shares 2 cores); that is
+    # capture, not publishing, and counted apart. What the sensor made into hits must arrive.
+    kernel_drops = int(final["kaspwatch_sensor_kernel_drops_total"])
     hits = int(final["kaspwatch_sensor_hits_total"])
     spooled = int(final["kaspwatch_sensor_spooled_total"])
     replayed = int(final["kaspwatch_sensor_spool_replayed_total"])
@@ -421,8 +467,10 @@ async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: 
     assert order == sorted(order)  # in capture order, after dedup (first copy kept)
     assert len(unique) == hits  # every hit arrived
     seqs = [int(d["name"][1:7]) for d in unique.values()]
-    assert seqs == sorted(seqs) and set(seqs) == set(range(queries.sent))  # each query: 2 hits
-    assert hits == 2 * queries.sent  # on loopback the sensor sees it leave and arrive
+    assert seqs == sorted(seqs)
+    # on loopback the sensor sees each query twice (leaving and arriving): two hits
+    assert len(set(range(queries.sent)) - set(seqs)) <= kernel_drops
+    assert hits + kernel_drops >= 2 * queries.sent
     report = {
         "queries": queries.sent,
         "hits": hits,
@@ -430,6 +478,7 @@ async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: 
         "spooled": spooled,
         "replayed": replayed,
         "dropped": int(dropped),
+        "kernel_drops": kernel_drops,
         "max_spool_depth_records": int(max_depth),
         "spool_bytes_at_restart": int(max_bytes),
         "received": len(docs),
@@ -470,8 +519,17 @@ async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_resta
                 40,
                 "drops",
             )
-        await asyncio.sleep(1)
-        final = scrape(mport)
+
+        def settled(m: dict[str, float]) -> bool:  # every hit accounted for
+            acc = sum(m[k] for k in m if k.startswith("kaspwatch_sensor_spool_dropped_total"))
+            acc += m["kaspwatch_sensor_published_total"]
+            acc += m["kaspwatch_sensor_spool_depth_records"]
+            seen = m["kaspwatch_sensor_hits_total"] + m["kaspwatch_sensor_kernel_drops_total"]
+            return acc == m["kaspwatch_sensor_hits_total"] and seen >= 2 * queries.sent
+
+        deadline = time.monotonic() + 15
+        while not settled(final := scrape(mport)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
     finally:
         code = sensor.finish()  # the broker is still down
     stderr = sensor.stderr()
@@ -483,7 +541,8 @@ async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_resta
     before = int(final["kaspwatch_sensor_published_total"])
     # every hit published, kept or counted as lost (on loopback the sensor sees each query
     # twice: leaving and arriving, at different times, so two hits with different event ids)
-    assert before + kept + dropped == hits == 2 * queries.sent
+    assert before + kept + dropped == hits
+    assert hits + final["kaspwatch_sensor_kernel_drops_total"] >= 2 * queries.sent
     assert code == 1, "a sensor that lost hits says so in its exit code"
     assert "full" in stderr and "drop-newest lost" in stderr
     assert f"({int(dropped)} in total)" in stderr  # the last count, logged on the way out
@@ -499,10 +558,13 @@ async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_resta
         assert second.finish() == 0, second.stderr()[-3000:]
     assert f"{kept} hits" in second.stderr() and "left from an earlier run" in second.stderr()
     got = await read_topic(broker.bootstrap, topic, before + kept, timeout=20)
-    names = [json.loads(v)["name"] for _, v in got]
+    docs = [json.loads(v) for _, v in got]
+    assert len({d["event_id"] for d in docs}) == before + kept  # every hit that was not lost
     # drop-newest keeps the oldest: the hits before the outage, then the first spooled
-    want = [f"s{n:06d}.ds.kaspersky.com" for n in range((before + kept) // 2)]
-    assert list(dict.fromkeys(names)) == want
+    # (two hits per query; a pair may straddle the two)
+    first = list(dict.fromkeys(d["name"] for d in docs))
+    assert first == [f"s{n:06d}.ds.kaspersky.com" for n in range(len(first))]
+    assert abs(len(first) - (before + kept) / 2) <= 1
     sys.stderr.write(
         f"\nfull-spool test: hits {hits}, published {before}, kept {kept}, dropped {int(dropped)}, "
         f"replayed by the next sensor {kept}, received {len(got)}\n"
