@@ -15,8 +15,9 @@ from kaspwatch import __version__
 from kaspwatch.alerting import add_alert_options
 from kaspwatch.argtypes import listen_addr
 from kaspwatch.bus import BusError
+from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
 from kaspwatch.bus.spool import SpoolError
-from kaspwatch.config import SPOOL_POLICIES, load_config, parse_size
+from kaspwatch.config import load_config, parse_size
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HEARTBEATS_TOPIC, HITS_TOPIC
 from kaspwatch.store_commands import add_store_parsers
 from sensor.capture import CaptureError

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
 from sensor.yamlfile import PackError, load_yaml
 
 KEYS = {
     "sensor", "bus", "packs", "allowlist", "window", "spool_dir", "spool_max_bytes", "spool_policy"
 }  # fmt: skip
-SPOOL_POLICIES = ("drop-oldest", "drop-newest")
 
 
 class ConfigError(PackError):
