@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from kaspwatch import __version__
@@ -14,7 +16,9 @@ from kaspwatch.alerting import add_alert_options
 from kaspwatch.argtypes import listen_addr
 from kaspwatch.bus import BusError, parse_bus_url
 from kaspwatch.bus.security import RedactSecrets
-from kaspwatch.config import load_config
+from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
+from kaspwatch.bus.spool import SpoolError
+from kaspwatch.config import load_config, parse_size
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HEARTBEATS_TOPIC, HITS_TOPIC
 from kaspwatch.kafka_options import add_kafka_options, kafka_security
 from kaspwatch.store_commands import add_store_parsers
@@ -78,6 +82,41 @@ def _add_source_opts(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_spool_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="hits wait here while the bus is down (config 'spool_dir'; default "
+        "$KASPWATCH_STATE_DIR/spool-SENSOR, else .kaspwatch/spool-SENSOR)",
+    )
+    p.add_argument(
+        "--spool-max-bytes",
+        type=_size,
+        metavar="SIZE",
+        help="spool bound, e.g. 512M (config 'spool_max_bytes'; default 512M)",
+    )
+    p.add_argument(
+        "--spool-policy",
+        choices=SPOOL_POLICIES,
+        help="which hit a full spool loses, counted and logged (config 'spool_policy'; "
+        "default drop-oldest)",
+    )
+    p.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a send the bus has not acknowledged by then counts as failed: spool (default 10)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kaspwatch",
@@ -122,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve the sensor's metrics here",
     )
+    _add_spool_opts(p)
     _add_sensor_opts(p)
     add_kafka_options(p)
 
@@ -212,6 +252,15 @@ def _resolve(args: argparse.Namespace) -> None:
         args.sensor = (
             args.sensor or cfg.sensor or os.environ.get("KASPWATCH_SENSOR") or socket.gethostname()
         )
+    if "spool_dir" in args:
+        base = os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch")
+        args.spool_dir = (
+            args.spool_dir
+            or cfg.spool_dir
+            or os.path.join(base, "spool-" + re.sub(r"[^A-Za-z0-9._-]", "_", args.sensor))
+        )
+        args.spool_max_bytes = args.spool_max_bytes or cfg.spool_max_bytes or 512 << 20
+        args.spool_policy = args.spool_policy or cfg.spool_policy or "drop-oldest"
     if "bus" in args:
         args.bus = args.bus or cfg.bus or os.environ.get("KASPWATCH_BUS")
         if not args.bus:
@@ -220,6 +269,26 @@ def _resolve(args: argparse.Namespace) -> None:
         if parse_bus_url(args.bus)[0] == "kafka":
             args.kafka = kafka_security(args, cfg.kafka)
             log.info("kafka %s: %s", args.bus, args.kafka.describe())
+
+
+class _RateLimit(logging.Filter):
+    """Each distinct message at most once per ``interval`` seconds: a client retrying an
+    unreachable broker ten times a second must not flood the log (or block on a full pipe)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        now = time.monotonic()
+        if now - self.last.get(key, -self.interval) < self.interval:
+            return False
+        if len(self.last) > 1000:
+            self.last.clear()
+        self.last[key] = now
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,12 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactSecrets())  # a secret never reaches a log line
     logging.getLogger("aiokafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    if not args.verbose:
+        logging.getLogger("aiokafka").addFilter(_RateLimit(30.0))
     from kaspwatch import commands
 
     try:
         _resolve(args)
         return commands.dispatch(args)
-    except (CaptureError, PackError, BusError) as exc:
+    except (CaptureError, PackError, BusError, SpoolError) as exc:
         print(f"kaspwatch: error: {RedactSecrets.scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

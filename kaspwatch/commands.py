@@ -26,7 +26,8 @@ from kaspwatch.alerting import (
     open_delivery,
     resend_firing,
 )
-from kaspwatch.bus import open_publisher, open_subscriber
+from kaspwatch.bus import Publisher, open_publisher, open_subscriber
+from kaspwatch.bus.spool import Spool, SpoolingPublisher
 from kaspwatch.event import HITS_TOPIC, heartbeat_from_json
 from kaspwatch.indicator_commands import cmd_indicators
 from kaspwatch.runtime import PublishStats, heartbeats, register_sensor, run_sensor
@@ -146,6 +147,7 @@ class _Stopper:
 def cmd_sense(args: argparse.Namespace) -> int:
     sensor, reloader = _sensor(args, observations=args.observations)
     sources = _open_sources(args)
+    spool = Spool(args.spool_dir, args.spool_max_bytes, policy=args.spool_policy)
     publish = PublishStats()
     if args.metrics_addr:
         registry = CollectorRegistry()
@@ -155,8 +157,17 @@ def cmd_sense(args: argparse.Namespace) -> int:
     async def main() -> None:
         stopper = _Stopper(reloader)
         stopper.install()
-        publisher = open_publisher(
-            args.bus, client_id=f"kaspwatch-sensor-{args.sensor}", security=args.kafka
+
+        def connect() -> Publisher:
+            return open_publisher(
+                args.bus,
+                client_id=f"kaspwatch-sensor-{args.sensor}",
+                security=args.kafka,
+                delivery_timeout=args.delivery_timeout,
+            )
+
+        publisher = publish.spool = SpoolingPublisher(
+            connect, spool, args.delivery_timeout, passthrough=(args.heartbeats_topic,)
         )
         await publisher.start()
         await publisher.prepare([args.topic, args.heartbeats_topic])
@@ -165,7 +176,7 @@ def cmd_sense(args: argparse.Namespace) -> int:
             heartbeats(
                 sensor,
                 publish,
-                publisher,
+                publisher,  # heartbeats pass straight through, never spooled
                 sources,
                 sensed,
                 args.heartbeat_interval,
@@ -184,18 +195,23 @@ def cmd_sense(args: argparse.Namespace) -> int:
     asyncio.run(main())
     s = sensor.stats
     drops = [src.kernel_drops() for src in sources if isinstance(src, MergedLive)]
+    st = publish.spool.stats if publish.spool else None
     log.info(
         "sensor %s: %d packets, %d hits, %d published, %d publish failures, %d decode errors, "
-        "%d kernel drops",
+        "%d kernel drops; spool: %d spooled, %d replayed, %d dropped, %d waiting",
         args.sensor,
         s.packets,
         s.hits,
-        publish.published,
-        publish.failures,
+        publish.acknowledged,
+        publish.lost,
         s.decode_errors,
         sum(drops),
+        st.spooled if st else 0,
+        st.replayed if st else 0,
+        sum(st.dropped.values()) if st else 0,
+        publish.spool_depth,
     )
-    return 1 if publish.failures else 0
+    return 1 if publish.lost or publish.spool_depth else 0
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@ kafka:                             # how every Kafka client connects (default PL
   ca_file: /etc/kaspwatch/kafka-ca.pem
   cert_file: /etc/kaspwatch/kafka-client.pem   # mutual TLS, optional, with key_file
   key_file: /etc/kaspwatch/kafka-client.key
+spool_dir: /var/lib/kaspwatch/spool  # sense: hits wait here while the bus is down
+spool_max_bytes: 512M              # sense: spool bound (K, M, G suffixes)
+spool_policy: drop-oldest          # sense: which hit a full spool loses (or drop-newest)
 ```
 A password itself is refused here: the file would be one more copy of it.
 Command-line flags override the file. Relative paths are relative to the file.
@@ -30,9 +33,13 @@ from pathlib import Path
 import yaml
 
 from kaspwatch.bus.security import KafkaSettings
+from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
 from sensor.yamlfile import PackError, load_yaml
 
-KEYS = {"sensor", "bus", "packs", "allowlist", "window", "kafka"}
+KEYS = {
+    "sensor", "bus", "packs", "allowlist", "window", "kafka",
+    "spool_dir", "spool_max_bytes", "spool_policy",
+}  # fmt: skip
 KAFKA_KEYS = {
     "security_protocol",
     "sasl_mechanism",
@@ -59,6 +66,19 @@ class Config:
     window: float | None = None
     path: str | None = None
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    spool_dir: str | None = None
+    spool_max_bytes: int | None = None
+    spool_policy: str | None = None
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``65536``: a size in bytes (K, M, G are powers of 1024)."""
+    t = str(text).strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    digits = t[:-1] if mult > 1 else t
+    if not digits.isdigit() or int(digits) == 0:
+        raise ValueError(f"size {text!r}: expected a positive number of bytes, e.g. 512M")
+    return int(digits) * mult
 
 
 def load_config(path: str | None) -> Config:
@@ -99,8 +119,21 @@ def load_config(path: str | None) -> Config:
         if key in doc and not isinstance(doc[key], str):
             raise ConfigError(f"{at(key)}: {key} must be a string")
     kafka = _kafka_settings(doc.get("kafka"), at, base)
+    size = doc.get("spool_max_bytes")
+    try:
+        max_bytes = parse_size(size) if size is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"{at('spool_max_bytes')}: {exc}") from None
+    policy = doc.get("spool_policy")
+    if policy is not None and policy not in SPOOL_POLICIES:
+        raise ConfigError(
+            f"{at('spool_policy')}: spool_policy must be one of {', '.join(SPOOL_POLICIES)}"
+        )
     return Config(
         kafka=kafka,
+        spool_dir=rel(doc["spool_dir"], "spool_dir") if doc.get("spool_dir") else None,
+        spool_max_bytes=max_bytes,
+        spool_policy=policy,
         sensor=doc.get("sensor"),
         bus=doc.get("bus"),
         packs=tuple(rel(p, "packs") for p in packs),

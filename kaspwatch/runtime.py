@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kaspwatch.bus import Publisher
+from kaspwatch.bus.spool import DROPPED, POLICIES, SPOOLED, SpoolingPublisher
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, format_ts
 from sensor.capture import Frame
 from sensor.pipeline import Sensor
@@ -41,9 +42,26 @@ def _batches(frames: Iterator[Frame | None]) -> list[Frame] | None:
 
 
 class PublishStats:
+    """What the bus acknowledged; with a spool, also what waits on disk or was lost."""
+
     def __init__(self) -> None:
         self.published = 0
         self.failures = 0
+        self.spool: SpoolingPublisher | None = None
+
+    @property
+    def acknowledged(self) -> int:
+        """Hits the bus took: straight away, or replayed from the spool."""
+        return self.published + (self.spool.stats.replayed if self.spool else 0)
+
+    @property
+    def spool_depth(self) -> int:
+        return self.spool.spool.depth_records if self.spool else 0
+
+    @property
+    def lost(self) -> int:
+        """Hits that will never reach the bus: failed sends and spool drops."""
+        return self.failures + (sum(self.spool.stats.dropped.values()) if self.spool else 0)
 
 
 async def run_sensor(
@@ -63,7 +81,7 @@ async def run_sensor(
         if fut.cancelled() or fut.exception() is not None:
             stats.failures += 1
             log.error("publish failed: %s", fut.exception() if not fut.cancelled() else "cancelled")
-        else:
+        elif fut.result() not in (SPOOLED, DROPPED):  # the spool counts those itself
             stats.published += 1
 
     for source in sources:
@@ -132,14 +150,15 @@ class SensorCollector(Collector):
         )
         yield CounterMetricFamily(
             "kaspwatch_sensor_published",
-            "Events the bus acknowledged.",
-            value=self.publish.published,
+            "Events the bus acknowledged (straight away or replayed from the spool).",
+            value=self.publish.acknowledged,
         )
         yield CounterMetricFamily(
             "kaspwatch_sensor_publish_failures",
             "Events the bus did not accept.",
             value=self.publish.failures,
         )
+        yield from spool_metrics(self.publish.spool)
         yield CounterMetricFamily(
             "kaspwatch_sensor_allowlisted",
             "Hits an allowlist entry covers (published, never alerted).",
@@ -167,6 +186,47 @@ class SensorCollector(Collector):
         )
 
 
+def spool_metrics(
+    spool: SpoolingPublisher | None,
+) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The spool's depth and flows; zero series without a spool, so alerts and graphs work."""
+    st = spool.stats if spool else None
+    q = spool.spool if spool else None
+    yield GaugeMetricFamily(
+        "kaspwatch_sensor_spool_depth_records",
+        "Hits waiting in the on-disk spool for the bus.",
+        value=q.depth_records if q else 0,
+    )
+    yield GaugeMetricFamily(
+        "kaspwatch_sensor_spool_depth_bytes",
+        "Bytes of hits waiting in the on-disk spool.",
+        value=q.depth_bytes if q else 0,
+    )
+    yield CounterMetricFamily(
+        "kaspwatch_sensor_spooled",
+        "Hits written to the spool because the bus did not acknowledge them.",
+        value=st.spooled if st else 0,
+    )
+    yield CounterMetricFamily(
+        "kaspwatch_sensor_spool_replayed",
+        "Spooled hits the bus acknowledged later.",
+        value=st.replayed if st else 0,
+    )
+    dropped = CounterMetricFamily(
+        "kaspwatch_sensor_spool_dropped",
+        "Hits lost because the spool was full, by the policy that chose them.",
+        labels=["policy"],
+    )
+    for policy in POLICIES:
+        dropped.add_metric([policy], st.dropped[policy] if st else 0)
+    yield dropped
+    yield CounterMetricFamily(
+        "kaspwatch_sensor_spool_corrupt",
+        "Corrupt or cut-off spool regions skipped on start (logged with file and offset).",
+        value=st.corrupt if st else 0,
+    )
+
+
 def register_sensor(
     registry: CollectorRegistry,
     sensor: Sensor,
@@ -192,9 +252,9 @@ def heartbeat(
         "hits": s.hits,
         "decode_errors": s.decode_errors,
         "kernel_drops": kernel_drops,
-        "published": publish.published,
-        "publish_failures": publish.failures,
-        "spool_depth": 0,
+        "published": publish.acknowledged,
+        "publish_failures": publish.lost,
+        "spool_depth": publish.spool_depth,
         "pack_version": sensor.rules.matcher.version,
     }
 
@@ -214,9 +274,9 @@ async def heartbeats(
     while True:
         doc = heartbeat(sensor, publish, sum(d() for d in drops), interval_s)
         try:
-            await (
-                await publisher.send(topic, json.dumps(doc).encode(), sensor.sensor_name.encode())
-            )
+            fut = await publisher.send(topic, json.dumps(doc).encode(), sensor.sensor_name.encode())
+            # shielded: the bus client sets its own futures; a hung one must not stop the beat
+            await asyncio.wait_for(asyncio.shield(fut), max(interval_s, 10.0))
         except Exception as exc:  # a heartbeat lost is visible as silence; keep sensing
             log.warning("heartbeat not published: %s", exc)
         if stop.is_set():

@@ -97,6 +97,11 @@ class Reloader:
             self.last_error = str(exc)
             log.error("indicator reload failed, keeping the running rules: %s", exc)
             return False
+        except Exception as exc:  # a bug in validation must not stop a running sensor
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("indicator reload failed unexpectedly, keeping the running rules")
+            return False
         self.rules = rules
         self.last_success = rules.loaded_at
         log.info(

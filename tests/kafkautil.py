@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -222,3 +225,38 @@ async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
         return {c["config_names"]: c["config_value"] for c in resource["config_entries"]}
     finally:
         await admin.close()
+
+
+class LocalBroker:
+    """A broker of the test's own (``deploy/kafka/kafka-local.sh`` on free ports), for tests
+    that stop and restart it; ``start(keep_data=True)`` restarts it with its topics and
+    offsets, as after a real outage. The session's ``kafka_bootstrap`` broker is never stopped."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from tests.conftest import KAFKA_SH, free_port
+
+        self.script = KAFKA_SH
+        self.env = {
+            **os.environ,
+            "KAFKA_RUN_DIR": str(run_dir),
+            "KAFKA_PORT": str(free_port()),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+        }
+        self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
+
+    def start(self, keep_data: bool = False) -> None:
+        env = {**self.env, "KAFKA_KEEP_DATA": "1" if keep_data else "0"}
+        proc = subprocess.run(
+            ["bash", str(self.script), "start"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            import pytest
+
+            pytest.fail(f"kafka-local.sh start failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+    def stop(self) -> None:
+        subprocess.run(["bash", str(self.script), "stop"], env=self.env, timeout=120, check=False)

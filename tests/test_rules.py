@@ -143,3 +143,63 @@ def test_reload_on_change_swaps_whole_rules_and_keeps_old_on_error(tmp_path: Pat
 
     reloader.request()  # SIGHUP: reload even without a change (still broken: still refused)
     assert not reloader.maybe_reload() and reloader.failures == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("schema: kaspwatch-indicator-pack/1\nindicators: 5\n", "must be a non-empty list"),
+        ("", "a pack is a mapping"),
+        (b"\xff\xfe\x00garbage", "cannot read"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "YAML syntax"),
+        (None, "no such file"),  # deleted
+        ("swap:com", "too broad"),
+        ("swap:severity", "'severity' is required"),
+    ],
+)
+def test_a_running_sensor_keeps_its_last_good_rules_on_any_bad_reload(
+    tmp_path: Path, body: str | bytes | None, message: str
+) -> None:
+    """Issue 8: a running process keeps its last good configuration on reload."""
+    good = ROW.format(id="kw-site-a", pattern="a.corp.example", match="exact", category="oem")
+    pack = site_pack(tmp_path, good)
+    source = RuleSource(site_packs=(str(pack),))
+    reloader = Reloader(source, source.load(), interval=0.0)
+    running = reloader.rules
+    text = pack.read_text()
+    if body is None:
+        pack.unlink()
+    elif isinstance(body, bytes):
+        pack.write_bytes(body)
+    elif body == "swap:com":
+        pack.write_text(text.replace("a.corp.example", "com").replace("exact", "suffix"))
+    elif body == "swap:severity":
+        pack.write_text(text.replace("severity: high", "severity: [1]"))
+    else:
+        pack.write_text(body)
+    reloader.request()
+    assert not reloader.maybe_reload()
+    assert reloader.rules is running and reloader.failures == 1
+    assert message in reloader.last_error and str(pack) in reloader.last_error
+    assert running.matcher.match_name("a.corp.example") is not None
+
+
+def test_reload_survives_an_unexpected_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pack = site_pack(
+        tmp_path,
+        ROW.format(id="kw-site-a", pattern="a.corp.example", match="exact", category="oem"),
+    )
+    source = RuleSource(site_packs=(str(pack),))
+    reloader = Reloader(source, source.load(), interval=0.0)
+    running = reloader.rules
+
+    def broken(self: RuleSource) -> None:
+        raise RecursionError("a validator bug")
+
+    monkeypatch.setattr(RuleSource, "load", broken)
+    reloader.request()
+    assert not reloader.maybe_reload()
+    assert reloader.rules is running and reloader.failures == 1
+    assert reloader.last_error == "RecursionError: a validator bug"

@@ -27,6 +27,9 @@
 #   KAFKA_SCRAM_CREDENTIALS file, one 'SCRAM-SHA-512=[name=U,password=P]' per line, stored by
 #                          StorageTool format --add-scram (test brokers only: the password is
 #                          on the format tool's command line for a moment)  (default: none)
+#   KAFKA_KEEP_DATA        1: `start` keeps the topics and offsets an earlier start left in
+#                          $KAFKA_RUN_DIR (same ports; no wipe, no format) - a broker restart,
+#                          as in a real outage; formats as usual when there is no data yet
 #   JAVA_HOME              use $JAVA_HOME/bin/java instead of java on PATH
 set -euo pipefail
 shopt -s nullglob
@@ -337,9 +340,15 @@ cmd_start() {
   ! port_busy "$KAFKA_PORT" || die "port $KAFKA_PORT (KAFKA_PORT) is already in use"
   ! port_busy "$KAFKA_CONTROLLER_PORT" || die "port $KAFKA_CONTROLLER_PORT (KAFKA_CONTROLLER_PORT) is already in use"
 
-  # fresh state on every start: stale data/logs never break a run
+  # fresh state on every start (stale data/logs never break a run), unless KAFKA_KEEP_DATA=1
+  local keep=0
+  [[ "${KAFKA_KEEP_DATA:-0}" == 1 && -s "$DATA/meta.properties" ]] && keep=1
   mkdir -p "$KAFKA_RUN_DIR"
-  rm -rf "$DATA" "$LOGS" "$TMPD" "$PIDFILE" "$ADDRFILE"
+  if (( keep )); then
+    rm -f "$PIDFILE" "$ADDRFILE" "$LOGS/server.log"
+  else
+    rm -rf "$DATA" "$LOGS" "$TMPD" "$PIDFILE" "$ADDRFILE"
+  fi
   mkdir -p "$DATA" "$LOGS" "$TMPD"
   write_config
   jvm_args
@@ -355,7 +364,7 @@ cmd_start() {
 
   # static voter (controller.quorum.voters) => format needs no --standalone
   local t0=$SECONDS
-  "$JAVA" -Xmx128m "${JVM[@]}" -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool \
+  (( keep )) || "$JAVA" -Xmx128m "${JVM[@]}" -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool \
       format -t "$(cluster_id)" -c "$CONF" "${scram[@]}" >"$LOGS/format.log" 2>&1 \
     || { tail -n 40 "$LOGS/format.log" >&2; die "kafka.tools.StorageTool format failed (see above)"; }
 

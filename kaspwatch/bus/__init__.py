@@ -78,15 +78,20 @@ def parse_bus_url(url: str) -> tuple[str, str]:
 
 
 def open_publisher(
-    url: str, client_id: str = "kaspwatch", security: KafkaSecurity | None = None
+    url: str,
+    client_id: str = "kaspwatch",
+    security: KafkaSecurity | None = None,
+    delivery_timeout: float | None = None,
 ) -> Publisher:
-    """``security``: how to connect to Kafka (TLS, SASL); plaintext when None."""
+    """``security``: how to connect to Kafka (TLS, SASL); plaintext when None.
+    ``delivery_timeout``: fail a send not acknowledged within that many seconds (for a
+    spooling sensor) rather than retry it for ever."""
     scheme, where = parse_bus_url(url)
     if scheme == "kafka":
         from kaspwatch.bus.kafka import KafkaPublisher
         from kaspwatch.bus.security import PLAINTEXT
 
-        return KafkaPublisher(where, client_id, security or PLAINTEXT)
+        return KafkaPublisher(where, client_id, security or PLAINTEXT, delivery_timeout)
     from kaspwatch.bus.memory import MemoryBus
 
     return MemoryBus.named(where).publisher()

@@ -78,7 +78,17 @@ async def start_client(
 
 
 class KafkaPublisher:
-    def __init__(self, bootstrap: str, client_id: str, security: KafkaSecurity = PLAINTEXT) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        client_id: str,
+        security: KafkaSecurity = PLAINTEXT,
+        delivery_timeout: float | None = None,
+    ) -> None:
+        """``delivery_timeout`` (seconds) makes every send fail after that long without an
+        acknowledgement, instead of retrying for ever: what a spooling sensor needs to notice
+        an outage (aiokafka's idempotent producer never gives up, so it is off then; ordering
+        holds with one request in flight, and consumers drop a retry's duplicate by event_id)."""
         self.bootstrap = bootstrap
         self.security = security
         self._producer = AIOKafkaProducer(
@@ -86,10 +96,11 @@ class KafkaPublisher:
             client_id=client_id,
             **security.client_kwargs(),
             acks="all",
-            enable_idempotence=True,
+            enable_idempotence=delivery_timeout is None,
             compression_type="gzip",
             linger_ms=5,
-            request_timeout_ms=30_000,
+            request_timeout_ms=30_000 if delivery_timeout is None else int(delivery_timeout * 1000),
+            max_batch_size=16_384 if delivery_timeout is None else 1 << 20,
         )
 
     async def start(self) -> None:
