@@ -569,3 +569,43 @@ async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_resta
         f"\nfull-spool test: hits {hits}, published {before}, kept {kept}, dropped {int(dropped)}, "
         f"replayed by the next sensor {kept}, received {len(got)}\n"
     )
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(150)
+async def test_sensor_started_while_the_broker_is_down_spools_then_delivers(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """A site where Kafka comes up after the sensor (power cut, boot order): the sensor
+    starts anyway, captures and spools, and delivers every hit once the broker is up. A
+    broker that refuses the sensor (credentials, TLS) still fails the start: tests in
+    test_kafka_security.py."""
+    need_tools("ip")
+    topic = f"hits-{uuid.uuid4().hex[:8]}"
+    await create_topics(broker.bootstrap, (topic, 1), ("kaspwatch.heartbeats.v1", 1))
+    broker.stop()
+    dport = free_port()
+    sensor = sense(broker, topic, dport, tmp_path, "--spool-dir", str(tmp_path / "spool"))
+    mport = sensor.metrics
+    try:
+        sensor.wait_capturing()
+        with Queries(dport, per_s=50) as queries:
+            await wait_metric(mport, "kaspwatch_sensor_spool_depth_records", lambda v: v >= 50,
+                              30, "hits spooled while the broker is down")  # fmt: skip
+            assert sensor.proc.poll() is None, sensor.stderr()[-3000:]
+            broker.start(keep_data=True)
+            await wait_metric(mport, "kaspwatch_sensor_spool_replayed_total", lambda v: v >= 50,
+                              60, "the spool to be replayed")  # fmt: skip
+        await wait_metric(mport, "kaspwatch_sensor_spool_depth_records", lambda v: v == 0, 30,
+                          "the spool to drain")  # fmt: skip
+        final = scrape(mport)
+    finally:
+        code = sensor.finish()
+    stderr = sensor.stderr()
+    assert code == 0, stderr[-3000:]
+    assert "cannot connect" in stderr and "spooling hits to" in stderr
+    hits = int(final["kaspwatch_sensor_hits_total"])
+    assert final["kaspwatch_sensor_published_total"] == hits > 0
+    got = await read_topic(broker.bootstrap, topic, hits, timeout=30)
+    assert len({json.loads(v)["event_id"] for _, v in got}) == hits
+    assert hits + final["kaspwatch_sensor_kernel_drops_total"] >= 2 * queries.sent

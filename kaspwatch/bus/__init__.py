@@ -18,6 +18,11 @@ class BusError(Exception):
     """The bus cannot be reached or refused a request."""
 
 
+class BusUnreachable(BusError):
+    """No broker answered at all (down, or not up yet), as opposed to one that refused us
+    (credentials, TLS, protocol): a spooling sensor starts anyway and spools until it can."""
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     topic: str

@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from kaspwatch.bus import BusError, Record
+from kaspwatch.bus import BusError, BusUnreachable, Record
 from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity, explain_connect_failure
 
 
@@ -74,7 +74,8 @@ async def start_client(
             await start()
         except (KafkaError, OSError) as exc:
             await stop()
-            raise BusError(explain_connect_failure(bootstrap, security, errors.seen, exc)) from None
+            why, unreachable = explain_connect_failure(bootstrap, security, errors.seen, exc)
+            raise (BusUnreachable if unreachable else BusError)(why) from None
 
 
 class KafkaPublisher:

@@ -288,8 +288,9 @@ def _tls_context(s: KafkaSettings) -> ssl.SSLContext:
 
 def explain_connect_failure(
     bootstrap: str, security: KafkaSecurity, seen: list[str], exc: BaseException
-) -> str:
-    """One line for a client that could not start, from what aiokafka saw connecting."""
+) -> tuple[str, bool]:
+    """One line for a client that could not start, from what aiokafka saw connecting, and
+    whether it is only that nothing answered (no refusal: credentials, TLS, protocol)."""
     detail = seen[-1] if seen else str(exc)
     low = detail.lower()
     if "saslauthenticationfailed" in low or "authentication failed" in low:
@@ -318,5 +319,5 @@ def explain_connect_failure(
     elif "closed" in low and not security.sasl:
         why = "the broker closed the connection; does this listener need SASL (SASL_SSL)?"
     else:
-        why = f"cannot connect: {detail}"
-    return RedactSecrets.scrub(f"kafka {bootstrap}: {why}")
+        return RedactSecrets.scrub(f"kafka {bootstrap}: cannot connect: {detail}"), True
+    return RedactSecrets.scrub(f"kafka {bootstrap}: {why}"), False

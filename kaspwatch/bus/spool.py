@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from kaspwatch.bus import Publisher
+from kaspwatch.bus import BusError, BusUnreachable, Publisher
 
 log = logging.getLogger("kaspwatch.spool")
 
@@ -440,15 +440,25 @@ class SpoolingPublisher:
         return self.spool.stats
 
     async def start(self) -> None:
-        await self.inner.start()
-        self._inner_ok = True
+        """Connect; when no broker answers yet, start anyway with the bus marked down (a
+        sensor must capture from boot, e.g. after a site power cut where Kafka comes up
+        last). A broker that refuses us (credentials, TLS) still fails the start."""
+        try:
+            await self.inner.start()
+        except BusUnreachable as exc:
+            self._note_down(exc)
+        else:
+            self._inner_ok = True
         self._pump = asyncio.create_task(self._run())
 
     async def prepare(self, topics: list[str]) -> None:
-        await self.inner.prepare(topics)
+        if self._inner_ok:  # else the first round after connecting finds the leaders
+            await self.inner.prepare(topics)
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
         if topic in self.passthrough:  # e.g. heartbeats: one lost in an outage shows as silence
+            if not self._inner_ok:
+                raise BusError("bus down: not sent")
             return await self.inner.send(topic, value, key)
         item = _Item(SpoolRecord(topic, key, value), asyncio.get_running_loop().create_future())
         if self.down or self._spooling or len(self._queue) >= self.memory_records:
