@@ -27,7 +27,8 @@ from kaspwatch.alerting import (
     resend_firing,
 )
 from kaspwatch.bus import Publisher, open_publisher, open_subscriber
-from kaspwatch.bus.spool import Spool, SpoolingPublisher
+from kaspwatch.bus.spool import Spool
+from kaspwatch.bus.spooling import SpoolingPublisher
 from kaspwatch.event import HITS_TOPIC, heartbeat_from_json
 from kaspwatch.indicator_commands import cmd_indicators
 from kaspwatch.runtime import PublishStats, heartbeats, register_sensor, run_sensor

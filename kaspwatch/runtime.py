@@ -21,7 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kaspwatch.bus import Publisher
-from kaspwatch.bus.spool import DROPPED, POLICIES, SPOOLED, SpoolingPublisher
+from kaspwatch.bus.spool import DROPPED, POLICIES, SPOOLED
+from kaspwatch.bus.spooling import SpoolingPublisher
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, format_ts
 from sensor.capture import Frame
 from sensor.pipeline import Sensor

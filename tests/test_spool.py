@@ -34,9 +34,9 @@ from kaspwatch.bus.spool import (
     SPOOLED,
     Spool,
     SpoolError,
-    SpoolingPublisher,
     SpoolRecord,
 )
+from kaspwatch.bus.spooling import SpoolingPublisher
 from tests.conftest import KASPWATCH, free_port
 from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape
 from tests.netns import need_tools
