@@ -105,22 +105,23 @@ class Sensor:
         return events
 
     def _mid_stream(self, data: bytes) -> bool:
-        """A plain TCP segment the full decode would read nothing from: not SYN/FIN/RST
-        (no flow start, no stream end), not DNS, and either empty or starting with a byte
-        no ClientHello or request line starts with on a flow with no head in progress
-        (StreamTable.feed's own first test). Most upload and mid-stream data ends here,
-        read at fixed offsets; anything unusual takes the full path."""
+        """A plain TCP segment (no SYN: no flow start) the full decode would read nothing
+        from: without payload, or not DNS and starting with a byte no ClientHello or
+        request line starts with on a flow with no head in progress (StreamTable.feed's
+        own first test). A FIN or RST still ends the flow's stream. Most upload and
+        mid-stream data ends here, read at fixed offsets; anything unusual takes the full
+        path."""
         head = tcp_data_head(data)
         if head is None:
             return False
-        src, sport, dst, dport, first = head
+        src, sport, dst, dport, flags, first = head
+        key = (src, sport, dst, dport)
         if first < 0:
+            if flags & TCP_FIN_RST:
+                self.streams.close(key)
             return True
         return (
-            first not in STREAM_STARTS
-            and sport != 53
-            and dport != 53
-            and (src, sport, dst, dport) not in self.streams
+            first not in STREAM_STARTS and sport != 53 and dport != 53 and key not in self.streams
         )
 
     def _error(self, layer: str) -> None:

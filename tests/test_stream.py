@@ -132,11 +132,11 @@ def test_tcp_data_head_reads_only_plain_segments() -> None:
 
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
     src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
-    assert tcp_data_head(_tcp_frame(b"\x17\x03", 5)) == (src, 40000, dst, 80, 0x17)
-    assert tcp_data_head(_tcp_frame(b"", 5)) == (src, 40000, dst, 80, -1)
+    assert tcp_data_head(_tcp_frame(b"\x17\x03", 5)) == (src, 40000, dst, 80, 0x18, 0x17)
+    assert tcp_data_head(_tcp_frame(b"", 5, flags="FA")) == (src, 40000, dst, 80, 0x11, -1)
     v6 = tcp_data_head(_tcp_frame(b"GET", 5, v6=True))
-    assert v6 is not None and v6[1:] == (40000, v6[2], 80, ord("G")) and len(v6[0]) == 16
-    for flags in ("S", "F", "R", "FA"):
+    assert v6 is not None and v6[1:] == (40000, v6[2], 80, 0x18, ord("G")) and len(v6[0]) == 16
+    for flags in ("S", "SA"):
         assert tcp_data_head(_tcp_frame(b"x", 5, flags=flags)) is None, flags
     seg = TCP(sport=1, dport=2, flags="A") / (b"x" * 30)
     others = {

@@ -45,7 +45,7 @@ _new = tuple.__new__  # builds a Segment in C, skipping NamedTuple's Python-leve
 # protocol | payload length, next header], source, destination, ports, data offset, flags
 _ipv4_tcp_at_14 = struct.Struct("!BxH2xHxB2x4s4sHH8xBB").unpack_from
 _ipv6_tcp_at_18 = struct.Struct("!HBx16s16sHH8xBB").unpack_from
-_TCP_SYN_FIN_RST: Final = 0x07
+_TCP_SYN: Final = 0x02
 
 
 class Segment(NamedTuple):
@@ -286,29 +286,29 @@ class PacketDecoder:
         return _new(Segment, (src, dst, PROTO_UDP, sport, dport, 0, data[pos + 8 : stop], 0))
 
 
-def tcp_data_head(data: bytes) -> tuple[bytes, int, bytes, int, int] | None:
-    """``(src, sport, dst, dport, first payload byte)`` of an Ethernet frame holding a TCP
-    segment with payload and none of SYN/FIN/RST, over IPv4 without options (not a
-    fragment) or IPv6 without extension headers; ``(..., -1)`` for such a segment without
-    payload. None for anything else, or anything the full decode would question (cut short,
-    bad lengths): the caller then decodes it in full. Reads fixed offsets only, so a sensor
-    can reject most mid-stream data without building a ``Segment``."""
+def tcp_data_head(data: bytes) -> tuple[bytes, int, bytes, int, int, int] | None:
+    """``(src, sport, dst, dport, flags, first payload byte)`` of an Ethernet frame holding
+    a TCP segment without SYN, over IPv4 without options (not a fragment) or IPv6 without
+    extension headers; the first byte is -1 for a segment without payload. None for
+    anything else, or anything the full decode would question (cut short, bad lengths):
+    the caller then decodes it in full. Reads fixed offsets only, so a sensor can reject
+    most mid-stream data without building a ``Segment``."""
     size = len(data)
     if size < 48:
         return None
     # the protocol and flags bytes first: most frames that are not such a segment (UDP,
-    # SYN, FIN) are turned away before the full read
+    # SYN) are turned away before the full read
     if data[12:15] == b"\x08\x00\x45":
-        if data[23] != PROTO_TCP or data[47] & _TCP_SYN_FIN_RST:
+        if data[23] != PROTO_TCP or data[47] & _TCP_SYN:
             return None
-        _vihl, total, frag, _proto, src, dst, sport, dport, doff, _flags = _ipv4_tcp_at_14(data, 14)
+        _vihl, total, frag, _proto, src, dst, sport, dport, doff, flags = _ipv4_tcp_at_14(data, 14)
         if frag & 0x3FFF:
             return None
         start, stop = 34 + (doff >> 4) * 4, 14 + total
     elif data[12:14] == b"\x86\xdd" and size >= 68:
-        if data[20] != PROTO_TCP or data[67] & _TCP_SYN_FIN_RST:
+        if data[20] != PROTO_TCP or data[67] & _TCP_SYN:
             return None
-        plen, _nxt, src, dst, sport, dport, doff, _flags = _ipv6_tcp_at_18(data, 18)
+        plen, _nxt, src, dst, sport, dport, doff, flags = _ipv6_tcp_at_18(data, 18)
         if not plen:
             return None
         start, stop = 54 + (doff >> 4) * 4, 54 + plen
@@ -316,7 +316,7 @@ def tcp_data_head(data: bytes) -> tuple[bytes, int, bytes, int, int] | None:
         return None
     if doff < 0x50 or start > stop:
         return None
-    return (src, sport, dst, dport, data[start] if start < min(stop, size) else -1)
+    return (src, sport, dst, dport, flags, data[start] if start < min(stop, size) else -1)
 
 
 _STATELESS: Final = PacketDecoder(max_fragments=0)
