@@ -145,10 +145,14 @@ def test_tcp_data_head_reads_only_plain_segments() -> None:
         "ipv6 extension header": eth / IPv6() / IPv6ExtHdrDestOpt() / seg,
         "udp": eth / IP() / UDP() / (b"\x00" * 60),
         "cut short": eth / IP() / seg,
+        "tcp header cut by the capture": eth / IP() / seg,
+        "ipv6 tcp header cut by the capture": eth / IPv6() / seg,
     }
+    cut = {"cut short": 47, "tcp header cut by the capture": 52}
+    cut["ipv6 tcp header cut by the capture"] = 70
     for what, pkt in others.items():
-        data = bytes(pkt)
-        assert tcp_data_head(data[:47] if what == "cut short" else data) is None, what
+        data = bytes(pkt)[: cut.get(what)]
+        assert tcp_data_head(data) is None, what
 
 
 def test_early_reject_changes_no_event_on_the_corpus(corpus, matcher) -> None:  # type: ignore[no-untyped-def]

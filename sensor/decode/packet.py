@@ -314,7 +314,7 @@ def tcp_data_head(data: bytes) -> tuple[bytes, int, bytes, int, int, int] | None
         start, stop = 54 + (doff >> 4) * 4, 54 + plen
     else:
         return None
-    if doff < 0x50 or start > stop:
+    if doff < 0x50 or start > stop or start > size:  # the full decode says what is wrong
         return None
     return (src, sport, dst, dport, flags, data[start] if start < min(stop, size) else -1)
 
