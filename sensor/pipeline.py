@@ -15,9 +15,9 @@ from sensor.allowlist import Allowlist
 from sensor.capture import Frame
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dns import decode_dns, looks_like_dns
-from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment
+from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
-from sensor.decode.stream import StreamTable
+from sensor.decode.stream import STREAM_STARTS, StreamTable
 from sensor.flows import FlowWatch
 from sensor.indicators import Indicator
 from sensor.match import Matcher
@@ -77,6 +77,8 @@ class Sensor:
 
     def process_frame(self, ts_ns: int, linktype: int, data: bytes) -> list[Event]:
         self.stats.packets += 1
+        if linktype == 1 and self._mid_stream(data):
+            return []
         try:
             seg = self.decoder.decode(linktype, data, ts_ns)
             if seg is None:
@@ -101,6 +103,26 @@ class Sensor:
             if flow is not None:
                 events.append(flow)
         return events
+
+    def _mid_stream(self, data: bytes) -> bool:
+        """A plain TCP segment (no SYN: no flow start) the full decode would read nothing
+        from: without payload, or not DNS and starting with a byte no ClientHello or
+        request line starts with on a flow with no head in progress (StreamTable.feed's
+        own first test). A FIN or RST still ends the flow's stream. Most upload and
+        mid-stream data ends here, read at fixed offsets; anything unusual takes the full
+        path."""
+        head = tcp_data_head(data)
+        if head is None:
+            return False
+        src, sport, dst, dport, flags, first = head
+        key = (src, sport, dst, dport)
+        if first < 0:
+            if flags & TCP_FIN_RST:
+                self.streams.close(key)
+            return True
+        return (
+            first not in STREAM_STARTS and sport != 53 and dport != 53 and key not in self.streams
+        )
 
     def _error(self, layer: str) -> None:
         self.stats.decode_errors += 1

@@ -40,6 +40,12 @@ _ipv4_header = struct.Struct("!BxHxxHxBxx4s4s").unpack_from
 _tcp_header = struct.Struct("!HHIxxxxBB").unpack_from  # ports, seq, data offset, flags
 _udp_header = struct.Struct("!HHH").unpack_from
 _new = tuple.__new__  # builds a Segment in C, skipping NamedTuple's Python-level __new__
+# Ethernet + IPv4 without options + TCP, and Ethernet + IPv6 + TCP, in one read each (for
+# tcp_data_head), from byte 14 and 18: [version/IHL, total length, flags/fragment offset,
+# protocol | payload length, next header], source, destination, ports, data offset, flags
+_ipv4_tcp_at_14 = struct.Struct("!BxH2xHxB2x4s4sHH8xBB").unpack_from
+_ipv6_tcp_at_18 = struct.Struct("!HBx16s16sHH8xBB").unpack_from
+_TCP_SYN: Final = 0x02
 
 
 class Segment(NamedTuple):
@@ -278,6 +284,39 @@ class PacketDecoder:
         if inner is not None:
             return self._inner(inner, data, stop, depth)
         return _new(Segment, (src, dst, PROTO_UDP, sport, dport, 0, data[pos + 8 : stop], 0))
+
+
+def tcp_data_head(data: bytes) -> tuple[bytes, int, bytes, int, int, int] | None:
+    """``(src, sport, dst, dport, flags, first payload byte)`` of an Ethernet frame holding
+    a TCP segment without SYN, over IPv4 without options (not a fragment) or IPv6 without
+    extension headers; the first byte is -1 for a segment without payload. None for
+    anything else, or anything the full decode would question (cut short, bad lengths):
+    the caller then decodes it in full. Reads fixed offsets only, so a sensor can reject
+    most mid-stream data without building a ``Segment``."""
+    size = len(data)
+    if size < 48:
+        return None
+    # the protocol and flags bytes first: most frames that are not such a segment (UDP,
+    # SYN) are turned away before the full read
+    if data[12:15] == b"\x08\x00\x45":
+        if data[23] != PROTO_TCP or data[47] & _TCP_SYN:
+            return None
+        _vihl, total, frag, _proto, src, dst, sport, dport, doff, flags = _ipv4_tcp_at_14(data, 14)
+        if frag & 0x3FFF:
+            return None
+        start, stop = 34 + (doff >> 4) * 4, 14 + total
+    elif data[12:14] == b"\x86\xdd" and size >= 68:
+        if data[20] != PROTO_TCP or data[67] & _TCP_SYN:
+            return None
+        plen, _nxt, src, dst, sport, dport, doff, flags = _ipv6_tcp_at_18(data, 18)
+        if not plen:
+            return None
+        start, stop = 54 + (doff >> 4) * 4, 54 + plen
+    else:
+        return None
+    if doff < 0x50 or start > stop or start > size:  # the full decode says what is wrong
+        return None
+    return (src, sport, dst, dport, flags, data[start] if start < min(stop, size) else -1)
 
 
 _STATELESS: Final = PacketDecoder(max_fragments=0)

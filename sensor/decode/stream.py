@@ -27,7 +27,7 @@ MAX_OUT_OF_ORDER: Final = 16  # segments held per flow while waiting for a gap t
 SEQ_MOD: Final = 1 << 32
 # first bytes a stream worth state can start with: a TLS handshake record or a request
 # line's upper-case method (see _could_be_client_hello and _starts_http)
-_STREAM_STARTS: Final = frozenset({0x16, *range(ord("A"), ord("Z") + 1)})
+STREAM_STARTS: Final = frozenset({0x16, *range(ord("A"), ord("Z") + 1)})
 
 
 @dataclass
@@ -67,6 +67,10 @@ class StreamTable:
     def __len__(self) -> int:
         return len(self._flows)
 
+    def __contains__(self, key: FlowKey) -> bool:
+        """Whether the flow has a head (or DNS stream) in progress."""
+        return key in self._flows
+
     def close(self, key: FlowKey) -> None:
         self._flows.pop(key, None)
 
@@ -74,7 +78,7 @@ class StreamTable:
         """Sightings completed by this segment (may be several for DNS)."""
         flow = self._flows.get(key)
         if flow is None:
-            if payload[0] not in _STREAM_STARTS and not dns_port:
+            if payload[0] not in STREAM_STARTS and not dns_port:
                 return []  # mid-stream data (most segments): neither a hello nor a request
             return self._start(key, seq, payload, dns_port)
         data = self._in_order(flow, seq, payload)
