@@ -238,8 +238,10 @@ class KafkaTopicReader:
         )
         await start_client(self.bootstrap, self.security, consumer.start, consumer.stop)
         try:
-            await consumer.topics()  # metadata of every topic, this one included
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            # a consumer with no subscription has no metadata of the topic yet, and the public
+            # topics() returns names only: the cluster metadata it fetches has the partitions
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
             if not tps:
                 return [], {}
             ends = {tp.partition: n for tp, n in (await consumer.end_offsets(tps)).items()}
