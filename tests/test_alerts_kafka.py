@@ -1,5 +1,7 @@
-"""``kaspwatch alerts`` on the real broker: to a real Alertmanager, through a SIGKILL with a
-webhook receiver counting every delivery, and past poison messages to the dead-letter topic.
+"""``kaspwatch alerts`` on the real broker: to a real Alertmanager, through two SIGKILLs (one
+after the alerts topic acknowledged a batch and before its record, one inside a webhook POST)
+with a webhook receiver counting every delivery, and past poison messages to the dead-letter
+topic.
 
 Every process is the real CLI; the broker is the real Apache Kafka from ``deploy/kafka``.
 Each test uses its own topics and consumer group, so tests never see each other's data.
