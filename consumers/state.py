@@ -3,7 +3,9 @@
 SQLite (WAL, synchronous=FULL), one file per alerts consumer group. A delivery is
 recorded per sink right after that sink accepted it, so after a crash a sink is never
 sent an alert it already has; windows are saved with the batch, before the offsets are
-committed, so a restart neither forgets a window nor re-alerts on it.
+committed, so a restart neither forgets a window nor re-alerts on it. A sink that can be
+read back (the Kafka alerts topic) also has its marks recorded with each delivery: the
+topic offsets past its last recorded batch, where a read-back after a crash starts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ CREATE TABLE IF NOT EXISTS windows (
   PRIMARY KEY (host, category));
 CREATE TABLE IF NOT EXISTS delivered (
   alert_id TEXT NOT NULL, sink TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (alert_id, sink));
+CREATE TABLE IF NOT EXISTS marks (
+  sink TEXT NOT NULL, part INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+  PRIMARY KEY (sink, part));
 """
 
 
@@ -85,13 +90,27 @@ class AlertState:
         )
         return {r[0] for r in rows}
 
-    def mark_delivered(self, alert_ids: list[str], sink: str) -> None:
+    def mark_delivered(
+        self, alert_ids: list[str], sink: str, marks: dict[int, int] | None = None
+    ) -> None:
+        """Record the deliveries and, in the same transaction, the sink's marks (partition ->
+        offset past them; a mark only moves forward)."""
         now = time.time()
         with self.db:
             self.db.executemany(
                 "INSERT OR IGNORE INTO delivered VALUES (?, ?, ?)",
                 [(a, sink, now) for a in alert_ids],
             )
+            self.db.executemany(
+                "INSERT INTO marks VALUES (?, ?, ?) ON CONFLICT (sink, part) "
+                "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
+                [(sink, p, n) for p, n in (marks or {}).items()],
+            )
+
+    def marks(self, sink: str) -> dict[int, int] | None:
+        """Where a read-back of the sink starts; None when none was ever recorded."""
+        rows = self.db.execute("SELECT part, next_offset FROM marks WHERE sink = ?", (sink,))
+        return {p: n for p, n in rows} or None
 
     def prune(self, older_than_s: float) -> None:
         """Forget deliveries older than the longest replay anyone would do."""

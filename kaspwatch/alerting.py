@@ -22,7 +22,7 @@ from consumers.sinks import Sink, SinkError
 from consumers.sinks.ocsf import KafkaTopicSink
 from consumers.sinks.stdout import StdoutSink
 from consumers.state import AlertState
-from kaspwatch.bus import Publisher, parse_bus_url
+from kaspwatch.bus import Publisher, TopicReader, parse_bus_url
 from kaspwatch.bus.security import KafkaSecurity
 from kaspwatch.event import ALERTS_TOPIC
 
@@ -71,13 +71,18 @@ def add_alert_options(p: argparse.ArgumentParser, state_default: bool) -> None:
 
 
 def build_sinks(
-    args: argparse.Namespace, publisher: Publisher | None, render: Callable[[Alert], str]
+    args: argparse.Namespace,
+    publisher: Publisher | None,
+    render: Callable[[Alert], str],
+    reader: TopicReader | None = None,
 ) -> list[Sink]:
+    """``reader`` (of the publisher's bus) lets the alerts-topic sink read back what it wrote."""
     sinks: list[Sink] = []
     if not args.no_stdout:
         sinks.append(StdoutSink(render))
     if publisher is not None:
-        sinks.append(KafkaTopicSink(publisher, getattr(args, "alerts_topic", ALERTS_TOPIC)))
+        topic = getattr(args, "alerts_topic", ALERTS_TOPIC)
+        sinks.append(KafkaTopicSink(publisher, topic, reader))
     if args.alertmanager:
         from consumers.sinks.alertmanager import AlertmanagerSink
 
@@ -133,6 +138,12 @@ class DeliveryCollector(Collector):
                 "kaspwatch_alert_sink_dropped",
                 st.dropped,
                 "Alerts dropped after a sink gave up (policy drop).",
+            ),
+            (
+                "kaspwatch_alert_read_back",
+                st.found,
+                "Alerts found on the receiver by a read-back (after a crash or a failed send), "
+                "recorded and not sent again.",
             ),
         ):
             fam = CounterMetricFamily(name, text, labels=["sink"])

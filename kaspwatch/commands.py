@@ -26,7 +26,7 @@ from kaspwatch.alerting import (
     open_delivery,
     resend_firing,
 )
-from kaspwatch.bus import Publisher, open_publisher, open_subscriber
+from kaspwatch.bus import Publisher, open_publisher, open_reader, open_subscriber
 from kaspwatch.bus.spool import Spool
 from kaspwatch.bus.spooling import SpoolingPublisher
 from kaspwatch.event import HITS_TOPIC, heartbeat_from_json
@@ -228,7 +228,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         )
         await publisher.start()
         await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
-        delivery, _ = open_delivery(args, build_sinks(args, publisher, render), args.group)
+        reader = open_reader(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
+        sinks = build_sinks(args, publisher, render, reader)
+        delivery, _ = open_delivery(args, sinks, args.group)
         metrics.registry.register(DeliveryCollector(delivery))
         if args.metrics_addr:
             start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)

@@ -38,6 +38,14 @@ class Proc:
     def stdout(self) -> str:
         return self.out.read_text(errors="replace")
 
+    def stopped(self) -> bool:
+        """Stopped by a signal (SIGSTOP: state T in /proc/PID/stat)."""
+        try:
+            stat = Path(f"/proc/{self.popen.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rpartition(")")[2].split()[0] == "T"
+
 
 class Procs:
     """Every process a test starts; all stopped (SIGTERM, then SIGKILL) at the end."""
@@ -46,11 +54,19 @@ class Procs:
         self.tmp = tmp
         self.started: list[Proc] = []
 
-    def start(self, name: str, args: list[str], stdin: int | None = None) -> Proc:
+    def start(
+        self,
+        name: str,
+        args: list[str],
+        stdin: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        """``env``: variables added to the clean environment (a test's fault hook)."""
         n = len(self.started)
         out, err = self.tmp / f"{n}-{name}.out", self.tmp / f"{n}-{name}.err"
+        full = {**cli_env(self.tmp), **(env or {})}
         with out.open("wb") as o, err.open("wb") as e:
-            popen = subprocess.Popen(args, stdin=stdin, stdout=o, stderr=e, env=cli_env(self.tmp))
+            popen = subprocess.Popen(args, stdin=stdin, stdout=o, stderr=e, env=full)
         proc = Proc(name, popen, out, err)
         self.started.append(proc)
         return proc
@@ -59,6 +75,7 @@ class Procs:
     def terminate(proc: Proc, timeout: float = 20) -> int:
         if proc.popen.poll() is None:
             proc.popen.send_signal(signal.SIGTERM)
+            proc.popen.send_signal(signal.SIGCONT)  # a stopped process acts on it now
             try:
                 proc.popen.wait(timeout)
             except subprocess.TimeoutExpired:

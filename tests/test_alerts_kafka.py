@@ -1,5 +1,7 @@
-"""``kaspwatch alerts`` on the real broker: to a real Alertmanager, through a SIGKILL with a
-webhook receiver counting every delivery, and past poison messages to the dead-letter topic.
+"""``kaspwatch alerts`` on the real broker: to a real Alertmanager, through two SIGKILLs (one
+after the alerts topic acknowledged a batch and before its record, one inside a webhook POST)
+with a webhook receiver counting every delivery, and past poison messages to the dead-letter
+topic.
 
 Every process is the real CLI; the broker is the real Apache Kafka from ``deploy/kafka``.
 Each test uses its own topics and consumer group, so tests never see each other's data.
@@ -14,6 +16,7 @@ import hmac
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +33,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from consumers.delivery import FAULT_ENV
+from consumers.sinks.ocsf import finding_uid
 from tests import cliprocs, hitstream
 from tests.alertmanager import am_alerts, running_alertmanager
 from tests.cliprocs import Procs, cli_env, wait_for
@@ -176,6 +181,15 @@ async def test_capture_to_alertmanager_through_kafka(
 # ---------------------------------------------------------------- 2. SIGKILL mid-stream
 
 
+def delivered_ids(state: Path, sink: str) -> set[str]:
+    """The alert ids the state file records as delivered to ``sink`` (read-only)."""
+    db = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in db.execute("SELECT alert_id FROM delivered WHERE sink = ?", (sink,))}
+    finally:
+        db.close()
+
+
 @dataclass
 class Delivery:
     key: str  # Idempotency-Key
@@ -239,6 +253,7 @@ def webhook_receiver(delay_s: float) -> Iterator[Receiver]:
         yield rec
 
 
+@pytest.mark.timeout(150)
 async def test_alerts_consumer_killed_mid_stream_loses_and_duplicates_nothing(
     kafka_bootstrap: str,
     sample_hits: list[dict[str, Any]],
@@ -271,30 +286,52 @@ async def test_alerts_consumer_killed_mid_stream_loses_and_duplicates_nothing(
             str(state),
             "--no-stdout",
         )
-        first = procs.start("alerts-1", cmd)
-        half = len(want_keys) // 2
-        # Kill while a delivery is in flight, past half: the receiver accepts that batch
-        # after the sender died, so the state never recorded it: the hardest moment.
-        await wait_for(
-            lambda: len(rec.ids()) >= half and rec.in_flight > 0,
-            30,
-            "half of the alerts and a delivery in flight",
-            first,
-        )
+        # Kill 1, the worst moment for the alerts topic: the broker acknowledged a batch of
+        # alerts, their delivery is not recorded yet. The fault hook makes the consumer stop
+        # itself right there once the kafka sink took a third of the alerts; the test checks
+        # the topic holds alerts the state does not record, and SIGKILLs it.
+        third = len(want_keys) // 3
+        first = procs.start("alerts-1", cmd, env={FAULT_ENV: f"kafka:{third}"})
+        await wait_for(first.stopped, 30, f"alerts-1 to stop after {third} alerts", first)
+        assert "fault injection: sink kafka accepted" in first.stderr()
+        on_topic = [finding_uid(v) for _, v in await read_topic(kafka_bootstrap, names["alerts"], third)]  # fmt: skip
+        recorded = delivered_ids(state, "kafka")
+        ahead = set(on_topic) - recorded
         first.popen.send_signal(signal.SIGKILL)
         first.popen.wait(10)
+        kill1 = (
+            f"kill 1 (stopped after the topic's ack): {len(on_topic)} alerts on the topic, "
+            f"{len(recorded)} recorded, {len(ahead)} ahead of the record"
+        )
+        assert ahead and len(on_topic) == len(set(on_topic)) >= third, kill1
+        assert recorded < set(on_topic), kill1
+        assert rec.in_flight == 0  # the webhook had not been sent that batch yet
+
+        # Kill 2: while a webhook delivery is in flight, past two thirds: the receiver
+        # accepts that batch after the sender died, so the state never recorded it.
+        second = procs.start("alerts-2", cmd)
+        await wait_for(
+            lambda: len(rec.ids()) >= 2 * third and rec.in_flight > 0,
+            45,
+            "two thirds of the alerts and a delivery in flight",
+            second,
+        )
+        second.popen.send_signal(signal.SIGKILL)
+        second.popen.wait(10)
+        read_back = re.search(r"sink kafka: (\d+) alerts already there", second.stderr())
         await wait_for(lambda: rec.in_flight == 0, 5, "the in-flight delivery to finish")
         before_kill = rec.ids()
         accepted_at_kill = len(rec.deliveries)
         assert len(before_kill) < len(want_keys), "the kill came too late: all delivered"
 
-        second = procs.start("alerts-2", cmd)
+        last = procs.start("alerts-3", cmd)
         await wait_for(
-            lambda: len(rec.ids()) >= len(want_keys), 35, "every alert after restart", second
+            lambda: len(rec.ids()) >= len(want_keys), 45, "every alert after restart", last
         )
         await wait_committed(kafka_bootstrap, names["group"], names["hits"])
         await asyncio.sleep(1.0)  # late duplicates would arrive now
-        assert Procs.terminate(second) == 0, second.stderr()
+        assert Procs.terminate(last) == 0, last.stderr()
+        assert "alerts already there" not in last.stderr()  # kill 2 left the topic recorded
         with rec.lock:
             deliveries = list(rec.deliveries)
         assert rec.refused == 0
@@ -309,16 +346,23 @@ async def test_alerts_consumer_killed_mid_stream_loses_and_duplicates_nothing(
     want = {k: ("first_contact", h["event_id"]) for k, h in first_contacts(hits).items()}
     assert {k: (stage, ev) for k, stage, ev in got.values()} == want
     assert len(got) == len(want)
-    # the alerts topic got each exactly once: the kill fell inside a webhook POST, the only
-    # delivery the state had not recorded
-    findings = await read_topic(kafka_bootstrap, names["alerts"], len(want))
-    assert sorted(json.loads(v)["finding_info"]["uid"] for _, v in findings) == sorted(got)
+    # the alerts topic holds every alert exactly once: kill 1 left a batch on it that the
+    # state did not record, and the restart read it back instead of writing it again
+    findings = [finding_uid(v) for _, v in await read_topic(kafka_bootstrap, names["alerts"], len(want))]  # fmt: skip
+    topic = (
+        f"{kill1}; the restart read back {read_back[1] if read_back else 'nothing'}; alerts "
+        f"topic: {len(findings)} records, {len(set(findings))} distinct alert ids, "
+        f"{len(got)} expected"
+    )
+    sys.stderr.write(f"\nalerts topic across kills: {topic}\n")
+    assert sorted(findings) == sorted(got), topic  # hence none twice
+    assert read_back is not None and int(read_back[1]) == len(ahead), topic
 
     def describe(d: Delivery) -> str:
         parts = sorted({where[a["event_id"]][0] for a in d.alerts})
         return f"{len(d.alert_ids)} alerts from partitions {parts}, key {d.key[:8]}"
 
-    orphan = deliveries[accepted_at_kill - 1]  # in flight at the kill, accepted after it
+    orphan = deliveries[accepted_at_kill - 1]  # in flight at kill 2, accepted after it
     first_seen: dict[str, int] = {}
     redelivery: dict[int, list[str]] = {}  # delivery index -> ids it delivered again
     for n, d in enumerate(deliveries):
@@ -332,12 +376,12 @@ async def test_alerts_consumer_killed_mid_stream_loses_and_duplicates_nothing(
                  if deliveries[n].key != deliveries[first_seen[i]].key]  # fmt: skip
     report = (
         f"{len(deliveries)} deliveries, {len(got)} alerts, {len(before_kill)} before "
-        f"the kill; in flight at the kill: {describe(orphan)}; {len(dup_ids)} alert ids "
+        f"kill 2; in flight at kill 2: {describe(orphan)}; {len(dup_ids)} alert ids "
         f"delivered twice, in {len(redelivery)} later deliveries "
         f"[{'; '.join(describe(deliveries[n]) for n in redelivery)}]; "
         f"{len(other_key)} of them under another Idempotency-Key"
     )
-    sys.stderr.write(f"\nkill mid-stream: {report}\n")
+    sys.stderr.write(f"\nwebhook across kills: {report}\n")
     # At least once: the batch the receiver accepted after the kill (the state never
     # recorded its delivery) is sent again after the restart, and nothing else is: one
     # kill, one batch at most. Nothing arrives three times.

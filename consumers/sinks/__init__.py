@@ -7,7 +7,7 @@ loop commits Kafka offsets only after every sink returned or gave up per policy.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from consumers.alerts import Alert
@@ -27,3 +27,17 @@ class Sink(Protocol):
         ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class ReadBack(Protocol):
+    """A sink whose receiver can be read back (the Kafka alerts topic): the delivery records
+    ``acked`` (partition -> offset after the last batch) with each delivery, and after a
+    start or a failed send asks ``read_back`` which alerts are there past those offsets."""
+
+    name: str
+    acked: dict[int, int]
+
+    async def read_back(self, since: dict[int, int] | None) -> tuple[set[str], dict[int, int]]:
+        """Alert ids on the receiver from ``since`` (None: none) to its end, and that end."""
+        ...

@@ -1,15 +1,20 @@
 """Alerts as OCSF Detection Finding (class_uid 2004, OCSF 1.x) for the Kafka alerts topic,
-so a SIEM that speaks OCSF (Security Lake, Splunk, Sentinel...) takes them as they are."""
+so a SIEM that speaks OCSF (Security Lake, Splunk, Sentinel...) takes them as they are.
+
+The topic can be read back: the sink keeps the offsets the broker acknowledged for its last
+batch (``acked``, recorded with the delivery), and ``read_back`` lists the alert ids on the
+topic past such offsets, so after a crash the delivery never writes an alert twice."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from consumers.sinks import SinkError
 from kaspwatch import __version__
-from kaspwatch.bus import Publisher
+from kaspwatch.bus import BusError, Publisher, TopicReader
 from kaspwatch.event import ALERTS_TOPIC, parse_ts
 
 if TYPE_CHECKING:
@@ -20,6 +25,7 @@ CLASS_UID: Final = 2004  # Detection Finding
 CATEGORY_UID: Final = 2  # Findings
 SEVERITY_ID: Final = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 CONFIDENCE_ID: Final = {"low": 1, "medium": 2, "high": 3}
+log = logging.getLogger("kaspwatch.alerts")
 
 
 def _ms(ts: str) -> int:
@@ -78,14 +84,46 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
     }
 
 
+def finding_uid(value: bytes) -> str | None:
+    """The alert id of a record on the alerts topic; None for anything else."""
+    try:
+        uid = json.loads(value)["finding_info"]["uid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return uid if isinstance(uid, str) else None
+
+
 class KafkaTopicSink:
-    """Alerts to the alerts topic as OCSF JSON, keyed by host; waits for the broker's acks."""
+    """Alerts to the alerts topic as OCSF JSON, keyed by host; waits for the broker's acks.
+    With a ``reader`` of the same bus it can read back what is on the topic."""
 
     name = "kafka"
 
-    def __init__(self, publisher: Publisher, topic: str = ALERTS_TOPIC) -> None:
+    def __init__(
+        self, publisher: Publisher, topic: str = ALERTS_TOPIC, reader: TopicReader | None = None
+    ) -> None:
         self.publisher = publisher
         self.topic = topic
+        self.reader = reader
+        self.acked: dict[int, int] = {}  # partition -> offset after the last batch's record
+
+    async def read_back(self, since: dict[int, int] | None) -> tuple[set[str], dict[int, int]]:
+        """Alert ids on the topic from ``since`` (partition -> offset; None: none) to its
+        end, and the end offsets; without a reader: nothing, and ``since``."""
+        if self.reader is None:
+            return set(), dict(since or {})
+        try:
+            records, ends = await self.reader.read(self.topic, since)
+        except BusError as exc:
+            raise SinkError(f"kafka sink, reading back topic {self.topic}: {exc}") from exc
+        uids = [finding_uid(r.value) for r in records]
+        if None in uids:
+            log.warning(
+                "kafka sink: %d records on topic %s are not kaspwatch findings (ignored)",
+                uids.count(None),
+                self.topic,
+            )
+        return {u for u in uids if u is not None}, ends
 
     async def start(self) -> None:
         return None
@@ -100,9 +138,12 @@ class KafkaTopicSink:
             for a in alerts
         ]
         try:
-            await asyncio.gather(*futures)
+            acks = await asyncio.gather(*futures)
         except Exception as exc:
             raise SinkError(f"kafka sink, topic {self.topic}: {exc}") from exc
+        self.acked = {}
+        for md in acks:
+            self.acked[md.partition] = max(self.acked.get(md.partition, 0), md.offset + 1)
 
     async def stop(self) -> None:
         return None

@@ -1,7 +1,7 @@
 """The bus between sensors and consumers: Kafka, or an in-process queue (embedded mode).
 
-Both transports implement the same two small protocols. ``open_publisher`` and
-``open_subscriber`` pick one from a URL: ``kafka://host:port[,host:port...]`` or ``memory://``.
+Both transports implement the same small protocols. ``open_publisher``, ``open_subscriber``
+and ``open_reader`` pick one from a URL: ``kafka://host:port[,host:port...]`` or ``memory://``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,18 @@ class Subscriber(Protocol):
     async def stop(self) -> None: ...
 
 
+class TopicReader(Protocol):
+    """Reads a topic back, outside any consumer group (the alerts sink checks what it wrote)."""
+
+    async def read(
+        self, topic: str, since: dict[int, int] | None
+    ) -> tuple[list[Record], dict[int, int]]:
+        """The topic's end offsets now (partition -> next offset), and the records from
+        ``since`` (partition -> first offset; a partition it does not name: from its
+        beginning) up to them; ``since`` None: the end offsets only, no records."""
+        ...
+
+
 def parse_bus_url(url: str) -> tuple[str, str]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("kafka", "memory"):
@@ -118,3 +130,17 @@ def open_subscriber(
     from kaspwatch.bus.memory import MemoryBus
 
     return MemoryBus.named(where).subscriber(topics, group)
+
+
+def open_reader(
+    url: str, client_id: str = "kaspwatch", security: KafkaSecurity | None = None
+) -> TopicReader:
+    scheme, where = parse_bus_url(url)
+    if scheme == "kafka":
+        from kaspwatch.bus.kafka import KafkaTopicReader
+        from kaspwatch.bus.security import PLAINTEXT
+
+        return KafkaTopicReader(where, client_id, security or PLAINTEXT)
+    from kaspwatch.bus.memory import MemoryBus
+
+    return MemoryBus.named(where).reader()

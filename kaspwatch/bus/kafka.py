@@ -209,6 +209,73 @@ class KafkaSubscriber:
         await self._consumer.stop()
 
 
+class KafkaTopicReader:
+    """Reads partitions of a topic between offsets with a consumer of no group (nothing is
+    committed); a client per ``read``, since reads are rare (a start, a failed send)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        client_id: str,
+        security: KafkaSecurity = PLAINTEXT,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.security = security
+        self.timeout_s = timeout_s
+
+    async def read(
+        self, topic: str, since: dict[int, int] | None
+    ) -> tuple[list[Record], dict[int, int]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            **self.security.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # a start offset already deleted: the oldest kept
+        )
+        await start_client(self.bootstrap, self.security, consumer.start, consumer.stop)
+        try:
+            # a consumer with no subscription has no metadata of the topic yet, and the public
+            # topics() returns names only: the cluster metadata it fetches has the partitions
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
+            if not tps:
+                return [], {}
+            ends = {tp.partition: n for tp, n in (await consumer.end_offsets(tps)).items()}
+            if since is None:
+                return [], ends
+            pending = [tp for tp in tps if min(since.get(tp.partition, 0), ends[tp.partition])
+                       < ends[tp.partition]]  # fmt: skip
+            consumer.assign(pending)
+            for tp in pending:
+                consumer.seek(tp, max(since.get(tp.partition, 0), 0))
+            out: list[Record] = []
+            deadline = asyncio.get_running_loop().time() + self.timeout_s
+            while pending:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BusError(
+                        f"kafka {self.bootstrap}: topic {topic} not read to its end offsets "
+                        f"{ends} within {self.timeout_s:.0f} s"
+                    )
+                batches = await consumer.getmany(*pending, timeout_ms=500)
+                for tp, msgs in batches.items():
+                    end = ends[tp.partition]
+                    out.extend(
+                        Record(m.topic, m.partition, m.offset, m.key, m.value)
+                        for m in msgs
+                        if m.offset < end
+                    )
+                pending = [tp for tp in pending if await consumer.position(tp) < ends[tp.partition]]
+            return out, ends
+        except KafkaError as exc:
+            raise BusError(f"kafka {self.bootstrap}: reading topic {topic}: {exc}") from exc
+        finally:
+            await consumer.stop()
+
+
 async def group_lag(
     bootstrap: str, groups: list[str], security: KafkaSecurity = PLAINTEXT
 ) -> dict[tuple[str, str, int], int]:

@@ -47,6 +47,9 @@ class MemoryBus:
     def subscriber(self, topics: list[str], group: str) -> MemorySubscriber:
         return MemorySubscriber(self, topics, group)
 
+    def reader(self) -> MemoryReader:
+        return MemoryReader(self)
+
 
 class MemoryPublisher:
     def __init__(self, bus: MemoryBus) -> None:
@@ -112,3 +115,15 @@ class MemorySubscriber:
 
     async def stop(self) -> None:
         return None
+
+
+class MemoryReader:
+    def __init__(self, bus: MemoryBus) -> None:
+        self.bus = bus
+
+    async def read(
+        self, topic: str, since: dict[int, int] | None
+    ) -> tuple[list[Record], dict[int, int]]:
+        log = self.bus.topics.get(topic, [])
+        ends = {0: len(log)}
+        return ([] if since is None else log[since.get(0, 0) :]), ends
