@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ class CaptureFile:
     def _peek(self, n: int) -> bytes:
         try:
             return self._fh.peek(n)[:n]  # type: ignore[attr-defined,no-any-return]
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise CaptureError(f"{self.path}: cannot read: {exc}") from None
 
     @property
@@ -109,7 +110,7 @@ class CaptureFile:
                 yield from self._read_pcap()
             else:
                 yield from self._read_pcapng()
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
             raise CaptureError(
                 f"{self.path}: read failed after {self.stats.packets} packets: {exc}"
             ) from None
@@ -172,25 +173,44 @@ class CaptureFile:
                 elif bom == b"\x1a\x2b\x3c\x4d":
                     endian = ">"
                 else:
-                    raise CaptureError(f"{self.path}: bad pcapng byte-order magic at byte {offset}")
+                    raise CaptureError(
+                        f"{self.path}: bad pcapng byte-order magic at byte {offset} "
+                        f"(after {stats.packets} packets)"
+                    )
                 blen = struct.unpack(endian + "I", bh[4:8])[0]
-                body = bom + read(blen - 12) if blen >= 12 else b""
+                if blen < 28 or blen % 4 or blen > _MAX_RECORD + 64:
+                    raise CaptureError(
+                        f"{self.path}: corrupt pcapng section header at byte {offset}: "
+                        f"length {blen} (after {stats.packets} packets)"
+                    )
+                body = bom + read(blen - 12)
                 ifaces = []
             else:
                 blen = struct.unpack(endian + "I", bh[4:8])[0]
                 if blen < 12 or blen % 4 or blen > _MAX_RECORD + 64:
                     raise CaptureError(
-                        f"{self.path}: corrupt pcapng block at byte {offset}: length {blen}"
+                        f"{self.path}: corrupt pcapng block at byte {offset}: length {blen} "
+                        f"(after {stats.packets} packets)"
                     )
                 body = read(blen - 8)
             if len(body) < blen - 8:
                 self._truncated("block", offset)
                 return
             offset += blen
+            if btype == 1 and len(body) < 12:
+                raise CaptureError(
+                    f"{self.path}: corrupt pcapng interface block at byte {offset - blen}: "
+                    f"length {blen} (after {stats.packets} packets)"
+                )
             if btype == 1:  # Interface Description Block
                 linktype = struct.unpack(endian + "H", body[:2])[0]
                 ifaces.append((linktype, *_pcapng_tsresol(body[8:-4], endian)))
             elif btype == 6:  # Enhanced Packet Block
+                if len(body) < 24:
+                    raise CaptureError(
+                        f"{self.path}: corrupt pcapng packet block at byte {offset - blen}: "
+                        f"length {blen} (after {stats.packets} packets)"
+                    )
                 if_id, ts_hi, ts_lo, caplen = struct.unpack(endian + "IIII", body[:16])
                 if if_id >= len(ifaces):
                     raise CaptureError(

@@ -56,12 +56,16 @@ def _answer(msg: dns.message.Message, qname: str) -> Sighting:
         if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             ttls[owner] = min(ttls.get(owner, rrset.ttl), rrset.ttl)
         for rdata in rrset:
+            # a record of an unknown class comes back as GenericRdata (no .target/.address)
             if rdata.rdtype == dns.rdatatype.CNAME:
-                target = _text(rdata.target)
+                raw = getattr(rdata, "target", None)
+                target = _text(raw) if isinstance(raw, dns.name.Name) else None
                 if target is not None:
                     cnames.setdefault(owner, target)
             elif rdata.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                addrs.setdefault(owner, []).append(rdata.address)
+                address = getattr(rdata, "address", None)
+                if isinstance(address, str):
+                    addrs.setdefault(owner, []).append(address)
     chain: list[str] = []
     seen = {qname}
     cur = qname
