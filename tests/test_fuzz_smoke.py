@@ -18,7 +18,11 @@ def test_every_fuzz_target_runs_without_a_crash(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if " inputs=" in line and not line.startswith("total")}
+    lines = {
+        line.split()[0]: line
+        for line in proc.stdout.splitlines()
+        if " inputs=" in line and not line.startswith("total")
+    }
     assert set(lines) == {"dns", "tls", "quic", "http", "pcap", "packet"}, out[-3000:]
     for target, line in lines.items():
         inputs = int(line.split("inputs=")[1].split()[0].replace(",", ""))
