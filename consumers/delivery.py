@@ -18,6 +18,7 @@ from kaspwatch.event import Event
 
 log = logging.getLogger("kaspwatch.alerts")
 POLICIES: Final = ("retry", "drop")
+PRUNE_EVERY: Final = 100  # batches between deletions of closed windows from the state file
 
 
 class DeliveryStats:
@@ -41,7 +42,8 @@ class AlertDelivery:
         self.state = state
         self.policy = policy
         self.stats = DeliveryStats()
-        engine.windows = state.load_windows()
+        engine.windows = state.load_windows(engine.max_windows)
+        self._batches = 0
 
     async def handle(self, events: list[Event]) -> None:
         alerts: list[Alert] = []
@@ -53,6 +55,9 @@ class AlertDelivery:
         for sink in self.sinks:
             await self._deliver(sink, alerts)
         self.state.save_windows(self.engine.windows, touched)
+        self._batches += 1
+        if self._batches % PRUNE_EVERY == 0 and self.engine.newest is not None:
+            self.state.prune_windows(self.engine.newest - self.engine.window)
         for a in alerts:
             key = (a.category, a.stage, a.severity)
             self.stats.alerts[key] = self.stats.alerts.get(key, 0) + 1
@@ -79,4 +84,4 @@ class AlertDelivery:
 
     def rollback(self) -> None:
         """Forget in-memory decisions of a batch that will be re-read."""
-        self.engine.windows = self.state.load_windows()
+        self.engine.windows = self.state.load_windows(self.engine.max_windows)

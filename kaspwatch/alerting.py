@@ -145,6 +145,11 @@ class DeliveryCollector(Collector):
         yield CounterMetricFamily(
             "kaspwatch_alerts_allowlisted", "Hits an allowlist covered.", value=engine.allowlisted
         )
+        yield CounterMetricFamily(
+            "kaspwatch_alert_windows_evictions",
+            f"(host, category) windows dropped because more than {engine.max_windows} were open.",
+            value=engine.evicted,
+        )
 
 
 async def resend_firing(sinks: list[Sink], stop: asyncio.Event, every_s: float = 30.0) -> None:
