@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.alerts import AlertEngine
 from consumers.metrics import ActiveHosts, HitMetrics, SensorHealth
+from consumers.sinks.alertmanager import AlertmanagerSink
 from kaspwatch.event import EventError, event_from_json
 from kaspwatch.runtime import PublishStats, register_sensor
 from sensor.pipeline import Sensor
@@ -133,6 +134,8 @@ async def test_consumer_state_and_series_stay_bounded_under_a_syn_flood() -> Non
     health = SensorHealth(max_sensors=20)
     registry.register(health)
     engine = AlertEngine(max_windows=cap)
+    firing = AlertmanagerSink(["http://127.0.0.1:9/"])  # never sent to: only its bookkeeping
+    firing.max_firing = cap
     sensor = Sensor(make_sensor().rules, "flood")
     frames = GENERATORS["syn"](4 * 2000)
 
@@ -141,20 +144,31 @@ async def test_consumer_state_and_series_stay_bounded_under_a_syn_flood() -> Non
             events = [event_from_json(e.to_json()) for e in sensor.process_frame(*frame)]
             await metrics.handle(events)
             for ev in events:
-                engine.feed(ev)
+                for alert in engine.feed(ev):
+                    firing._document(alert, 0.0)
         names = [{"sensor": f"s-{random.random()}", "interval_s": 15, "pack_version": "x",
                   "packets": 1, "hits": 1, "decode_errors": 0, "kernel_drops": 0, "published": 1,
                   "publish_failures": 0, "spool_depth": 0} for _ in range(100)]  # fmt: skip
         await health.handle(names)
 
     await feed(2000)
-    at_n = (_series(registry), metrics.active.evicted, engine.evicted, health.evicted)
+
+    def state() -> tuple[int, ...]:
+        return (
+            _series(registry),
+            metrics.active.evicted,
+            engine.evicted,
+            health.evicted,
+            firing.evicted,
+        )
+
+    at_n = state()
     await feed(6000)
-    at_4n = (_series(registry), metrics.active.evicted, engine.evicted, health.evicted)
+    at_4n = state()
     assert at_4n[0] == at_n[0], (at_n, at_4n)
     assert all(b > a > 0 for a, b in zip(at_n[1:], at_4n[1:], strict=True)), (at_n, at_4n)
     assert max(len(h) for h in metrics.active.last_seen.values()) == cap
-    assert len(engine.windows) == cap and len(health.beats) == 20
+    assert len(engine.windows) == cap and len(health.beats) == 20 and len(firing._sent) == cap
     assert engine.alerts == 4000  # every spoofed source is a first contact, none lost
 
 
