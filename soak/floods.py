@@ -13,6 +13,8 @@ Floods:
          watched zone): every one is a hit; each answer's address feeds IP attribution.
 - syn:   N TCP SYNs from random sources and ports, half to a Kaspersky prefix (hits).
 - hello: N TCP streams that send the first 20 bytes of a ClientHello and never finish.
+- ooo:   TCP streams (N packets in all) that send a 20-byte ClientHello head, then ten
+         1400-byte segments past a gap that is never filled: the reassembly's held bytes.
 - quic:  N/2 QUIC v1 Initials with valid-looking long headers, random DCIDs and garbage
          payloads, and N/2 authentic Initials carrying a partial ClientHello, each from
          its own random client port (CRYPTO reassembly state that never completes).
@@ -55,7 +57,7 @@ RESOLVER: Final = bytes([10, 0, 0, 53])
 KASPERSKY_NET: Final = bytes([37, 203, 128, 10])  # in the pack's 37.203.128.0/23
 OTHER_NET: Final = bytes([192, 0, 2, 1])
 WATCHED_ZONE: Final = "ksn.kaspersky-labs.com"
-FLOODS: Final = ("dns", "syn", "hello", "quic", "udp", "frag")
+FLOODS: Final = ("dns", "syn", "hello", "ooo", "quic", "udp", "frag")
 
 
 # -- frames ------------------------------------------------------------------------------
@@ -150,6 +152,18 @@ def hello_flood(n: int, seed: int = 3) -> Iterator[Frame]:
         yield T0 + i * 1000, 1, frame
 
 
+def ooo_flood(n: int, seed: int = 7) -> Iterator[Frame]:
+    rng = random.Random(seed)
+    chunk = bytes(1400)
+    for i in range(n // 11):
+        src, port, seq = rand_ip(rng), rng.randrange(1024, 65536), rng.getrandbits(32)
+        ts = T0 + i * 11_000
+        yield ts, 1, tcp(src, port, OTHER_NET, 443, seq, 0x18, HELLO_HEAD)
+        for k in range(10):  # bytes [20, 1000) never come
+            at = (seq + 1000 + k * 1400) % (1 << 32)
+            yield ts + k + 1, 1, tcp(src, port, OTHER_NET, 443, at, 0x18, chunk)
+
+
 def _partial_initial() -> bytes:
     """An authentic client Initial (QUIC v1) whose CRYPTO frame holds only the first 200
     bytes of a 1000-byte ClientHello: it decrypts, opens reassembly state and never ends."""
@@ -200,6 +214,7 @@ GENERATORS: Final[dict[str, Callable[[int], Iterator[Frame]]]] = {
     "dns": dns_flood,
     "syn": syn_flood,
     "hello": hello_flood,
+    "ooo": ooo_flood,
     "quic": quic_flood,
     "udp": udp_flood,
     "frag": frag_flood,
@@ -216,6 +231,7 @@ def table_sizes(sensor: Sensor) -> dict[str, int]:
     frags = sensor.decoder._frags
     return {
         "tcp_streams": len(sensor.streams),
+        "tcp_stream_bytes": sensor.streams.bytes,
         "quic_connections": len(quic),
         "quic_by_dcid": len(quic._by_dcid),
         "quic_by_flow": len(quic._by_flow),
@@ -232,6 +248,8 @@ def make_sensor(caps: dict[str, int] | None = None) -> Sensor:
     caps = caps or {}
     if "streams" in caps:
         sensor.streams.max_flows = caps["streams"]
+    if "stream_bytes" in caps:
+        sensor.streams.max_bytes = caps["stream_bytes"]
     if "quic" in caps:
         sensor.quic.max_connections = caps["quic"]
     if "flows" in caps:
