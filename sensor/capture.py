@@ -215,7 +215,7 @@ class CaptureFile:
                 if if_id >= len(ifaces):
                     raise CaptureError(
                         f"{self.path}: packet at byte {offset - blen} names interface {if_id}, "
-                        f"which was never described"
+                        f"which was never described (after {stats.packets} packets)"
                     )
                 linktype, num, den = ifaces[if_id]
                 ts = ((ts_hi << 32) | ts_lo) * num // den
