@@ -233,7 +233,7 @@ def _pcapng_tsresol(options: bytes, endian: str) -> tuple[int, int]:
         code, length = struct.unpack(endian + "HH", options[i : i + 4])
         if code == 0:
             break
-        if code == 9 and length >= 1:
+        if code == 9 and length >= 1 and i + 4 < len(options):  # the value may be cut off
             v = options[i + 4]
             if v & 0x80:
                 return 1_000_000_000, 1 << (v & 0x7F)

@@ -334,6 +334,18 @@ def test_capture_corrupted_anywhere(
     assert got <= len(buf) // 16
 
 
+def test_interface_option_cut_short_is_not_a_crash(tmp_path: Path) -> None:
+    """Found by fuzz/run.py: an if_tsresol option whose value lies past the block's end."""
+    idb_body = struct.pack("<HHI", 1, 0, 65535) + struct.pack("<HH", 9, 1)  # no value byte
+    data = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    data += (
+        struct.pack("<II", 1, 12 + len(idb_body)) + idb_body + struct.pack("<I", 12 + len(idb_body))
+    )
+    path = tmp_path / "cut-option.pcapng"
+    path.write_bytes(data)
+    assert _read(path)[0] == 0
+
+
 def test_cut_capture_through_the_cli(tmp_path: Path) -> None:
     """What a person sees: the names read before the cut, then one line naming file, offset
     and count on stderr; no traceback."""
