@@ -164,12 +164,11 @@ def ooo_flood(n: int, seed: int = 7) -> Iterator[Frame]:
             yield ts + k + 1, 1, tcp(src, port, OTHER_NET, 443, at, 0x18, chunk)
 
 
-def _partial_initial() -> bytes:
+def partial_initial(dcid: bytes) -> bytes:
     """An authentic client Initial (QUIC v1) whose CRYPTO frame holds only the first 200
     bytes of a 1000-byte ClientHello: it decrypts, opens reassembly state and never ends."""
     from aioquic.quic.crypto import CryptoPair
 
-    dcid = bytes.fromhex("8394c8f03e515708")
     hello = b"\x01" + (996).to_bytes(3, "big") + bytes(196)
     frames = b"\x06\x00" + (0x4000 | len(hello)).to_bytes(2, "big") + hello + bytes(900)
     pair = CryptoPair()
@@ -181,11 +180,12 @@ def _partial_initial() -> bytes:
 
 def quic_flood(n: int, seed: int = 4) -> Iterator[Frame]:
     rng = random.Random(seed)
-    authentic = _partial_initial()
+    # distinct DCIDs, more than the tracker caches keys for (1024): its key cache evicts too
+    authentic = [partial_initial(rng.randbytes(8)) for _ in range(min(2048, n // 2 + 1))]
     for i in range(n):
         src, port = rand_ip(rng), rng.randrange(1024, 65536)
         if i % 2:
-            payload = authentic
+            payload = authentic[i // 2 % len(authentic)]
         else:
             dcid = rng.randbytes(rng.randint(8, 20))
             payload = b"\xc3\x00\x00\x00\x01" + bytes([len(dcid)]) + dcid + b"\x00\x00"
@@ -235,7 +235,7 @@ def table_sizes(sensor: Sensor) -> dict[str, int]:
         "quic_connections": len(quic),
         "quic_by_dcid": len(quic._by_dcid),
         "quic_by_flow": len(quic._by_flow),
-        "quic_keys": len(quic._keys),
+        "quic_keys": len(quic._keys),  # capped at quic._max_keys
         "fragments": len(frags) if frags is not None else 0,
         "attributions": len(sensor.flows),
         "udp_flows": len(sensor.flows._udp),
@@ -252,6 +252,7 @@ def make_sensor(caps: dict[str, int] | None = None) -> Sensor:
         sensor.streams.max_bytes = caps["stream_bytes"]
     if "quic" in caps:
         sensor.quic.max_connections = caps["quic"]
+        sensor.quic._max_keys = max(16, min(caps["quic"], 1024))  # as the constructor would
     if "flows" in caps:
         sensor.flows.max_attributions = sensor.flows.max_udp_flows = caps["flows"]
     if "frags" in caps and sensor.decoder._frags is not None:

@@ -62,6 +62,7 @@ CAP_OF = {
     "quic_connections": "quic",
     "quic_by_dcid": "quic",
     "quic_by_flow": "quic",
+    "quic_keys": "quic",  # the key cache is capped at max(16, min(max_connections, 1024))
     "fragments": "frags",
 }
 
@@ -103,6 +104,8 @@ def test_flood_state_and_memory_stay_bounded(flood: str) -> None:
         table, counter = EVICTING[flood]
         assert 0.9 * CAPS[CAP_OF[table]] <= at_n[2][table] <= CAPS[CAP_OF[table]]  # full at N
         assert at_4n[1][counter] > at_n[1][counter] > 0, (at_n[1], at_4n[1])
+    if flood == "quic":  # distinct authentic DCIDs: the key cache evicts as well
+        assert at_4n[1]["quic_keys"] > at_n[1]["quic_keys"] > 0, (at_n[1], at_4n[1])
     # memory does not grow with the flood: 4N within 10% (+64 KiB of allocator noise) of N
     assert at_4n[0] <= at_n[0] * 1.10 + 65536, (flood, at_n[0], at_4n[0])
     assert at_4n[3] == at_n[3]  # the sensor's /metrics series
