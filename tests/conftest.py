@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sensor.indicators import Pack, load_pack
 from sensor.match import Matcher
@@ -93,8 +94,6 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 # Hypothesis: CI runs the small profile; `HYPOTHESIS_PROFILE=fuzz` runs the large one.
-from hypothesis import HealthCheck, settings  # noqa: E402
-
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
