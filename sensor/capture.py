@@ -110,9 +110,12 @@ class CaptureFile:
                 yield from self._read_pcap()
             else:
                 yield from self._read_pcapng()
-        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        except EOFError:  # a gzip stream cut short: like a cut plain file, keep what was read
+            self._truncated("compressed stream", self.position)
+        except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
             raise CaptureError(
-                f"{self.path}: read failed after {self.stats.packets} packets: {exc}"
+                f"{self.path}: read failed after {self.stats.packets} packets "
+                f"(byte {self.position} of the file): {exc}"
             ) from None
 
     def _truncated(self, what: str, offset: int) -> None:

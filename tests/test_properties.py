@@ -334,6 +334,16 @@ def test_capture_corrupted_anywhere(
     assert got <= len(buf) // 16
 
 
+def test_cut_gzip_capture_keeps_what_was_read(tmp_path: Path) -> None:
+    import gzip
+
+    packed = gzip.compress(CAPTURES["pcap"][0])
+    path = tmp_path / "cut.pcap.gz"
+    path.write_bytes(packed[: len(packed) * 2 // 3])
+    got, note = _read(path)
+    assert 0 < got < 12 and f"{path}: truncated compressed stream at byte " in note
+
+
 def test_interface_option_cut_short_is_not_a_crash(tmp_path: Path) -> None:
     """Found by fuzz/run.py: an if_tsresol option whose value lies past the block's end."""
     idb_body = struct.pack("<HHI", 1, 0, 65535) + struct.pack("<HH", 9, 1)  # no value byte
