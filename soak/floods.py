@@ -128,9 +128,8 @@ def syn_flood(n: int, seed: int = 2) -> Iterator[Frame]:
     rng = random.Random(seed)
     for i in range(n):
         dst = KASPERSKY_NET if i % 2 == 0 else OTHER_NET
-        frame = tcp(
-            rand_ip(rng), rng.randrange(1024, 65536), dst, 443, rng.getrandbits(32), 0x02, b""
-        )
+        port = rng.randrange(32768, 61000)  # ephemeral; 5353/5355 would be read as DNS
+        frame = tcp(rand_ip(rng), port, dst, 443, rng.getrandbits(32), 0x02, b"")
         yield T0 + i * 1000, 1, frame
 
 

@@ -27,13 +27,17 @@ from soak.floods import (
     FLOODS,
     GENERATORS,
     KASPERSKY_NET,
+    RESOLVER,
     T0,
     WATCHED_ZONE,
+    dns_answer,
+    dns_query,
     expected_hits,
     flood_addr,
     make_sensor,
     table_sizes,
     tcp,
+    udp,
 )
 
 CAPS = {"streams": 500, "stream_bytes": 1 << 20, "quic": 200, "flows": 300, "frags": 100}
@@ -132,6 +136,19 @@ def test_dns_flood_hits_are_exact_and_attribution_evicts_oldest() -> None:
     (newest,) = flow(flood_addr(n - 1))  # still attributed: a flow to it is a hit by name
     assert newest[1] == "dns" and newest[0].endswith(WATCHED_ZONE)
     assert flow(flood_addr(0)) == []  # evicted (198.18/15 is no Kaspersky prefix)
+
+
+def test_dns_from_a_tunnel_port_is_dns() -> None:
+    """Found by the dns soak: an answer to client port 4789 whose ID starts with a byte
+    carrying VXLAN's I flag (0x08) was opened as VXLAN and its name lost."""
+    sensor = make_sensor()
+    name = "x-1." + WATCHED_ZONE
+    for port in (2152, 3544, 4789, 4790, 6081):
+        answer = bytearray(dns_answer(0x485E, name, bytes([198, 18, 0, 1])))
+        frames = [udp(RESOLVER, 53, bytes([10, 1, 2, 3]), port, bytes(answer)),
+                  udp(bytes([10, 1, 2, 3]), port, RESOLVER, 53, dns_query(0x485E, name))]  # fmt: skip
+        for frame in frames:
+            assert [e.name for e in sensor.process_frame(T0, 1, frame)] == [name], port
 
 
 async def test_consumer_state_and_series_stay_bounded_under_a_syn_flood() -> None:
