@@ -89,6 +89,8 @@ def run_target(
     target: str, seconds: int, workdir: Path, seed_dirs: list[Path], max_len: int
 ) -> Result:
     _prepare(target, workdir, seed_dirs)
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else workdir
+    capture = shm / f"kaspwatch-fuzz-{target}-{os.getpid()}.pcap"
     start = time.monotonic()
     proc = subprocess.run(
         [
@@ -107,7 +109,9 @@ def run_target(
         text=True,
         timeout=seconds * 3 + 120,
         check=False,
+        env={**os.environ, "KASPWATCH_FUZZ_CAPTURE": str(capture)},
     )
+    capture.unlink(missing_ok=True)
     elapsed = time.monotonic() - start
     log = proc.stdout + proc.stderr
     (workdir / target / "last.log").write_text(log)

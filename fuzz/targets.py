@@ -86,7 +86,10 @@ def fuzz_quic(data: bytes) -> None:
 
 
 _SHM: Final = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-_CAPTURE: Final = _SHM / f"kaspwatch-fuzz-{os.getpid()}.pcap"
+# fuzz/run.py names the file and removes it when the worker ends (libFuzzer exits hard)
+_CAPTURE: Final = Path(
+    os.environ.get("KASPWATCH_FUZZ_CAPTURE", _SHM / f"kaspwatch-fuzz-{os.getpid()}.pcap")
+)
 
 
 def fuzz_pcap(data: bytes) -> None:
