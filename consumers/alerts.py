@@ -26,6 +26,7 @@ SEVERITY_RANK: Final = {s: i for i, s in enumerate(SEVERITIES)}
 STAGES: Final = ("first_contact", "sustained", "resolver_bypass")
 SUSTAINED_HITS: Final = 5
 SUSTAINED_SPAN: Final = timedelta(minutes=5)
+MAX_WINDOWS: Final = 200_000  # (host, category) windows kept in memory
 
 
 def raise_severity(severity: str, steps: int) -> str:
@@ -111,10 +112,21 @@ _STAGE_TEXT: Final = {
 class AlertEngine:
     """Pure decision logic: which hits become alerts, at which stage and severity."""
 
-    def __init__(self, window_s: float = 3600.0, assets: AssetMap | None = None) -> None:
+    def __init__(
+        self,
+        window_s: float = 3600.0,
+        assets: AssetMap | None = None,
+        max_windows: int = MAX_WINDOWS,
+    ) -> None:
         self.window = timedelta(seconds=window_s)
         self.assets = assets or AssetMap([])
+        # (host, category) -> window, oldest opened first; bounded: a flood of spoofed
+        # sources must not grow it without end. An evicted window that was still open can
+        # only cost a repeated first_contact alert for that host later, never a lost one.
         self.windows: dict[tuple[str, str], Window] = {}
+        self.max_windows = max_windows
+        self.evicted = 0
+        self.newest: datetime | None = None  # the latest event time seen
         self.alerts = 0
         self.suppressed = 0
         self.allowlisted = 0
@@ -129,9 +141,15 @@ class AlertEngine:
             return []
         key = (event.host, ind.category)
         ts = parse_ts(event.ts)
+        if self.newest is None or ts > self.newest:
+            self.newest = ts
         win = self.windows.get(key)
         if win is None or not (win.start <= ts < win.start + self.window):
+            self.windows.pop(key, None)
             win = self.windows[key] = Window(ts, event.event_id)
+            if len(self.windows) > self.max_windows:
+                del self.windows[next(iter(self.windows))]
+                self.evicted += 1
         win.hits += 1
         win.last = ts if win.last is None else max(win.last, ts)
         reached = ["first_contact"]

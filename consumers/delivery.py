@@ -30,6 +30,8 @@ from kaspwatch.event import Event
 
 log = logging.getLogger("kaspwatch.alerts")
 POLICIES: Final = ("retry", "drop")
+PRUNE_EVERY: Final = 100  # batches between deletions of closed windows from the state file
+
 FAULT_ENV: Final = "KASPWATCH_FAULT_STOP_AFTER"
 
 
@@ -65,7 +67,8 @@ class AlertDelivery:
         self.state = state
         self.policy = policy
         self.stats = DeliveryStats()
-        engine.windows = state.load_windows()
+        engine.windows = state.load_windows(engine.max_windows)
+        self._batches = 0
         self.unsure = {s.name for s in sinks if isinstance(s, ReadBack)}  # read back first
         self.fault = _fault_point()
 
@@ -79,6 +82,9 @@ class AlertDelivery:
         for sink in self.sinks:
             await self._deliver(sink, alerts)
         self.state.save_windows(self.engine.windows, touched)
+        self._batches += 1
+        if self._batches % PRUNE_EVERY == 0 and self.engine.newest is not None:
+            self.state.prune_windows(self.engine.newest - self.engine.window)
         for a in alerts:
             key = (a.category, a.stage, a.severity)
             self.stats.alerts[key] = self.stats.alerts.get(key, 0) + 1
@@ -143,4 +149,4 @@ class AlertDelivery:
 
     def rollback(self) -> None:
         """Forget in-memory decisions of a batch that will be re-read."""
-        self.engine.windows = self.state.load_windows()
+        self.engine.windows = self.state.load_windows(self.engine.max_windows)

@@ -1,7 +1,8 @@
 """Prometheus metrics from hit events and sensor heartbeats.
 
-Labels are bounded: category, kind, severity, site (from the asset map), sensor (the
-deployment's sensors), window; never an address or a domain. Every known
+Labels are bounded: category, kind, severity (enums the event parser enforces), site
+(from the asset map), sensor (the deployment's sensors, at most MAX_SENSORS), window;
+never an address or a domain. Every known
 (category, kind, severity, site) series is exported from the start, at zero, so a
 dashboard shows "nothing yet" instead of "no data".
 """
@@ -25,25 +26,32 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 WINDOWS: Final = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0}
 MAX_HOSTS_TRACKED: Final = 200_000  # active-host bookkeeping is bounded too
+MAX_SENSORS: Final = 1024  # heartbeating sensors tracked (each has its own series)
 
 
 class ActiveHosts(Collector):
     """Distinct hosts per (category, site) seen within sliding windows of wall-clock time."""
 
-    def __init__(self, keys: set[tuple[str, str]]) -> None:
+    def __init__(self, keys: set[tuple[str, str]], max_hosts: int = MAX_HOSTS_TRACKED) -> None:
         self.last_seen: dict[tuple[str, str], dict[str, float]] = {k: {} for k in keys}
+        self.max_hosts = max_hosts
         self.evicted = 0
 
     def see(self, category: str, site: str, host: str) -> None:
         hosts = self.last_seen.setdefault((category, site), {})
+        hosts.pop(host, None)  # re-inserted: the dict stays in last-seen order
         hosts[host] = time.time()
-        if len(hosts) > MAX_HOSTS_TRACKED:
-            oldest = min(hosts, key=hosts.__getitem__)
-            del hosts[oldest]
+        if len(hosts) > self.max_hosts:
+            del hosts[next(iter(hosts))]  # the least recently seen, in O(1)
             self.evicted += 1
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         now = time.time()
+        yield CounterMetricFamily(
+            "kaspwatch_active_hosts_evictions",
+            f"Hosts dropped from the active-host table (at most {self.max_hosts} per category and site).",
+            value=self.evicted,
+        )
         fam = GaugeMetricFamily(
             "kaspwatch_active_hosts",
             "Distinct hosts with a hit in the window, per category and site.",
@@ -62,12 +70,18 @@ class ActiveHosts(Collector):
 class SensorHealth(Collector):
     """Sensor health from heartbeats on Kafka: a sensor that stops beating is down."""
 
-    def __init__(self) -> None:
-        self.beats: dict[str, dict[str, Any]] = {}
+    def __init__(self, max_sensors: int = MAX_SENSORS) -> None:
+        self.beats: dict[str, dict[str, Any]] = {}  # least recently heard first
+        self.max_sensors = max_sensors
+        self.evicted = 0
 
     async def handle(self, docs: list[dict[str, Any]]) -> None:
         for doc in docs:
+            self.beats.pop(doc["sensor"], None)
             self.beats[doc["sensor"]] = {**doc, "received": time.time()}
+            if len(self.beats) > self.max_sensors:  # sensor names label series: bounded
+                del self.beats[next(iter(self.beats))]
+                self.evicted += 1
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         now = time.time()
@@ -96,7 +110,12 @@ class SensorHealth(Collector):
             pack.add_metric([name, str(b.get("pack_version", ""))], 1)
             for key, fam in fams.items():
                 fam.add_metric([name], b[key])
-        yield from (up, seen, pack, *fams.values())
+        evicted = CounterMetricFamily(
+            "kaspwatch_sensor_health_evictions",
+            f"Sensors forgotten because more than {self.max_sensors} sent heartbeats.",
+            value=self.evicted,
+        )
+        yield from (up, seen, pack, *fams.values(), evicted)
 
 
 class HitMetrics:

@@ -16,13 +16,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from consumers.alerts import Window
+from consumers.alerts import MAX_WINDOWS, Window
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS windows (
   host TEXT NOT NULL, category TEXT NOT NULL, start_us INTEGER NOT NULL,
   first_event TEXT NOT NULL, hits INTEGER NOT NULL, last_us INTEGER, stages TEXT NOT NULL,
   PRIMARY KEY (host, category));
+CREATE INDEX IF NOT EXISTS windows_start ON windows (start_us);
 CREATE TABLE IF NOT EXISTS delivered (
   alert_id TEXT NOT NULL, sink TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (alert_id, sink));
 CREATE TABLE IF NOT EXISTS marks (
@@ -49,9 +50,12 @@ class AlertState:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
 
-    def load_windows(self) -> dict[tuple[str, str], Window]:
+    def load_windows(self, limit: int = MAX_WINDOWS) -> dict[tuple[str, str], Window]:
+        """The ``limit`` most recently opened windows, oldest first (the engine's order)."""
         rows = self.db.execute(
-            "SELECT host, category, start_us, first_event, hits, last_us, stages FROM windows"
+            "SELECT * FROM (SELECT host, category, start_us, first_event, hits, last_us, stages"
+            " FROM windows ORDER BY start_us DESC LIMIT ?) ORDER BY start_us",
+            (limit,),
         )
         return {
             (host, cat): Window(
@@ -111,6 +115,11 @@ class AlertState:
         """Where a read-back of the sink starts; None when none was ever recorded."""
         rows = self.db.execute("SELECT part, next_offset FROM marks WHERE sink = ?", (sink,))
         return {p: n for p, n in rows} or None
+
+    def prune_windows(self, opened_before: datetime) -> None:
+        """Forget windows that closed: the next hit of their host opens a new one anyway."""
+        with self.db:
+            self.db.execute("DELETE FROM windows WHERE start_us < ?", (_us(opened_before),))
 
     def prune(self, older_than_s: float) -> None:
         """Forget deliveries older than the longest replay anyone would do."""

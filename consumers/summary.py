@@ -8,6 +8,7 @@ from typing import TextIO
 from kaspwatch.event import Event
 
 MAX_NAMES_SHOWN = 3
+MAX_ROWS = 100_000  # (host, category) rows kept; hits of further rows are only counted
 
 
 @dataclass
@@ -22,12 +23,19 @@ class _Row:
 class Summary:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], _Row] = {}
+        self.untabled = 0  # hits of (host, category) pairs past MAX_ROWS
 
     async def handle(self, events: list[Event]) -> None:
         for ev in events:
             if ev.indicator is None or ev.extra.get("allowlisted"):
                 continue
-            row = self.rows.setdefault((ev.host, ev.indicator.category), _Row())
+            key = (ev.host, ev.indicator.category)
+            row = self.rows.get(key)
+            if row is None:
+                if len(self.rows) >= MAX_ROWS:
+                    self.untabled += 1
+                    continue
+                row = self.rows[key] = _Row()
             row.hits += 1
             row.first = min(row.first, ev.ts) if row.first else ev.ts
             row.last = max(row.last, ev.ts)
@@ -50,4 +58,9 @@ class Summary:
             table.append((host, category, str(r.hits), r.first, r.last, shown))
         out.write("\nSummary: hosts talking to Kaspersky\n")
         print_table(table, out, ("host", "category", "hits", "first_seen", "last_seen", "names"))
+        if self.untabled:
+            out.write(
+                f"(+{self.untabled} hits of further host/category pairs: the table keeps "
+                f"{MAX_ROWS} rows)\n"
+            )
         out.flush()

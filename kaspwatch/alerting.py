@@ -157,6 +157,19 @@ class DeliveryCollector(Collector):
         yield CounterMetricFamily(
             "kaspwatch_alerts_allowlisted", "Hits an allowlist covered.", value=engine.allowlisted
         )
+        firing = CounterMetricFamily(
+            "kaspwatch_alert_sink_evictions",
+            "Firing alerts a sink stopped re-sending because its bounded table was full.",
+            labels=["sink"],
+        )
+        for sink in self.delivery.sinks:
+            firing.add_metric([sink.name], getattr(sink, "evicted", 0))
+        yield firing
+        yield CounterMetricFamily(
+            "kaspwatch_alert_windows_evictions",
+            f"(host, category) windows dropped because more than {engine.max_windows} were open.",
+            value=engine.evicted,
+        )
 
 
 async def resend_firing(sinks: list[Sink], stop: asyncio.Event, every_s: float = 30.0) -> None:

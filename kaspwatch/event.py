@@ -27,6 +27,17 @@ KINDS: Final = frozenset(
     {"dns_query", "dns_answer", "tls_sni", "quic_sni", "http_host", "http_connect", "ip_flow"}
 )
 TRANSPORTS: Final = frozenset({"udp", "tcp"})
+CATEGORIES: Final = (
+    "update",
+    "telemetry",
+    "activation",
+    "management",
+    "portal",
+    "oem",
+    "infrastructure",
+    "canary",  # the self-test indicator: proves the pipeline, never a finding
+)
+SEVERITIES: Final = ("critical", "high", "medium", "low", "info")
 
 
 class EventError(ValueError):
@@ -200,6 +211,11 @@ def event_from_json(raw: bytes) -> Event:
             ref = IndicatorRef(**{k: str(ind[k]) for k in IndicatorRef.__slots__})
         except KeyError as exc:
             raise EventError(f"indicator lacks {exc}") from None
+        # the schema's enums: these become metric labels, so nothing else may pass
+        if ref.category not in CATEGORIES:
+            raise EventError(f"unknown indicator category {ref.category!r}")
+        if ref.severity not in SEVERITIES:
+            raise EventError(f"unknown indicator severity {ref.severity!r}")
     answers = doc.get("answers") or []
     return Event(
         event_id=doc["event_id"],

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class CaptureFile:
     def _peek(self, n: int) -> bytes:
         try:
             return self._fh.peek(n)[:n]  # type: ignore[attr-defined,no-any-return]
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise CaptureError(f"{self.path}: cannot read: {exc}") from None
 
     @property
@@ -110,9 +111,12 @@ class CaptureFile:
                 yield from self._read_pcap()
             else:
                 yield from self._read_pcapng()
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except EOFError:  # a gzip stream cut short: like a cut plain file, keep what was read
+            self._truncated("compressed stream", self.position)
+        except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
             raise CaptureError(
-                f"{self.path}: read failed after {self.stats.packets} packets: {exc}"
+                f"{self.path}: read failed after {self.stats.packets} packets "
+                f"(byte {self.position} of the file): {exc}"
             ) from None
 
     def _truncated(self, what: str, offset: int) -> None:
@@ -173,30 +177,49 @@ class CaptureFile:
                 elif bom == b"\x1a\x2b\x3c\x4d":
                     endian = ">"
                 else:
-                    raise CaptureError(f"{self.path}: bad pcapng byte-order magic at byte {offset}")
+                    raise CaptureError(
+                        f"{self.path}: bad pcapng byte-order magic at byte {offset} "
+                        f"(after {stats.packets} packets)"
+                    )
                 blen = struct.unpack(endian + "I", bh[4:8])[0]
-                body = bom + read(blen - 12) if blen >= 12 else b""
+                if blen < 28 or blen % 4 or blen > _MAX_RECORD + 64:
+                    raise CaptureError(
+                        f"{self.path}: corrupt pcapng section header at byte {offset}: "
+                        f"length {blen} (after {stats.packets} packets)"
+                    )
+                body = bom + read(blen - 12)
                 ifaces = []
             else:
                 blen = struct.unpack(endian + "I", bh[4:8])[0]
                 if blen < 12 or blen % 4 or blen > _MAX_RECORD + 64:
                     raise CaptureError(
-                        f"{self.path}: corrupt pcapng block at byte {offset}: length {blen}"
+                        f"{self.path}: corrupt pcapng block at byte {offset}: length {blen} "
+                        f"(after {stats.packets} packets)"
                     )
                 body = read(blen - 8)
             if len(body) < blen - 8:
                 self._truncated("block", offset)
                 return
             offset += blen
+            if btype == 1 and len(body) < 12:
+                raise CaptureError(
+                    f"{self.path}: corrupt pcapng interface block at byte {offset - blen}: "
+                    f"length {blen} (after {stats.packets} packets)"
+                )
             if btype == 1:  # Interface Description Block
                 linktype = struct.unpack(endian + "H", body[:2])[0]
                 ifaces.append((linktype, *_pcapng_tsresol(body[8:-4], endian)))
             elif btype == 6:  # Enhanced Packet Block
+                if len(body) < 24:
+                    raise CaptureError(
+                        f"{self.path}: corrupt pcapng packet block at byte {offset - blen}: "
+                        f"length {blen} (after {stats.packets} packets)"
+                    )
                 if_id, ts_hi, ts_lo, caplen = struct.unpack(endian + "IIII", body[:16])
                 if if_id >= len(ifaces):
                     raise CaptureError(
                         f"{self.path}: packet at byte {offset - blen} names interface {if_id}, "
-                        f"which was never described"
+                        f"which was never described (after {stats.packets} packets)"
                     )
                 linktype, num, den = ifaces[if_id]
                 ts = ((ts_hi << 32) | ts_lo) * num // den
@@ -214,7 +237,7 @@ def _pcapng_tsresol(options: bytes, endian: str) -> tuple[int, int]:
         code, length = struct.unpack(endian + "HH", options[i : i + 4])
         if code == 0:
             break
-        if code == 9 and length >= 1:
+        if code == 9 and length >= 1 and i + 4 < len(options):  # the value may be cut off
             v = options[i + 4]
             if v & 0x80:
                 return 1_000_000_000, 1 << (v & 0x7F)

@@ -12,24 +12,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from kaspwatch.event import IndicatorRef
+from kaspwatch.event import CATEGORIES, SEVERITIES, IndicatorRef
 from sensor.yamlfile import PackError, load_yaml
 
 __all__ = ["PackError", "load_pack"]
 
 PACK_SCHEMA: Final = "kaspwatch-indicator-pack/1"
 MATCH_KINDS: Final = ("exact", "suffix", "wildcard", "range", "cidr")
-CATEGORIES: Final = (
-    "update",
-    "telemetry",
-    "activation",
-    "management",
-    "portal",
-    "oem",
-    "infrastructure",
-    "canary",  # the self-test indicator: proves the pipeline, never a finding
-)
-SEVERITIES: Final = ("critical", "high", "medium", "low", "info")
 CONFIDENCES: Final = ("high", "medium", "low")
 WHERES: Final = ("dns", "sni", "http", "ip")
 _ID: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")

@@ -68,6 +68,7 @@ class Sensor:
             "fragments": self.decoder.fragments_evicted,
             "tcp_streams": self.streams.evicted,
             "quic_connections": self.quic.evicted,
+            "quic_keys": self.quic.keys_evicted,
             "flows": self.flows.evicted,
         }
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sensor.indicators import Pack, load_pack
 from sensor.match import Matcher
@@ -92,3 +93,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield bootstrap
     finally:
         subprocess.run(["bash", str(KAFKA_SH), "stop"], env=env, timeout=120, check=False)
+
+
+# Hypothesis: CI runs the small profile; `HYPOTHESIS_PROFILE=fuzz` runs the large one.
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "fuzz", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -23,6 +23,7 @@ from consumers.sinks import SinkError
 from consumers.sinks.http import check_url, post
 
 ALERTNAME: Final = "KasperskyTraffic"
+MAX_FIRING: Final = 100_000  # firing alerts remembered for re-sending
 
 
 @dataclass
@@ -100,7 +101,11 @@ class AlertmanagerSink:
         self.resend_s, self.resolve_after_s = resend_s, resolve_after_s
         self.generator_url = generator_url
         self.attempts, self.backoff_s, self.timeout_s = attempts, backoff_s, timeout_s
+        # firing alerts to re-send, oldest first; bounded: one forgotten past MAX_FIRING is
+        # not re-sent, so Alertmanager resolves it at its endsAt (counted in ``evicted``)
         self._sent: dict[str, _Sent] = {}
+        self.max_firing = MAX_FIRING
+        self.evicted = 0
         self._clock = clock
 
     async def start(self) -> None:
@@ -157,6 +162,9 @@ class AlertmanagerSink:
             self._sent.pop(a.alert_id, None)
             return to_am(a, now, self.generator_url)
         s = self._sent.setdefault(a.alert_id, _Sent(a, now))
+        if len(self._sent) > self.max_firing:
+            del self._sent[next(iter(self._sent))]
+            self.evicted += 1
         return to_am(a, s.hit_at + self.resolve_after_s, self.generator_url)
 
 

@@ -277,7 +277,9 @@ class PacketDecoder:
             return _new(Segment, (src, dst, PROTO_UDP, sport, dport, 0, b"", 0))
         stop = min(end, pos + ulen)
         inner = None
-        if dport in _TUNNEL_PORTS or sport in _TUNNEL_PORTS:
+        # a client whose ephemeral port is a tunnel's (old 1025-5000 ranges reach 2152,
+        # 3544, 4789, 4790) talking to port 53 is DNS, not a tunnel
+        if (dport in _TUNNEL_PORTS or sport in _TUNNEL_PORTS) and sport != 53 and dport != 53:
             inner = tunnel.udp_tunnel(sport, dport, data, pos + 8, stop, pos + ulen)
         elif sport > 1023 and dport > 1023 and stop - pos >= 48 and data[pos + 8] >> 4 == 6:
             inner = tunnel.teredo(data, pos + 8, stop, pos + ulen, by_port=False)

@@ -338,6 +338,7 @@ class QuicInitialTracker:
         self.max_crypto_bytes = max_crypto_bytes
         self.ttl_s = ttl_s
         self.evicted = 0
+        self.keys_evicted = 0  # cached Initial keys dropped (cache bounded by ``_max_keys``)
         self._conns: OrderedDict[tuple[Flow, bytes], _Conn] = OrderedDict()  # least recent first
         self._by_dcid: dict[tuple[Flow, bytes], _Conn] = {}
         self._by_flow: dict[Flow, _Conn] = {}  # newest connection per client flow
@@ -482,3 +483,4 @@ class QuicInitialTracker:
         self._keys[(version, dcid)] = keys
         if len(self._keys) > self._max_keys:
             self._keys.popitem(last=False)
+            self.keys_evicted += 1

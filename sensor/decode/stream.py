@@ -24,6 +24,7 @@ FlowKey = tuple[bytes, int, bytes, int]
 MAX_HEAD: Final = 16384  # bytes of a TLS/HTTP stream head kept while waiting for the end
 MAX_DNS_BUFFER: Final = 2 + 65535
 MAX_OUT_OF_ORDER: Final = 16  # segments held per flow while waiting for a gap to fill
+MAX_BYTES: Final = 64 << 20  # bytes held by the whole table (heads, DNS buffers, held segments)
 SEQ_MOD: Final = 1 << 32
 # first bytes a stream worth state can start with: a TLS handshake record or a request
 # line's upper-case method (see _could_be_client_hello and _starts_http)
@@ -36,6 +37,7 @@ class _Flow:
     next_seq: int
     buf: bytearray = field(default_factory=bytearray)
     pending: dict[int, bytes] = field(default_factory=dict)
+    held: int = 0  # bytes this flow was last counted for in StreamTable.bytes
 
 
 def _could_be_client_hello(payload: bytes) -> bool:
@@ -48,19 +50,26 @@ def _could_be_client_hello(payload: bytes) -> bool:
 # a method token (RFC 9110 tchar) starting with a capital, then the space before the
 # target, within the first 24 bytes; a response (``HTTP/1.1 200``) has a "/" in its first word
 _REQUEST_LINE: Final = re.compile(rb"[A-Z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,22} ")
+_METHOD_PREFIX: Final = re.compile(rb"[A-Z]{1,19}")
 
 
 def _starts_http(payload: bytes) -> bool:
     """A request line's start (``GET /``, ``CONNECT h:443``), not a response (``HTTP/1.1``)
     nor bulk data that happens to start with a capital letter (it would hold a stream
-    buffer until MAX_HEAD for nothing)."""
-    return _REQUEST_LINE.match(payload) is not None
+    buffer until MAX_HEAD for nothing); or a short segment holding only the first letters
+    of a method (a head cut inside its first word must still start a flow, as a
+    ClientHello cut at one byte does: else a client could hide its Host that way)."""
+    return _REQUEST_LINE.match(payload) is not None or _METHOD_PREFIX.fullmatch(payload) is not None
 
 
 class StreamTable:
-    def __init__(self, max_flows: int = 65536) -> None:
+    """Bounded by flow count and by the bytes all flows hold (oldest flow evicted, counted)."""
+
+    def __init__(self, max_flows: int = 65536, max_bytes: int = MAX_BYTES) -> None:
         self.max_flows = max_flows
+        self.max_bytes = max_bytes
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
+        self.bytes = 0
         self.evicted = 0
         self.message_errors = 0  # DNS messages inside a stream that did not parse
 
@@ -72,7 +81,9 @@ class StreamTable:
         return key in self._flows
 
     def close(self, key: FlowKey) -> None:
-        self._flows.pop(key, None)
+        flow = self._flows.pop(key, None)
+        if flow is not None:
+            self.bytes -= flow.held
 
     def feed(self, key: FlowKey, seq: int, payload: bytes, dns_port: bool) -> list[Sighting]:
         """Sightings completed by this segment (may be several for DNS)."""
@@ -83,9 +94,13 @@ class StreamTable:
             return self._start(key, seq, payload, dns_port)
         data = self._in_order(flow, seq, payload)
         if data is None:
+            self._account(flow)
             return []
         flow.buf += data
-        return self._advance(key, flow)
+        found = self._advance(key, flow)
+        if flow.held >= 0:  # still in the table
+            self._account(flow)
+        return found
 
     def _start(self, key: FlowKey, seq: int, payload: bytes, dns_port: bool) -> list[Sighting]:
         if dns_port:
@@ -109,7 +124,8 @@ class StreamTable:
                 return None
             payload, delta = payload[skip:], 0
         if delta > 0:  # a gap: hold it until the missing bytes come
-            if len(flow.pending) < MAX_OUT_OF_ORDER:
+            reach = MAX_DNS_BUFFER if flow.kind == "dns" else MAX_HEAD
+            if len(flow.pending) < MAX_OUT_OF_ORDER and delta < reach:  # else: past any use
                 flow.pending[seq] = payload
             return None
         out = bytearray(payload)
@@ -124,19 +140,40 @@ class StreamTable:
         try:
             done, found = self._parse(flow)
         except DecodeError:
-            self._flows.pop(key, None)
+            self._drop(key, flow)
             raise
         if done:
-            self._flows.pop(key, None)
+            self._drop(key, flow)
         elif new:
             self._keep(key, flow)
         return found
 
+    def _drop(self, key: FlowKey, flow: _Flow) -> None:
+        """Forget a flow that ended; ``held = -1`` marks it gone."""
+        if self._flows.get(key) is flow:
+            del self._flows[key]
+            self.bytes -= flow.held
+        flow.held = -1
+
     def _keep(self, key: FlowKey, flow: _Flow) -> None:
         self._flows[key] = flow
+        self._account(flow)
         if len(self._flows) > self.max_flows:
-            self._flows.popitem(last=False)
-            self.evicted += 1
+            self._evict_oldest()
+
+    def _account(self, flow: _Flow) -> None:
+        """Recount this flow's bytes; past ``max_bytes``, evict from the oldest flow on."""
+        held = len(flow.buf) + (sum(map(len, flow.pending.values())) if flow.pending else 0)
+        self.bytes += held - flow.held
+        flow.held = held
+        while self.bytes > self.max_bytes and self._flows:
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        _, old = self._flows.popitem(last=False)
+        self.bytes -= old.held
+        old.held = -1
+        self.evicted += 1
 
     def _parse(self, flow: _Flow) -> tuple[bool, list[Sighting]]:
         if flow.kind == "dns":
