@@ -247,19 +247,25 @@ class PrefilteredFile:
             self._failed(self._error())
 
     def _failed(self, err: str) -> None:
-        """libpcap stopped on a bad record: a cut-off file keeps what was read (as the pure
-        reader does); anything else is a corrupt record."""
-        if "truncated" in err:
-            self.stats.truncated = True
-            self.stats.note = (
-                f"{self.path}: truncated ({err}); kept {self.stats.packets} packets "
-                "that passed the prefilter"
+        """libpcap stopped on a bad record. Its message names no position, so the pure
+        reader walks the file once more (only a broken file pays this) to say the same as
+        it would have: the byte, and the packets of the whole file kept; a cut-off file
+        keeps what was read, anything else is a corrupt record."""
+        walk = CaptureFile(self.path)
+        try:
+            for _frame in walk:
+                pass
+        except CaptureError as exc:
+            raise CaptureError(f"{exc} (libpcap: {err})") from None
+        finally:
+            walk.close()
+        self.stats.truncated = walk.stats.truncated
+        self.stats.note = walk.stats.note or f"{self.path}: libpcap stopped early: {err}"
+        if not walk.stats.truncated:  # the pure reader found nothing wrong: say libpcap's
+            raise CaptureError(
+                f"{self.path}: corrupt record after {self.stats.packets} packets "
+                f"that passed the prefilter: {err}"
             )
-            return
-        raise CaptureError(
-            f"{self.path}: corrupt record after {self.stats.packets} packets "
-            f"that passed the prefilter: {err}"
-        )
 
 
 def open_capture(

@@ -20,6 +20,7 @@ MAX_CHAIN: Final = 16
 TYPE_A: Final = 1
 TYPE_CNAME: Final = 5
 TYPE_AAAA: Final = 28
+CLASS_IN: Final = 1
 
 _ESCAPED: Final = b'"().;\\@$'
 # bytes that stand for themselves in a name's text; anything else goes through _BYTE_TEXT
@@ -116,7 +117,7 @@ def decode_dns(payload: bytes) -> list[Sighting]:
     except (DecodeError, IndexError, struct.error):
         answers = None  # a damaged answer section must not hide the asked name
     if answers is None:
-        return [Sighting("dns_answer", names[0])] if names[0] is not None else []
+        return [Sighting("dns_answer", q) for q in names[:1] if q is not None]
     return [_answer(q, *answers) for q in names if q is not None]
 
 
@@ -133,12 +134,14 @@ def _answers(msg: bytes, pos: int, count: int) -> _Answers:
         raw_owner, pos = _name(msg, pos)
         if pos + 10 > size:
             raise DecodeError("dns record cut short")
-        rtype, _rclass, ttl, rdlen = _record(msg, pos)
+        rtype, rclass, ttl, rdlen = _record(msg, pos)
         pos += 10
         rdata_end = pos + rdlen
         if rdata_end > size:
             raise DecodeError("dns record data cut short")
-        if rtype in (TYPE_A, TYPE_AAAA):
+        # another class's A or CNAME names nothing on the Internet (mDNS sets the top bit)
+        internet = rclass & 0x7FFF == CLASS_IN
+        if internet and rtype in (TYPE_A, TYPE_AAAA):
             want = 4 if rtype == TYPE_A else 16
             if rdlen != want:
                 raise DecodeError(f"dns address record of {rdlen} bytes")
@@ -147,7 +150,7 @@ def _answers(msg: bytes, pos: int, count: int) -> _Answers:
                 family = socket.AF_INET if want == 4 else socket.AF_INET6
                 addrs.setdefault(owner, []).append(socket.inet_ntop(family, msg[pos:rdata_end]))
                 ttls[owner] = min(ttls.get(owner, ttl), ttl)
-        elif rtype == TYPE_CNAME:
+        elif internet and rtype == TYPE_CNAME:
             owner = _host(raw_owner)
             target = _host(_name(msg, pos)[0])
             if owner is not None and target is not None:

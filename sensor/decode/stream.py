@@ -89,7 +89,7 @@ class StreamTable:
         """Sightings completed by this segment (may be several for DNS)."""
         flow = self._flows.get(key)
         if flow is None:
-            if payload[0] not in STREAM_STARTS and not dns_port:
+            if not payload or (payload[0] not in STREAM_STARTS and not dns_port):
                 return []  # mid-stream data (most segments): neither a hello nor a request
             return self._start(key, seq, payload, dns_port)
         data = self._in_order(flow, seq, payload)
