@@ -114,7 +114,7 @@ def fuzz_packet(data: bytes) -> None:
     the first byte picks the link type. Sensor.process_frame never raises."""
     global _SENSOR
     if _SENSOR is None:
-        _SENSOR = Sensor(Matcher(load_pack()), "fuzz", observations=True)
+        _SENSOR = Sensor(Matcher(load_pack()), "fuzz", observations=True, strict=True)
     if not data:
         return
     _SENSOR.process_frame(1_700_000_000_000_000_000, LINKTYPES[data[0] % len(LINKTYPES)], data[1:])

@@ -5,6 +5,7 @@ One visible place wires the decoders to the matcher; nothing here does I/O.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from sensor.indicators import Indicator
 from sensor.match import Matcher
 from sensor.resolvers import PUBLIC_RESOLVERS
 from sensor.rules import Rules
+
+log = logging.getLogger("kaspwatch.sensor")
 
 TCP_FIN_RST: Final = 0x05
 TCP_SYN: Final = 0x02
@@ -49,8 +52,16 @@ class Sensor:
     """Turns frames into events. ``observations=True`` also yields non-matching names."""
 
     def __init__(
-        self, rules: Rules | Matcher, sensor_name: str, observations: bool = False
+        self,
+        rules: Rules | Matcher,
+        sensor_name: str,
+        observations: bool = False,
+        strict: bool = False,
     ) -> None:
+        """``strict``: a decoder bug (any exception but ``DecodeError``) propagates, for the
+        fuzzer and tests; otherwise the frame is counted under the ``bug`` layer and logged,
+        and the sensor goes on: one crafted packet must not blind a site's only sensor."""
+        self.strict = strict
         # Swapped whole by a reload between batches: a packet sees one rule set.
         self.rules = rules if isinstance(rules, Rules) else Rules(rules, Allowlist())
         self.sensor_name = sensor_name
@@ -88,6 +99,11 @@ class Sensor:
         except DecodeError as exc:
             self._error(str(exc).split(" ", 1)[0])
             return []
+        except Exception as exc:
+            if self.strict:
+                raise
+            self._bug(exc)
+            return []
         events = (
             [e for s in sightings if (e := self._event(ts_ns, seg, s)) is not None]
             if sightings
@@ -124,6 +140,21 @@ class Sensor:
         return (
             first not in STREAM_STARTS and sport != 53 and dport != 53 and key not in self.streams
         )
+
+    def _bug(self, exc: Exception) -> None:
+        """A decoder raised what it never should: count it, log where (never the packet's
+        bytes) for the first and then every 1000th, and keep sensing."""
+        self._error("bug")
+        n = self.stats.errors_by_layer["bug"]
+        if n == 1 or n % 1000 == 0:
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+            log.error(
+                "decoder bug on packet %d (%s at %s); %d so far; please report it",
+                self.stats.packets, type(exc).__name__, where, n,
+            )  # fmt: skip
 
     def _error(self, layer: str) -> None:
         self.stats.decode_errors += 1

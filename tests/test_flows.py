@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
@@ -105,3 +106,32 @@ def test_stdin_capture(capfd) -> None:  # type: ignore[no-untyped-def]
             [*KASPWATCH, "scan", "-"], stdin=fh, capture_output=True, text=True, timeout=60
         )
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 19
+
+
+def test_a_decoder_bug_is_counted_and_logged_and_the_sensor_goes_on(  # type: ignore[no-untyped-def]
+    matcher, monkeypatch, caplog
+) -> None:
+    """One packet that trips a decoder bug (anything but DecodeError) must not stop a site's
+    sensor: it is counted under the 'bug' layer and logged with where it happened, never the
+    bytes; strict mode (the fuzzer's) lets it propagate."""
+    import sensor.pipeline as pipeline
+
+    q = dns_query_frame(b"\x02ds\x09kaspersky")
+
+    def broken(payload: bytes) -> list[object]:
+        if b"boom" in payload:
+            raise IndexError("a decoder bug")
+        return real(payload)
+
+    real = pipeline.decode_dns
+    monkeypatch.setattr(pipeline, "decode_dns", broken)
+    bad = q.replace(b"\x02ds\x09kaspersky", b"\x02ds\x09kasp\x04boom")
+    sensor = Sensor(matcher, "t")
+    with caplog.at_level("ERROR", logger="kaspwatch.sensor"):
+        assert sensor.process_frame(1, 1, bad) == []
+    assert [e.kind for e in sensor.process_frame(2, 1, q)] == ["dns_query"]
+    assert sensor.stats.errors_by_layer == {"bug": 1}
+    assert "decoder bug on packet 1 (IndexError at" in caplog.text
+    assert "boom" not in caplog.text
+    with pytest.raises(IndexError):
+        Sensor(matcher, "t", strict=True).process_frame(1, 1, bad)

@@ -93,7 +93,7 @@ def test_packet_path_arbitrary_bytes_never_raises(
 ) -> None:
     with contextlib.suppress(DecodeError):
         PacketDecoder().decode(linktype, data, 0)
-    Sensor(matcher, "t", observations=True).process_frame(0, linktype, data)
+    Sensor(matcher, "t", observations=True, strict=True).process_frame(0, linktype, data)
 
 
 # -- DNS round trips -------------------------------------------------------------------
