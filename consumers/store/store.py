@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from consumers.store import rollup, schema
@@ -34,6 +35,9 @@ log = logging.getLogger("kaspwatch.store")
 PURGE_EVERY_S: Final = 3600.0
 _DAY_US: Final = 86_400_000_000
 _CHUNK: Final = 500  # hosts per IN (...) list
+# the watched names are few and recur in every batch: reverse each once (bounded, since
+# pattern indicators can match names without end)
+_rname: Final = lru_cache(maxsize=65_536)(reverse_name)
 
 
 @dataclass
@@ -186,7 +190,7 @@ class Store:
             rows,
         )
         least, greatest = b.least, b.greatest
-        reverse = reverse_name
+        reverse = _rname
         b.executemany(
             "INSERT INTO host_names (host, rname, name, category, indicator_id, first_us, "  # noqa: S608
             "last_us, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
