@@ -22,12 +22,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Final
 
 from consumers.store import rollup, schema
 from consumers.store.base import Backend, open_backend
-from consumers.store.names import reverse_name
 from kaspwatch.event import Event
 
 log = logging.getLogger("kaspwatch.store")
@@ -35,9 +33,6 @@ log = logging.getLogger("kaspwatch.store")
 PURGE_EVERY_S: Final = 3600.0
 _DAY_US: Final = 86_400_000_000
 _CHUNK: Final = 500  # hosts per IN (...) list
-# the watched names are few and recur in every batch: reverse each once (bounded, since
-# pattern indicators can match names without end)
-_rname: Final = lru_cache(maxsize=65_536)(reverse_name)
 
 
 @dataclass
@@ -190,7 +185,6 @@ class Store:
             rows,
         )
         least, greatest = b.least, b.greatest
-        reverse = _rname
         b.executemany(
             "INSERT INTO host_names (host, rname, name, category, indicator_id, first_us, "  # noqa: S608
             "last_us, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -202,10 +196,7 @@ class Store:
             f"first_us = {least}(host_names.first_us, excluded.first_us), "
             f"last_us = {greatest}(host_names.last_us, excluded.last_us), "
             "count = host_names.count + excluded.count",
-            sorted(
-                (h, reverse(name), name, agg.label, agg.ident, agg.first_us, agg.last_us, agg.count)
-                for (h, name), agg in d.host_names.items()
-            ),
+            d.host_names,
         )
         if d.pdns:
             b.executemany(
@@ -216,7 +207,14 @@ class Store:
                 f"last_us = {greatest}(pdns.last_us, excluded.last_us), "
                 "count = pdns.count + excluded.count",
                 sorted(
-                    (reverse(name), answer, name, agg.first_us, agg.last_us, agg.count)
+                    (
+                        rollup.reverse_cached(name),
+                        answer,
+                        name,
+                        agg.first_us,
+                        agg.last_us,
+                        agg.count,
+                    )
                     for (name, answer), agg in d.pdns.items()
                 ),
             )
