@@ -188,7 +188,7 @@ async def test_store_killed_mid_batch_stores_each_hit_once(
         stored_ids = {r[0] for r in b.query("SELECT event_id FROM hits")}
         sums = {
             t: rows(b, f"SELECT sum(count) FROM {t}")
-            for t in ("hosts", "host_category", "host_indicator")
+            for t in ("hosts", "host_category", "host_names")
         }
     finally:
         b.close()
