@@ -255,6 +255,25 @@ def test_replaying_the_same_hits_changes_no_count(fresh_url: str, events: list[E
     assert int(hosts["10.1.0.9"][4]) == 1  # allowlisted
 
 
+def test_a_partly_stored_batch_adds_only_its_new_hits(
+    fresh_url: str, events: list[Event], postgres_url: str, tmp_path: Path
+) -> None:
+    """A batch mixing stored and new hits (a redelivery overlapping new traffic) stores
+    and counts exactly the new ones: SQLite's optimistic insert must fall back."""
+    half = events[::2]
+    store = open_store(fresh_url)
+    try:
+        assert store.ingest(half) == len(half)
+        assert store.ingest(events) == len(events) - len(half)
+        assert store.stats.duplicates == len(half)
+        assert store.ingest(events[1::2]) == 0  # all stored: nothing rolled back or added
+    finally:
+        store.close()
+    reference = _db_url(fresh_url.split(":", 1)[0], tmp_path, postgres_url)
+    ingest_in_batches(reference, events, 5)
+    assert snapshot(fresh_url) == snapshot(reference)
+
+
 def _as_schema_1(url: str) -> None:
     """Rewrite a store into the layout kaspwatch wrote as schema 1: host_names keyed by
     name first, names lists in host_category and its category index, host_indicator."""

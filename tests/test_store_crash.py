@@ -186,7 +186,10 @@ async def test_store_killed_mid_batch_stores_each_hit_once(
         total = rows(b)
         distinct = rows(b, "SELECT count(DISTINCT event_id) FROM hits")
         stored_ids = {r[0] for r in b.query("SELECT event_id FROM hits")}
-        sums = {t: rows(b, f"SELECT sum(count) FROM {t}") for t in ("hosts", "host_category")}
+        sums = {
+            t: rows(b, f"SELECT sum(count) FROM {t}")
+            for t in ("hosts", "host_category", "host_names")
+        }
     finally:
         b.close()
     stored_at_kill = kills[-1][1]

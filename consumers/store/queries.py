@@ -117,6 +117,10 @@ class _Sets:
         return parsed.copy()
 
 
+def _host_order(row: Sequence[Any]) -> tuple[int, bytes, str]:
+    return ip_order(row[0])
+
+
 def _sorted_split(text: str) -> list[str]:
     return sorted(text.split(","))
 
@@ -198,38 +202,29 @@ def hosts(
             (host, first, last, count, allow, sets(cats), sets(sensors))
             for host, first, last, count, allow, cats, sensors in b.query(sql, params)
         ]
-    found.sort(key=lambda r: ip_order(r[0]))
-    wanted_sites = set(sites)
-    out = []
-    for host, first, last, count, allow, cats_seen, sensors_seen in found:
-        if assets is None:
-            out.append(
-                {
-                    "host": host,
-                    "first_seen": us_to_ts(first),
-                    "last_seen": us_to_ts(last),
-                    "count": int(count),
-                    "allowlisted": int(allow),
-                    "categories": cats_seen,
-                    "sensors": sensors_seen,
-                }
-            )
-            continue
-        site = assets.lookup(host).site
-        if wanted_sites and site not in wanted_sites:
-            continue
-        out.append(
-            {
-                "host": host,
-                "site": site,
-                "first_seen": us_to_ts(first),
-                "last_seen": us_to_ts(last),
-                "count": int(count),
-                "allowlisted": int(allow),
-                "categories": cats_seen,
-                "sensors": sensors_seen,
-            }
-        )
+    found.sort(key=_host_order)
+    fmt = us_to_ts
+    # the counts are integers as stored (INTEGER/BIGINT columns, or Python sums of them)
+    out: list[dict[str, Any]] = [
+        {
+            "host": host,
+            "first_seen": fmt(first),
+            "last_seen": fmt(last),
+            "count": count,
+            "allowlisted": allow,
+            "categories": cats_seen,
+            "sensors": sensors_seen,
+        }
+        for host, first, last, count, allow, cats_seen, sensors_seen in found
+    ]
+    if assets is not None:
+        wanted_sites = set(sites)
+        with_site = []
+        for row in out:
+            site = assets.lookup(row["host"]).site
+            if not wanted_sites or site in wanted_sites:
+                with_site.append({"host": row["host"], "site": site} | row)
+        out = with_site
     columns = HOST_COLUMNS if assets is not None else tuple(c for c in HOST_COLUMNS if c != "site")
     return Result(query, columns, columns, out, "" if out else "no host matches")
 
@@ -379,20 +374,24 @@ def name_contacts(b: Backend, match: NameMatch, assets: AssetMap | None = None) 
     )
     names_of, cats_of = _Sets(_sorted_split), _Sets(_distinct_split)
     found = b.query(sql, params)
-    found.sort(key=lambda r: ip_order(r[0]))
-    rows: list[dict[str, Any]] = []
-    for host, first, last, count, names, cats in found:
-        row: dict[str, Any] = {
+    found.sort(key=_host_order)
+    fmt = us_to_ts
+    # one dict display per row, no conversions: the SQL's types are the output's (the sum
+    # is cast to BIGINT, an int in both backends)
+    rows: list[dict[str, Any]] = [
+        {
             "host": host,
-            "first_seen": us_to_ts(first),
-            "last_seen": us_to_ts(last),
-            "count": int(count),
+            "first_seen": fmt(first),
+            "last_seen": fmt(last),
+            "count": count,
             "names": names_of(names),
             "categories": cats_of(cats),
         }
-        if assets is not None:
-            row = {"host": host, "site": assets.lookup(host).site} | row
-        rows.append(row)
+        for host, first, last, count, names, cats in found
+    ]
+    if assets is not None:
+        lookup = assets.lookup
+        rows = [{"host": r["host"], "site": lookup(r["host"]).site} | r for r in rows]
     columns = (
         CONTACT_COLUMNS if assets is not None else tuple(c for c in CONTACT_COLUMNS if c != "site")
     )

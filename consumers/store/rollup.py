@@ -16,6 +16,7 @@ from functools import cache, lru_cache
 from operator import itemgetter
 from typing import Any, Final, NamedTuple, TypeVar
 
+from consumers.store.names import reverse_name
 from kaspwatch.event import Event
 
 MAX_SENSORS: Final = 16
@@ -166,13 +167,22 @@ class Agg:
     ident: str = ""  # the indicator of the latest hit
 
 
+HostNameRow = tuple[str, str, str, str, str, int, int, int]
+
+# the watched names are few and recur in every batch: reverse each once (bounded, since
+# pattern indicators can match names without end)
+reverse_cached: Final = lru_cache(maxsize=65_536)(reverse_name)
+
+
 @dataclass
 class Deltas:
     """What a batch of new hits adds to each aggregate table, by key: every key once."""
 
     hosts: dict[str, Agg] = field(default_factory=dict)
     host_category: dict[tuple[str, str], Agg] = field(default_factory=dict)
-    host_names: dict[tuple[str, str], Agg] = field(default_factory=dict)  # (host, name)
+    # ready ``host_names`` rows in key order: (host, rname, name, category, indicator,
+    # first_us, last_us, count)
+    host_names: list[HostNameRow] = field(default_factory=list)
     pdns: dict[tuple[str, str], Agg] = field(default_factory=dict)  # (name, answer)
 
 
@@ -194,8 +204,8 @@ def _spans(
 
 
 def deltas(rows: Iterable[HitRow]) -> Deltas:
-    """A batch's new hits, summed per host, per (host, category) and per (host, name),
-    and per (name, answer) for DNS answers.
+    """A batch's new hits, summed per host, per (host, category) and per (host, name)
+    (as the rows to upsert), and per (name, answer) for DNS answers.
 
     Column-wise, so the per-hit work runs in C (``dict(zip(…))`` over the columns in time
     order keeps each key's latest value, ``Counter`` counts); Python loops only over the
@@ -228,11 +238,16 @@ def deltas(rows: Iterable[HitRow]) -> Deltas:
         d.host_category[(h, c)].allowlisted += n
 
     keys = list(zip(hosts, map(_NAME, ordered), strict=True))
-    first2, last2, count2 = _spans(keys, ts, ts_rev)
-    latest = dict(zip(keys, zip(cats, map(_INDICATOR, ordered), strict=True), strict=True))
-    for k, n in count2.items():
-        cat, ind = latest[k]
-        d.host_names[k] = Agg(first2[k], last2[k], n, label=cat, ident=ind)
+    first = dict(zip(keys[::-1], ts_rev, strict=True))
+    count = Counter(keys)
+    # the latest (time, category, indicator) of each key: later items overwrite earlier
+    latest = dict(zip(keys, zip(ts, cats, map(_INDICATOR, ordered), strict=True), strict=True))
+    rname = reverse_cached
+    d.host_names = sorted(
+        (h, rname(name), name, cat, ind, first[k], last_us, count[k])
+        for k, (last_us, cat, ind) in latest.items()
+        for h, name in (k,)
+    )
 
     pdns = d.pdns
     for r in ordered:

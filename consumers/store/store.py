@@ -26,7 +26,6 @@ from typing import Final
 
 from consumers.store import rollup, schema
 from consumers.store.base import Backend, open_backend
-from consumers.store.names import reverse_name
 from kaspwatch.event import Event
 
 log = logging.getLogger("kaspwatch.store")
@@ -186,7 +185,6 @@ class Store:
             rows,
         )
         least, greatest = b.least, b.greatest
-        reverse = reverse_name
         b.executemany(
             "INSERT INTO host_names (host, rname, name, category, indicator_id, first_us, "  # noqa: S608
             "last_us, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -198,10 +196,7 @@ class Store:
             f"first_us = {least}(host_names.first_us, excluded.first_us), "
             f"last_us = {greatest}(host_names.last_us, excluded.last_us), "
             "count = host_names.count + excluded.count",
-            sorted(
-                (h, reverse(name), name, agg.label, agg.ident, agg.first_us, agg.last_us, agg.count)
-                for (h, name), agg in d.host_names.items()
-            ),
+            d.host_names,
         )
         if d.pdns:
             b.executemany(
@@ -212,7 +207,14 @@ class Store:
                 f"last_us = {greatest}(pdns.last_us, excluded.last_us), "
                 "count = pdns.count + excluded.count",
                 sorted(
-                    (reverse(name), answer, name, agg.first_us, agg.last_us, agg.count)
+                    (
+                        rollup.reverse_cached(name),
+                        answer,
+                        name,
+                        agg.first_us,
+                        agg.last_us,
+                        agg.count,
+                    )
                     for (name, answer), agg in d.pdns.items()
                 ),
             )
