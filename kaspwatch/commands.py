@@ -34,9 +34,10 @@ from kaspwatch.indicator_commands import cmd_indicators
 from kaspwatch.runtime import PublishStats, heartbeats, register_sensor, run_sensor
 from kaspwatch.scan import scan
 from kaspwatch.store_commands import dispatch_store
-from sensor.capture import BPF_FILTER, CaptureError, CaptureFile, Frame, LiveCapture, MergedLive
+from sensor.capture import BPF_FILTER, CaptureError, Frame, LiveCapture, MergedLive
 from sensor.indicators import Indicator, load_pack, shipped_pack_paths
 from sensor.pipeline import Sensor
+from sensor.prefilter import PrefilteredFile, open_capture
 from sensor.rules import Reloader, RuleSource, source_from
 
 log = logging.getLogger("kaspwatch")
@@ -79,10 +80,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
-def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
-    """Open every source up front so a bad file fails before anything runs."""
+def _open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Iterable[Frame | None]]:
+    """Open every source up front so a bad file fails before anything runs. Files go
+    through the libpcap prefilter (as with ``scan``), its watched networks taken from the
+    rules loaded at start: a reload's new networks still match every flow start (SYNs and
+    UDP always pass), only flows already under way are not widened."""
     if args.pcap:
-        return [CaptureFile(p) for p in args.pcap]
+        cidrs = sensor.rules.matcher.cidrs()
+        return [open_capture(p, prefilter=True, cidrs=cidrs) for p in args.pcap]
     bpf = BPF_FILTER if args.bpf is None else args.bpf
     if args.fanout is not None and len(args.interface) > 1:
         raise CaptureError("--fanout takes one --interface: run one fanout group per interface")
@@ -96,6 +101,15 @@ def _open_sources(args: argparse.Namespace) -> list[Iterable[Frame | None]]:
         "" if args.fanout is None else f", fanout group {args.fanout}",
     )
     return [live]
+
+
+def _packets_word(sources: list[Iterable[Frame | None]]) -> str:
+    """What the sensor's packet count counts: libpcap skips the rest of a file uncounted."""
+    return (
+        "packets past the prefilter"
+        if any(isinstance(s, PrefilteredFile) for s in sources)
+        else "packets"
+    )
 
 
 def drop_privileges(user: str) -> None:
@@ -147,7 +161,7 @@ class _Stopper:
 
 def cmd_sense(args: argparse.Namespace) -> int:
     sensor, reloader = _sensor(args, observations=args.observations)
-    sources = _open_sources(args)
+    sources = _open_sources(args, sensor)
     spool = Spool(args.spool_dir, args.spool_max_bytes, policy=args.spool_policy)
     publish = PublishStats()
     if args.metrics_addr:
@@ -198,10 +212,11 @@ def cmd_sense(args: argparse.Namespace) -> int:
     drops = [src.kernel_drops() for src in sources if isinstance(src, MergedLive)]
     st = publish.spool.stats if publish.spool else None
     log.info(
-        "sensor %s: %d packets, %d hits, %d published, %d publish failures, %d decode errors, "
+        "sensor %s: %d %s, %d hits, %d published, %d publish failures, %d decode errors, "
         "%d kernel drops; spool: %d spooled, %d replayed, %d dropped, %d waiting",
         args.sensor,
         s.packets,
+        _packets_word(sources),
         s.hits,
         publish.acknowledged,
         publish.lost,
@@ -310,7 +325,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     sensor, reloader = _sensor(args)
-    sources = _open_sources(args)
+    sources = _open_sources(args, sensor)
     publish = PublishStats()
     render = render_text if args.format == "text" else render_json
     delivery, assets = open_delivery(args, build_sinks(args, None, render), None)
@@ -371,8 +386,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary.print(sys.stdout)
     s = sensor.stats
     log.info(
-        "%d packets, %d hits, %d alerts (%d suppressed), %d decode errors",
+        "%d %s, %d hits, %d alerts (%d suppressed), %d decode errors",
         s.packets,
+        _packets_word(sources),
         s.hits,
         engine.alerts,
         engine.suppressed,

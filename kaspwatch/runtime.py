@@ -24,8 +24,9 @@ from kaspwatch.bus import Publisher
 from kaspwatch.bus.spool import DROPPED, POLICIES, SPOOLED
 from kaspwatch.bus.spooling import SpoolingPublisher
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, format_ts
-from sensor.capture import Frame
+from sensor.capture import CaptureFile, Frame
 from sensor.pipeline import Sensor
+from sensor.prefilter import PrefilteredFile
 from sensor.rules import Reloader
 
 log = logging.getLogger("kaspwatch")
@@ -103,6 +104,8 @@ async def run_sensor(
                     fut = await publisher.send(topic, ev.to_json(), ev.host.encode())
                     pending.add(fut)
                     fut.add_done_callback(done)
+        if isinstance(source, CaptureFile | PrefilteredFile) and source.stats.truncated:
+            log.warning("%s", source.stats.note)  # file, byte and packets kept, as scan says
     await publisher.flush()
     if pending:
         await asyncio.wait(list(pending))
