@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from consumers.store import schema
+
+log = logging.getLogger("kaspwatch.store")
 
 Row = tuple[Any, ...]
 
@@ -34,10 +37,10 @@ def check_version(where: str, rows: Sequence[Sequence[Any]], version: int) -> No
     raise StoreError(f"{where}: store schema {found}, this kaspwatch reads {version}: {what}")
 
 
-def ensure_schema(b: Backend, text: str, integer: str, clustered: str = "") -> list[int]:
+def ensure_schema(b: Backend, text: str, integer: str, clustered: str = "") -> None:
     """Create the schema in an empty database, or upgrade an older store in place, in one
-    write transaction (so two writers starting together cannot both do it); return the
-    versions migrated from. A version this kaspwatch cannot upgrade is left as it is, for
+    write transaction (so two writers starting together cannot both do it), logging each
+    upgrade. A version this kaspwatch cannot upgrade is left as it is, for
     ``check_version`` to explain."""
     migrated: list[int] = []
     b.begin()
@@ -64,7 +67,8 @@ def ensure_schema(b: Backend, text: str, integer: str, clustered: str = "") -> l
     except BaseException:
         b.rollback()
         raise
-    return migrated
+    for version in migrated:
+        log.info("%s: store schema %d upgraded to %d", b.where, version, version + 1)
 
 
 class Backend(Protocol):

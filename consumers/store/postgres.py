@@ -10,7 +10,6 @@ ordering and the reversed-name ranges behave exactly as in SQLite.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -18,8 +17,6 @@ import psycopg
 
 from consumers.store import schema
 from consumers.store.base import Row, StoreError, check_version, ensure_schema, redact
-
-log = logging.getLogger("kaspwatch.store")
 
 _LOCK_KEY: Final = 0x6B617370  # "kasp": the store writers' advisory lock
 _INTEGER_COLUMNS: Final = frozenset({"ts_us", "src_port", "dst_port"})
@@ -50,11 +47,9 @@ class PostgresBackend:
 
     def ensure_schema(self) -> None:
         try:
-            migrated = ensure_schema(self, 'TEXT COLLATE "C"', "BIGINT")
+            ensure_schema(self, 'TEXT COLLATE "C"', "BIGINT")
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: cannot create the schema: {exc}") from None
-        for version in migrated:
-            log.info("%s: store schema %d upgraded to %d", self.where, version, version + 1)
         self.check_schema()
 
     def check_schema(self) -> None:

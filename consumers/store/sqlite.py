@@ -73,11 +73,9 @@ class SQLiteBackend:
 
     def ensure_schema(self) -> None:
         try:
-            migrated = ensure_schema(self, "TEXT", "INTEGER", " WITHOUT ROWID")
+            ensure_schema(self, "TEXT", "INTEGER", " WITHOUT ROWID")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.where}: cannot create the schema: {exc}") from None
-        for version in migrated:
-            log.info("%s: store schema %d upgraded to %d", self.where, version, version + 1)
         self.check_schema()
 
     def check_schema(self) -> None:
