@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import KASPWATCH
 from tests.netns import SERVER_V4, SERVER_V6, namespace_pair, need_tools, wait_for_stderr
 
 
@@ -36,9 +37,7 @@ def test_live_interface_run_alerts_on_real_traffic(tmp_path: Path) -> None:
         )
         run = net.spawn(
             net.client,
-            sys.executable,
-            "-m",
-            "kaspwatch",
+            *KASPWATCH,
             "run",
             "--interface",
             net.client_if,
@@ -122,9 +121,7 @@ def test_sighup_reloads_site_pack_live_and_keeps_old_rules_on_a_bad_file(tmp_pat
         )
         run = net.spawn(
             net.client,
-            sys.executable,
-            "-m",
-            "kaspwatch",
+            *KASPWATCH,
             "run",
             "--interface",
             net.client_if,
@@ -179,9 +176,7 @@ def test_sensor_drops_root_after_opening_its_socket(tmp_path: Path) -> None:
         )
         run = net.spawn(
             net.client,
-            sys.executable,
-            "-m",
-            "kaspwatch",
+            *KASPWATCH,
             "run",
             "--interface",
             net.client_if,

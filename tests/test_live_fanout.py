@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 
 from bench.hitload import client_ip, frames, write_pcap
+from tests.conftest import KASPWATCH
 from tests.netns import namespace_pair, need_tools, wait_for_stderr
 
 FLOWS = 300
@@ -23,9 +23,7 @@ def test_two_fanout_sensors_see_every_flow_exactly_once(tmp_path: Path) -> None:
         sensors = [
             net.spawn(
                 net.client,
-                sys.executable,
-                "-m",
-                "kaspwatch",
+                *KASPWATCH,
                 "run",
                 "--interface",
                 net.client_if,
@@ -67,9 +65,7 @@ def test_fanout_refuses_a_group_out_of_range() -> None:
     with namespace_pair("fanbad") as net:
         out = net.run(
             net.client,
-            sys.executable,
-            "-m",
-            "kaspwatch",
+            *KASPWATCH,
             "run",
             "--interface",
             net.client_if,
