@@ -38,7 +38,7 @@ from kaspwatch.bus.spool import (
 )
 from kaspwatch.bus.spooling import SpoolingPublisher
 from tests.conftest import KASPWATCH, free_port
-from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape
+from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape, wait_metrics
 from tests.netns import need_tools
 
 
@@ -395,14 +395,11 @@ def metric(port: int, name: str) -> float:
 
 
 async def wait_metric(port: int, name: str, ok: Any, timeout: float, what: str) -> float:
-    deadline = time.monotonic() + timeout
-    value = -1.0
-    while time.monotonic() < deadline:
-        value = metric(port, name)
-        if ok(value):
-            return value
-        await asyncio.sleep(0.25)
-    pytest.fail(f"timed out after {timeout} s waiting for {what} ({name} = {value})")
+    got = await wait_metrics(port, lambda m: bool(ok(m.get(name, -1.0))), timeout)
+    value = got.get(name, -1.0)
+    if not ok(value):
+        pytest.fail(f"timed out after {timeout} s waiting for {what} ({name} = {value})")
+    return value
 
 
 @pytest.mark.kafka
