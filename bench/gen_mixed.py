@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sensor.decode.quic import client_initial_secrets
-from sensor.indicators import expand_range, load_pack
+from sensor.rules.indicators import expand_range, load_pack
 
 SESSIONS_IN_FLIGHT = 48
 KASPERSKY_SHARE = 0.02

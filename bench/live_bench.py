@@ -254,7 +254,7 @@ def main() -> int:
 
 
 def _frames(pcap: Path) -> list[object]:
-    from sensor.capture import CaptureFile
+    from sensor.sources.pcapfile import CaptureFile
 
     with CaptureFile(str(pcap)) as cap:
         return list(cap)

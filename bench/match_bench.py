@@ -19,8 +19,8 @@ import string
 import time
 from collections.abc import Callable
 
-from sensor.indicators import expand_range, load_pack
-from sensor.match import Matcher
+from sensor.rules.indicators import expand_range, load_pack
+from sensor.rules.match import Matcher
 
 COMMON = """google.com googleapis.com gstatic.com youtube.com doubleclick.net microsoft.com
 windowsupdate.com windows.com office.com office365.com live.com msftconnecttest.com azure.com

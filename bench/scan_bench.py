@@ -36,9 +36,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sensor.indicators import load_pack
-from sensor.match import Matcher
-from sensor.prefilter import prefilter_expression
+from sensor.rules.indicators import load_pack
+from sensor.rules.match import Matcher
+from sensor.sources.prefilter import prefilter_expression
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATOR = REPO / "bench" / "gen_mixed.py"

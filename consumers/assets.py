@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from sensor.yamlfile import PackError, load_yaml
+from kaspwatch.yamlfile import YamlError, load_yaml
 
 ASSETS_SCHEMA: Final = "kaspwatch-assets/1"
 CRITICALITIES: Final = ("low", "medium", "high", "critical", "unknown")
 OT_ZONES: Final = frozenset({"ot", "scada", "ics", "dcs", "plc", "process", "control", "safety"})
+
+
+class AssetError(YamlError):
+    """The asset map is invalid. ``str()`` is ``file:line: message``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +73,13 @@ def _asset(
     try:
         net = ipaddress.ip_network(str(row.get("cidr", "")).strip(), strict=False)
     except ValueError:
-        raise PackError(f"{place}: cidr {row.get('cidr')!r} is not a network") from None
+        raise AssetError(f"{place}: cidr {row.get('cidr')!r} is not a network") from None
     crit = str(row.get("criticality") or "unknown").strip().lower()
     if crit not in CRITICALITIES:
-        raise PackError(f"{place}: criticality {crit!r} is not one of {', '.join(CRITICALITIES)}")
+        raise AssetError(f"{place}: criticality {crit!r} is not one of {', '.join(CRITICALITIES)}")
     site = str(row.get("site") or "").strip()
     if not site:
-        raise PackError(f"{place}: site is required")
+        raise AssetError(f"{place}: site is required")
     return net, Asset(
         site, str(row.get("zone") or "unknown").strip(), str(row.get("owner") or "").strip(), crit
     )
@@ -91,13 +95,13 @@ def load_assets(path: str | Path | None) -> AssetMap:
                 reader = csv.DictReader(fh)
                 return AssetMap([_asset(f"{where}:{reader.line_num}", row) for row in reader])
         except OSError as exc:
-            raise PackError(f"{where}: cannot read: {exc.strerror}") from None
+            raise AssetError(f"{where}: cannot read: {exc.strerror}") from None
     doc, _ = load_yaml(where)
     if not isinstance(doc, dict) or doc.get("schema") != ASSETS_SCHEMA:
-        raise PackError(f"{where}:1: an asset map is a mapping with schema: {ASSETS_SCHEMA}")
+        raise AssetError(f"{where}:1: an asset map is a mapping with schema: {ASSETS_SCHEMA}")
     rows = doc.get("networks") or []
     if not isinstance(rows, list):
-        raise PackError(f"{where}:1: 'networks' must be a list")
+        raise AssetError(f"{where}:1: 'networks' must be a list")
     return AssetMap(
         [_asset(f"{where}:{r.get('__line__', 0)}", r) for r in rows if isinstance(r, dict)]
     )

@@ -9,6 +9,9 @@ dashboard shows "nothing yet" instead of "no data".
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -19,6 +22,8 @@ from prometheus_client.registry import Collector
 
 from consumers.assets import AssetMap
 from kaspwatch import __version__
+from kaspwatch.bus import parse_bus_url
+from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
 from kaspwatch.event import HEARTBEAT_FIELDS, KINDS, Event, parse_ts
 
 # *_created series double every counter for no use on a dashboard
@@ -27,6 +32,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 WINDOWS: Final = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0}
 MAX_HOSTS_TRACKED: Final = 200_000  # active-host bookkeeping is bounded too
 MAX_SENSORS: Final = 1024  # heartbeating sensors tracked (each has its own series)
+log = logging.getLogger("kaspwatch.metrics")
 
 
 class ActiveHosts(Collector):
@@ -189,4 +195,42 @@ class _LastHit(Collector):
         )
         for site, ts in sorted(self.last.items()):
             fam.add_metric([site], ts)
+        yield fam
+
+
+class LagCollector(Collector):
+    """Consumer lag per group and partition, refreshed from Kafka in the background."""
+
+    def __init__(self) -> None:
+        self.lag: dict[tuple[str, str, int], int] = {}
+
+    async def refresh(
+        self,
+        bus: str,
+        groups: list[str],
+        stop: asyncio.Event,
+        every_s: float = 15.0,
+        security: KafkaSecurity | None = None,
+    ) -> None:
+        scheme, where = parse_bus_url(bus)
+        if scheme != "kafka" or not groups:
+            return
+        from kaspwatch.bus.kafka import group_lag  # aiokafka only when lag is read
+
+        while not stop.is_set():
+            try:
+                self.lag = await group_lag(where, groups, security or PLAINTEXT)
+            except Exception as exc:  # lag is best effort: never stop consuming for it
+                log.warning("consumer lag not read: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "kaspwatch_consumer_lag",
+            "Records not yet committed.",
+            labels=["group", "topic", "partition"],
+        )
+        for (group, topic, part), n in sorted(self.lag.items()):
+            fam.add_metric([group, topic, str(part)], n)
         yield fam

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from kaspwatch.event import Event
+from kaspwatch.table import print_table
 
 MAX_NAMES_SHOWN = 3
 MAX_ROWS = 100_000  # (host, category) rows kept; hits of further rows are only counted
@@ -44,8 +45,6 @@ class Summary:
                 row.names[ev.name] = None
 
     def print(self, out: TextIO) -> None:
-        from kaspwatch.scan import print_table
-
         if not self.rows:
             out.write("No Kaspersky traffic seen.\n")
             return

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from sensor.capture import CaptureError, CaptureFile
 from sensor.decode import DecodeError
 from sensor.decode.dns import decode_dns, looks_like_dns, read_name
 from sensor.decode.http import decode_http_request
@@ -23,9 +22,11 @@ from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder
 from sensor.decode.quic import CryptoStream, QuicInitialTracker, crypto_frames
 from sensor.decode.stream import StreamTable
 from sensor.decode.tls import decode_client_hello_record, hello_from_stream, parse_client_hello
-from sensor.indicators import load_pack
-from sensor.match import Matcher
 from sensor.pipeline import Sensor
+from sensor.rules.indicators import load_pack
+from sensor.rules.match import Matcher
+from sensor.sources.base import CaptureError
+from sensor.sources.pcapfile import CaptureFile
 
 Harness = Callable[[bytes], None]
 LINKTYPES: Final = (1, 101, 113, 276, 0, 239, 228, 229)

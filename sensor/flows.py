@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from sensor.decode.packet import PROTO_TCP, Segment
-from sensor.indicators import Indicator
-from sensor.match import Matcher
+from sensor.rules.indicators import Indicator
+from sensor.rules.match import Matcher
 
 TCP_SYN: Final = 0x02
 TCP_ACK: Final = 0x10

@@ -12,18 +12,18 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kaspwatch.event import Event, format_ts, make_event_id
-from sensor.allowlist import Allowlist
-from sensor.capture import Frame
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
 from sensor.decode.stream import STREAM_STARTS, StreamTable
 from sensor.flows import FlowWatch
-from sensor.indicators import Indicator
-from sensor.match import Matcher
 from sensor.resolvers import PUBLIC_RESOLVERS
-from sensor.rules import Rules
+from sensor.rules.allowlist import Allowlist
+from sensor.rules.indicators import Indicator
+from sensor.rules.match import Matcher
+from sensor.rules.ruleset import Rules
+from sensor.sources.base import Frame
 
 log = logging.getLogger("kaspwatch.sensor")
 

@@ -46,9 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sensor.indicators import load_pack  # noqa: E402
-from sensor.match import Matcher  # noqa: E402
 from sensor.pipeline import Sensor  # noqa: E402
+from sensor.rules.indicators import load_pack  # noqa: E402
+from sensor.rules.match import Matcher  # noqa: E402
 
 Frame = tuple[int, int, bytes]
 T0: Final = 1_780_000_000_000_000_000

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from sensor.indicators import Pack, load_pack
-from sensor.match import Matcher
+from sensor.rules.indicators import Pack, load_pack
+from sensor.rules.match import Matcher
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka-local.sh"

@@ -8,7 +8,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Padding, Raw
 
-from sensor.capture import CaptureFile
+from sensor.sources.pcapfile import CaptureFile
 
 
 def first_frame(path: str, predicate: object) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from consumers.alerts import AlertEngine, render_text
+from consumers.alerts.engine import AlertEngine, render_text
 from kaspwatch.bus.memory import MemoryBus
 from kaspwatch.event import Event, IndicatorRef, format_ts, make_event_id
 
@@ -71,10 +71,10 @@ def test_replay_gives_the_same_alert_ids() -> None:
 
 
 async def test_delivery_writes_stdout_and_ocsf_topic_then_records(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from consumers.delivery import AlertDelivery
-    from consumers.sinks.ocsf import KafkaTopicSink
-    from consumers.sinks.stdout import StdoutSink
-    from consumers.state import AlertState
+    from consumers.alerts.delivery import AlertDelivery
+    from consumers.alerts.sinks.ocsf import KafkaTopicSink
+    from consumers.alerts.sinks.stdout import StdoutSink
+    from consumers.alerts.state import AlertState
 
     bus = MemoryBus()
     out = io.StringIO()
@@ -105,9 +105,9 @@ async def test_delivery_writes_stdout_and_ocsf_topic_then_records(tmp_path) -> N
 async def test_read_back_keeps_a_crashed_batch_off_the_topic_the_second_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The crash window: the topic took a batch, the record of it was never written. The
     restart reads the topic back from the recorded marks and does not write it again."""
-    from consumers.delivery import AlertDelivery
-    from consumers.sinks.ocsf import KafkaTopicSink, finding_uid
-    from consumers.state import AlertState
+    from consumers.alerts.delivery import AlertDelivery
+    from consumers.alerts.sinks.ocsf import KafkaTopicSink, finding_uid
+    from consumers.alerts.state import AlertState
 
     bus = MemoryBus()
     path = str(tmp_path / "state.sqlite")
@@ -135,10 +135,10 @@ async def test_read_back_after_a_failed_send_skips_what_the_topic_took() -> None
 
     import pytest
 
-    from consumers.delivery import AlertDelivery
-    from consumers.sinks import SinkError
-    from consumers.sinks.ocsf import KafkaTopicSink
-    from consumers.state import AlertState
+    from consumers.alerts.delivery import AlertDelivery
+    from consumers.alerts.sinks import SinkError
+    from consumers.alerts.sinks.ocsf import KafkaTopicSink
+    from consumers.alerts.state import AlertState
 
     bus = MemoryBus()
     inner = bus.publisher()

@@ -33,8 +33,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from consumers.delivery import FAULT_ENV
-from consumers.sinks.ocsf import finding_uid
+from consumers.alerts.delivery import FAULT_ENV
+from consumers.alerts.sinks.ocsf import finding_uid
 from tests import cliprocs, hitstream
 from tests.alertmanager import am_alerts, running_alertmanager
 from tests.cliprocs import Procs, cli_env, wait_for

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from kaspwatch.cli import main
-from sensor.capture import CaptureError, CaptureFile
+from sensor.sources.base import CaptureError
+from sensor.sources.pcapfile import CaptureFile
 
 DNS_PCAP = "zeek_dns_original_case.pcap"
 PCAPNG = "zeek_pcapng-multi-interface.pcapng"

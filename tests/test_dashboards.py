@@ -476,7 +476,7 @@ def test_sql_panels_against_the_real_postgresql_store(postgres_url: str) -> None
     exist, as in compose), and returns rows."""
     import psycopg
 
-    from consumers.store.base import open_backend
+    from consumers.store.backends import open_backend
     from consumers.store.store import Store
     from kaspwatch.cli import main as kaspwatch_main
     from kaspwatch.event import event_from_json

@@ -17,12 +17,13 @@ from itertools import islice
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.alerts import AlertEngine
+from consumers.alerts.engine import AlertEngine
+from consumers.alerts.sinks.alertmanager import AlertmanagerSink
 from consumers.metrics import ActiveHosts, HitMetrics, SensorHealth
-from consumers.sinks.alertmanager import AlertmanagerSink
 from kaspwatch.event import EventError, event_from_json
-from kaspwatch.runtime import PublishStats, register_sensor
 from sensor.pipeline import Sensor
+from sensor.health import register_sensor
+from sensor.publish import PublishStats
 from soak.floods import (
     FLOODS,
     GENERATORS,

@@ -35,7 +35,7 @@ from kaspwatch.bus.security import (
     RedactSecrets,
     resolve,
 )
-from kaspwatch.config import load_config
+from kaspwatch.cli.config import load_config
 from tests.conftest import KAFKA_SH, KASPWATCH, REPO, SAMPLE, free_port
 from tests.kafkautil import scrape
 from tests.tlscerts import PKI, make_ca, make_pki

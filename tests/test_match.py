@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor.indicators import PackError, load_pack
-from sensor.match import Matcher
+from sensor.rules.indicators import PackError, load_pack
+from sensor.rules.match import Matcher
 
 
 def ids(matcher: Matcher, name: str, kind: str = "dns_query") -> str | None:

@@ -18,7 +18,6 @@ from pathlib import Path
 import dns.message
 import pytest
 
-from sensor.capture import CaptureFile
 from sensor.decode import DecodeError
 from sensor.decode.ipfrag import Reassembler
 from sensor.decode.packet import (
@@ -29,6 +28,7 @@ from sensor.decode.packet import (
     Segment,
     decode_frame,
 )
+from sensor.sources.pcapfile import CaptureFile
 from tests.conftest import CORPUS
 
 TUNNEL_FILES = [

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kaspwatch.scan import scan
-from sensor.capture import CaptureFile
-from sensor.indicators import load_pack
-from sensor.match import Matcher
+from kaspwatch.cli.scan import scan
 from sensor.pipeline import Sensor
-from sensor.prefilter import PrefilteredFile, available, open_capture, prefilter_expression
+from sensor.rules.indicators import load_pack
+from sensor.rules.match import Matcher
+from sensor.sources import open_capture
+from sensor.sources.pcapfile import CaptureFile
+from sensor.sources.prefilter import PrefilteredFile, available, prefilter_expression
 from tests.conftest import SAMPLE
 
 REPO = Path(__file__).resolve().parent.parent

@@ -26,7 +26,6 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sensor.capture import CaptureError, CaptureFile
 from sensor.decode import DecodeError
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.http import decode_http_request
@@ -34,8 +33,10 @@ from sensor.decode.packet import PacketDecoder
 from sensor.decode.quic import QuicInitialTracker, crypto_frames
 from sensor.decode.stream import StreamTable
 from sensor.decode.tls import hello_from_stream, parse_client_hello
-from sensor.match import Matcher
 from sensor.pipeline import Sensor
+from sensor.rules.match import Matcher
+from sensor.sources.base import CaptureError
+from sensor.sources.pcapfile import CaptureFile
 from tests.conftest import SAMPLE
 
 FLOW = (b"\x0a\x00\x00\x01", 40000, b"\x0a\x00\x00\x02", 443)

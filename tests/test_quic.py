@@ -16,7 +16,6 @@ from aioquic.quic.packet import QuicProtocolVersion
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sensor.capture import CaptureFile
 from sensor.decode import DecodeError
 from sensor.decode.packet import PROTO_UDP, decode_frame
 from sensor.decode.quic import (
@@ -27,6 +26,7 @@ from sensor.decode.quic import (
     crypto_frames,
     looks_like_quic_initial,
 )
+from sensor.sources.pcapfile import CaptureFile
 from tests.conftest import CORPUS
 
 CLIENT = (b"\x0a\x00\x00\x01", 50000, b"\xc0\x00\x02\x01", 443)

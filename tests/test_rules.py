@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from consumers.alerts import AlertEngine
-from kaspwatch.config import ConfigError, load_config
-from sensor.allowlist import load_allowlist
-from sensor.indicators import PackError
+from consumers.alerts.engine import AlertEngine
+from kaspwatch.cli.config import ConfigError, load_config
 from sensor.pipeline import Sensor
-from sensor.rules import Reloader, RuleSource
+from sensor.rules.allowlist import load_allowlist
+from sensor.rules.indicators import PackError
+from sensor.rules.ruleset import Reloader, RuleSource
 from tests.conftest import SAMPLE
 from tests.test_indicators_cli import ROW, site_pack
 
@@ -29,7 +29,7 @@ entries:
 
 
 def scan_sample(source: RuleSource) -> list[dict[str, object]]:
-    from sensor.capture import CaptureFile
+    from sensor.sources.pcapfile import CaptureFile
 
     sensor = Sensor(source.load(), "t")
     with CaptureFile(str(SAMPLE)) as cap:

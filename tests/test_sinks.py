@@ -21,13 +21,13 @@ from typing import TypeVar
 
 import pytest
 
-from consumers.alerts import SEVERITIES, Alert, AlertEngine
+from consumers.alerts.engine import ASCENDING, Alert, AlertEngine
+from consumers.alerts.sinks import SinkError
+from consumers.alerts.sinks.alertmanager import AlertmanagerSink
+from consumers.alerts.sinks.http import retry_after_s
+from consumers.alerts.sinks.syslog import SyslogSink, cef, rfc5424
+from consumers.alerts.sinks.webhook import WebhookSink, delivery_id, load_secret
 from consumers.assets import Asset, AssetMap
-from consumers.sinks import SinkError
-from consumers.sinks.alertmanager import AlertmanagerSink
-from consumers.sinks.http import retry_after_s
-from consumers.sinks.syslog import SyslogSink, cef, rfc5424
-from consumers.sinks.webhook import WebhookSink, delivery_id, load_secret
 from kaspwatch.event import IndicatorRef
 from tests.alertmanager import am_alerts, free_port, running_alertmanager
 from tests.httpserve import serving
@@ -259,7 +259,7 @@ def parse_cef(line: str) -> tuple[list[str], dict[str, str]]:
 
 
 def test_rfc5424_pri_follows_severity() -> None:
-    for sev, level in zip(SEVERITIES, (6, 5, 4, 3, 2), strict=True):
+    for sev, level in zip(ASCENDING, (6, 5, 4, 3, 2), strict=True):
         ind = IndicatorRef("kw-x", "upd.kaspersky.com", "suffix", "update", sev, "high")
         m, sd = parse_5424(rfc5424(alert("10.3.0.1", ind=ind), "sensor-1"))
         assert int(m["pri"]) == 20 * 8 + level and sd["severity"] == sev

@@ -36,7 +36,7 @@ from kaspwatch.bus.spool import (
     SpoolError,
     SpoolRecord,
 )
-from kaspwatch.bus.spooling import SpoolingPublisher
+from kaspwatch.bus.spooling_publisher import SpoolingPublisher
 from tests.conftest import KASPWATCH, free_port
 from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape, wait_metrics
 from tests.netns import need_tools
@@ -158,8 +158,9 @@ def test_bad_settings_and_unwritable_directory(tmp_path: Path) -> None:
 def test_spool_settings_from_config_flags_and_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kaspwatch.cli import _resolve, build_parser
-    from kaspwatch.config import ConfigError, load_config
+    from kaspwatch.cli import build_parser
+    from kaspwatch.cli.config import resolve
+    from kaspwatch.cli.config import ConfigError, load_config
 
     cfg = tmp_path / "kaspwatch.yaml"
     cfg.write_text(
@@ -192,7 +193,7 @@ def test_spool_settings_from_config_flags_and_defaults(
             "1G",
         ]
     )
-    _resolve(args)
+    resolve(args)
     assert args.spool_dir == str(tmp_path / "state" / "spool-edge_1")
     assert (args.spool_max_bytes, args.spool_policy) == (1 << 30, "drop-oldest")
     with pytest.raises(SystemExit):

@@ -37,7 +37,7 @@ from consumers.store.api import make_server
 from consumers.store.base import Backend, StoreError
 from consumers.store.names import parse_pattern, reverse_name
 from consumers.store.queries import Result
-from kaspwatch import store_commands
+from kaspwatch.cli import build_parser
 from kaspwatch.bus.memory import MemoryBus
 from kaspwatch.cli import main as cli_main
 from kaspwatch.cli import main as kaspwatch_main
@@ -689,11 +689,7 @@ def test_cli_exit_codes(stores: dict[str, str], capsys: pytest.CaptureFixture[st
 
 
 def test_cli_parsers_and_defaults() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="kaspwatch")
-    sub = parser.add_subparsers(dest="command", required=True)
-    store_commands.add_store_parsers(sub)
+    parser = build_parser()
     api = parser.parse_args(["api"])
     assert api.listen == ("127.0.0.1", 9110) and api.token_file is None  # loopback by default
     store = parser.parse_args(["store", "--bus", "memory://x"])

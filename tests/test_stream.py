@@ -74,9 +74,9 @@ def test_stream_state_is_bounded_and_evictions_counted(matcher) -> None:  # type
 
 def test_dns_over_tcp_several_messages_split_anywhere(corpus) -> None:  # type: ignore[no-untyped-def]
     """tcpdump_dns_tcp.pcap re-cut into 5-byte segments still yields every name."""
-    from sensor.capture import CaptureFile
-    from sensor.indicators import load_pack
-    from sensor.match import Matcher
+    from sensor.rules.indicators import load_pack
+    from sensor.rules.match import Matcher
+    from sensor.sources.pcapfile import CaptureFile
 
     path = str(corpus / "tcpdump_dns_tcp.pcap")
     whole = Sensor(Matcher(load_pack()), "t", observations=True)
@@ -158,7 +158,8 @@ def test_tcp_data_head_reads_only_plain_segments() -> None:
 def test_early_reject_changes_no_event_on_the_corpus(corpus, matcher) -> None:  # type: ignore[no-untyped-def]
     """Every corpus file and the sample, frame by frame: the same events with the early
     reject as with every frame decoded in full, and the reject does take frames."""
-    from sensor.capture import CaptureError, CaptureFile
+    from sensor.sources.base import CaptureError
+    from sensor.sources.pcapfile import CaptureFile
 
     rejected: list[bytes] = []
 

@@ -3,10 +3,12 @@
 ``open_store(url)`` gives a ``Store`` over SQLite (``sqlite:///path``, the embedded
 default) or PostgreSQL (``postgresql://…``); it is a consume-loop handler. ``queries``
 answers hosts / host timeline / name / passive DNS / after-ban, ``render`` prints them,
-``api`` serves them over HTTP, ``replay`` rebuilds a store from the hits topic.
+``api`` serves them over HTTP. A rebuild replays the hits topic through the bus
+(``kaspwatch.bus.Replay``).
 """
 
-from consumers.store.base import StoreError, default_db_url, open_backend
+from consumers.store.backends import open_backend
+from consumers.store.base import StoreError, default_db_url
 from consumers.store.store import Store, StoreStats, open_store
 
 __all__ = ["Store", "StoreError", "StoreStats", "default_db_url", "open_backend", "open_store"]

@@ -30,7 +30,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from consumers.assets import AssetMap
 from consumers.store import queries
-from consumers.store.base import Backend, StoreError, open_backend
+from consumers.store.backends import open_backend
+from consumers.store.base import Backend, StoreError
 from consumers.store.names import PatternError, parse_pattern
 
 log = logging.getLogger("kaspwatch.store.api")

@@ -122,22 +122,3 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def open_backend(url: str, readonly: bool = False) -> Backend:
-    """``sqlite:///path`` (relative) or ``sqlite:////abs/path``; ``postgresql://…``."""
-    scheme, sep, rest = url.partition("://")
-    if scheme == "sqlite" and sep:
-        from consumers.store.sqlite import SQLiteBackend
-
-        path = rest[1:] if rest.startswith("/") else rest
-        if not path:
-            raise StoreError(f"database URL {url!r}: expected sqlite:///PATH")
-        return SQLiteBackend(path, readonly=readonly)
-    if scheme in ("postgresql", "postgres") and sep:
-        from consumers.store.postgres import PostgresBackend
-
-        return PostgresBackend(url, readonly=readonly)
-    raise StoreError(
-        f"database URL {redact(url)!r}: expected sqlite:///PATH or postgresql://USER@HOST/DB"
-    )

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from consumers.store import rollup, schema
-from consumers.store.base import Backend, open_backend
+from consumers.store.backends import open_backend
+from consumers.store.base import Backend
 from kaspwatch.event import Event
 
 log = logging.getLogger("kaspwatch.store")

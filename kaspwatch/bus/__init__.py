@@ -114,18 +114,43 @@ def open_publisher(
     return MemoryBus.named(where).publisher()
 
 
+@dataclass(frozen=True)
+class Replay:
+    """Where a Kafka consumer group starts when this process first gets a partition: the
+    beginning, the first record at or after ``start_ms`` (epoch ms), or (neither) the
+    group's commits; its ``lag`` says "not caught up" until partitions are assigned."""
+
+    from_beginning: bool = False
+    start_ms: int | None = None
+
+
 def open_subscriber(
     url: str,
     topics: list[str],
     group: str,
     client_id: str = "kaspwatch",
     security: KafkaSecurity | None = None,
+    replay: Replay | None = None,
 ) -> Subscriber:
+    """``replay`` (Kafka only: a memory group always starts at the beginning) rebuilds
+    from a point of the topic, see ``Replay``."""
     scheme, where = parse_bus_url(url)
     if scheme == "kafka":
         from kaspwatch.bus.kafka import KafkaSubscriber
         from kaspwatch.bus.security import PLAINTEXT
 
+        if replay is not None:
+            from kaspwatch.bus.replay import ReplaySubscriber
+
+            return ReplaySubscriber(
+                where,
+                topics,
+                group,
+                client_id,
+                replay.from_beginning,
+                replay.start_ms,
+                security=security or PLAINTEXT,
+            )
         return KafkaSubscriber(where, topics, group, client_id, security or PLAINTEXT)
     from kaspwatch.bus.memory import MemoryBus
 

@@ -2,7 +2,7 @@
 comes from. The one place that builds aiokafka's connection keyword arguments.
 
 Settings come from flags, the ``kafka:`` section of the configuration file, then the
-environment (see ``kaspwatch.kafka_options``). ``resolve`` checks them and reads the
+environment (see ``kaspwatch.cli.kafka``). ``resolve`` checks them and reads the
 password **before** anything connects, so a missing CA file, an unreadable password file or
 a PLAIN login over an unencrypted connection is a one-line error naming the flag or the
 ``file:line`` that set it.

@@ -11,7 +11,7 @@ hit is lost, and every loss is counted and logged. On start every segment is sca
 is left is replayed first; a corrupt or cut-off record ends its segment with a log line
 naming the file and offset, counted, never a crash.
 
-The publisher that uses it is ``kaspwatch.bus.spooling.SpoolingPublisher``.
+The publisher that uses it is ``kaspwatch.bus.spooling_publisher.SpoolingPublisher``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,63 @@
+"""The delivery's counters as Prometheus metrics, read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from consumers.alerts.delivery import AlertDelivery
+
+
+class DeliveryCollector(Collector):
+    def __init__(self, delivery: AlertDelivery) -> None:
+        self.delivery = delivery
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        st = self.delivery.stats
+        alerts = CounterMetricFamily(
+            "kaspwatch_alerts", "Alerts raised.", labels=["category", "stage", "severity"]
+        )
+        for (cat, stage, sev), n in sorted(st.alerts.items()):
+            alerts.add_metric([cat, stage, sev], n)
+        yield alerts
+        for name, table, text in (
+            ("kaspwatch_alert_deliveries", st.sent, "Alerts a sink accepted."),
+            ("kaspwatch_alert_sink_failures", st.failures, "Batches a sink gave up on."),
+            (
+                "kaspwatch_alert_sink_dropped",
+                st.dropped,
+                "Alerts dropped after a sink gave up (policy drop).",
+            ),
+            (
+                "kaspwatch_alert_read_back",
+                st.found,
+                "Alerts found on the receiver by a read-back (after a crash or a failed send), "
+                "recorded and not sent again.",
+            ),
+        ):
+            fam = CounterMetricFamily(name, text, labels=["sink"])
+            for sink in self.delivery.sinks:
+                fam.add_metric([sink.name], table.get(sink.name, 0))
+            yield fam
+        engine = self.delivery.engine
+        yield CounterMetricFamily(
+            "kaspwatch_alerts_suppressed", "Hits inside an open window.", value=engine.suppressed
+        )
+        yield CounterMetricFamily(
+            "kaspwatch_alerts_allowlisted", "Hits an allowlist covered.", value=engine.allowlisted
+        )
+        firing = CounterMetricFamily(
+            "kaspwatch_alert_sink_evictions",
+            "Firing alerts a sink stopped re-sending because its bounded table was full.",
+            labels=["sink"],
+        )
+        for sink in self.delivery.sinks:
+            firing.add_metric([sink.name], getattr(sink, "evicted", 0))
+        yield firing
+        yield CounterMetricFamily(
+            "kaspwatch_alert_windows_evictions",
+            f"(host, category) windows dropped because more than {engine.max_windows} were open.",
+            value=engine.evicted,
+        )

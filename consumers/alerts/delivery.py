@@ -1,0 +1,152 @@
+"""Alert delivery: decide (engine), deliver to every sink, record, then let the loop commit.
+
+``handle`` returns only when every sink took the batch (or gave up, under the ``drop``
+policy); under the default ``retry`` policy a sink that gives up raises, nothing is
+committed, ``rollback`` restores the engine's windows from the state store, and the
+consume loop re-reads the batch. Sinks that already took an alert are not sent it again.
+
+A sink that can be read back (``ReadBack``: the Kafka alerts topic) closes the one gap the
+records leave, a crash after the sink accepted a batch and before its record was written:
+before its first send after a start, and after any failed send, the delivery reads the
+receiver from the recorded marks to its end and records every alert id found there as
+delivered, so it is never written twice. Other sinks may receive that batch again, with
+the same alert ids.
+
+``KASPWATCH_FAULT_STOP_AFTER=SINK:N`` (tests only) makes the process stop itself (SIGSTOP)
+once SINK accepted N alerts, before their delivery is recorded: the worst moment to crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Final
+
+from consumers.alerts.engine import Alert, AlertEngine
+from consumers.alerts.sinks import ReadBack, Sink, SinkError
+from consumers.alerts.state import AlertState
+from kaspwatch.event import Event
+
+log = logging.getLogger("kaspwatch.alerts")
+POLICIES: Final = ("retry", "drop")
+PRUNE_EVERY: Final = 100  # batches between deletions of closed windows from the state file
+
+FAULT_ENV: Final = "KASPWATCH_FAULT_STOP_AFTER"
+
+
+def _fault_point() -> tuple[str, int] | None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return None
+    sink, _, count = spec.partition(":")
+    if not sink or not count.isdigit():
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected SINK:COUNT")
+    return sink, int(count)
+
+
+class DeliveryStats:
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+        self.found: dict[str, int] = {}  # read back on the receiver, not sent again
+        self.alerts: dict[tuple[str, str, str], int] = {}  # (category, stage, severity)
+
+
+class AlertDelivery:
+    def __init__(
+        self, engine: AlertEngine, sinks: list[Sink], state: AlertState, policy: str = "retry"
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(
+                f"sink failure policy {policy!r}: expected one of {', '.join(POLICIES)}"
+            )
+        self.engine = engine
+        self.sinks = sinks
+        self.state = state
+        self.policy = policy
+        self.stats = DeliveryStats()
+        engine.windows = state.load_windows(engine.max_windows)
+        self._batches = 0
+        self.unsure = {s.name for s in sinks if isinstance(s, ReadBack)}  # read back first
+        self.fault = _fault_point()
+
+    async def handle(self, events: list[Event]) -> None:
+        alerts: list[Alert] = []
+        touched = []
+        for ev in events:
+            if ev.indicator is not None:
+                touched.append((ev.host, ev.indicator.category))
+            alerts.extend(self.engine.feed(ev))
+        for sink in self.sinks:
+            await self._deliver(sink, alerts)
+        self.state.save_windows(self.engine.windows, touched)
+        self._batches += 1
+        if self._batches % PRUNE_EVERY == 0 and self.engine.newest is not None:
+            self.state.prune_windows(self.engine.newest - self.engine.window)
+        for a in alerts:
+            key = (a.category, a.stage, a.severity)
+            self.stats.alerts[key] = self.stats.alerts.get(key, 0) + 1
+
+    def _undelivered(self, sink: Sink, alerts: list[Alert]) -> list[Alert]:
+        done = self.state.delivered([a.alert_id for a in alerts], sink.name)
+        return [a for a in alerts if a.alert_id not in done]
+
+    async def _read_back(self, sink: ReadBack) -> None:
+        """Record as delivered what the receiver holds past the sink's marks."""
+        found, ends = await sink.read_back(self.state.marks(sink.name))
+        new = sorted(found - self.state.delivered(sorted(found), sink.name))
+        self.state.mark_delivered(new, sink.name, ends)
+        self.unsure.discard(sink.name)
+        if new:
+            self.stats.found[sink.name] = self.stats.found.get(sink.name, 0) + len(new)
+            log.warning(
+                "sink %s: %d alerts already there past the last recorded delivery "
+                "(accepted before a crash or a failed send): recorded, not sent again",
+                sink.name,
+                len(new),
+            )
+
+    async def _deliver(self, sink: Sink, alerts: list[Alert]) -> None:
+        fresh = self._undelivered(sink, alerts)
+        if not fresh:
+            return
+        try:
+            if isinstance(sink, ReadBack) and sink.name in self.unsure:
+                await self._read_back(sink)
+                fresh = self._undelivered(sink, fresh)
+                if not fresh:
+                    return
+            await sink.send(fresh)
+        except SinkError as exc:
+            if isinstance(sink, ReadBack):
+                self.unsure.add(sink.name)  # some of the batch may be there: read back first
+            self.stats.failures[sink.name] = self.stats.failures.get(sink.name, 0) + 1
+            if self.policy == "retry":
+                log.error("sink %s failed, will retry the batch: %s", sink.name, exc)
+                raise
+            self.stats.dropped[sink.name] = self.stats.dropped.get(sink.name, 0) + len(fresh)
+            log.error(
+                "sink %s failed, dropping %d alerts (policy drop): %s", sink.name, len(fresh), exc
+            )
+            return
+        self._maybe_stop(sink.name, len(fresh))
+        marks = sink.acked if isinstance(sink, ReadBack) else None
+        self.state.mark_delivered([a.alert_id for a in fresh], sink.name, marks)
+        self.stats.sent[sink.name] = self.stats.sent.get(sink.name, 0) + len(fresh)
+
+    def _maybe_stop(self, sink: str, accepted: int) -> None:
+        """The test hook (``KASPWATCH_FAULT_STOP_AFTER``): freeze between accept and record."""
+        if self.fault is None or self.fault[0] != sink:
+            return
+        if self.stats.sent.get(sink, 0) + accepted < self.fault[1]:
+            return
+        self.fault = None
+        log.warning("fault injection: sink %s accepted %d alerts, stopping before the record",
+                    sink, accepted)  # fmt: skip
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    def rollback(self) -> None:
+        """Forget in-memory decisions of a batch that will be re-read."""
+        self.engine.windows = self.state.load_windows(self.engine.max_windows)

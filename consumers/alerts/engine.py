@@ -1,0 +1,199 @@
+"""Alerts an on-call analyst can act on: one per (host, category, stage) per window.
+
+Stages escalate: ``first_contact`` (the first hit of a category), ``sustained`` (the
+host keeps at it: SUSTAINED_HITS hits spread over at least SUSTAINED_SPAN in the window)
+and ``resolver_bypass`` (a watched name asked of a public resolver: the product is
+working around DNS enforcement). Severity starts at the indicator's, rises one step for
+``sustained`` and ``resolver_bypass``, and one more when the host sits in an OT zone.
+
+Windows run on event time, so replaying a capture or the topic gives the same alerts;
+alert ids derive from the window's first event, so a replay re-sends the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from consumers.assets import UNKNOWN, Asset, AssetMap
+from kaspwatch.event import SEVERITIES, Event, parse_ts
+
+ASCENDING: Final = tuple(reversed(SEVERITIES))  # info first: a raise is a step up
+SEVERITY_RANK: Final = {s: i for i, s in enumerate(ASCENDING)}
+STAGES: Final = ("first_contact", "sustained", "resolver_bypass")
+SUSTAINED_HITS: Final = 5
+SUSTAINED_SPAN: Final = timedelta(minutes=5)
+MAX_WINDOWS: Final = 200_000  # (host, category) windows kept in memory
+
+
+def raise_severity(severity: str, steps: int) -> str:
+    return ASCENDING[min(SEVERITY_RANK.get(severity, 2) + steps, len(ASCENDING) - 1)]
+
+
+@dataclass
+class Window:
+    """What the engine remembers per (host, category): persisted across restarts."""
+
+    start: datetime
+    first_event: str
+    hits: int = 0
+    last: datetime | None = None
+    stages: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    alert_id: str
+    event: Event
+    stage: str
+    severity: str
+    asset: Asset
+    hits: int
+    first_seen: str
+    status: str = "firing"
+
+    @property
+    def category(self) -> str:
+        assert self.event.indicator is not None
+        return self.event.indicator.category
+
+    def to_dict(self) -> dict[str, Any]:
+        ev = self.event
+        ind = ev.indicator
+        assert ind is not None
+        where = f" in {self.asset.site}/{self.asset.zone}" if self.asset is not UNKNOWN else ""
+        doc: dict[str, Any] = {
+            "schema": 1,
+            "alert_id": self.alert_id,
+            "status": self.status,
+            "ts": ev.ts,
+            "first_seen": self.first_seen,
+            "host": ev.host,
+            "category": ind.category,
+            "stage": self.stage,
+            "severity": self.severity,
+            "indicator_severity": ind.severity,
+            "confidence": ind.confidence,
+            "indicator": ind.to_dict(),
+            "name": ev.name,
+            "kind": ev.kind,
+            "dst_ip": ev.dst_ip,
+            "dst_port": ev.dst_port,
+            "sensor": ev.sensor,
+            "event_id": ev.event_id,
+            "hits": self.hits,
+            "site": self.asset.site,
+            "zone": self.asset.zone,
+            "owner": self.asset.owner,
+            "criticality": self.asset.criticality,
+            "summary": (
+                f"{ev.host}{where} {_STAGE_TEXT[self.stage]} Kaspersky {ind.category} endpoint "
+                f"{ev.name} ({ev.kind}, indicator {ind.id})"
+            ),
+        }
+        if ev.query:
+            doc["query"] = ev.query
+        return doc
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+
+_STAGE_TEXT: Final = {
+    "first_contact": "contacted",
+    "sustained": "keeps contacting",
+    "resolver_bypass": "bypassed internal DNS (public resolver) to reach",
+}
+
+
+class AlertEngine:
+    """Pure decision logic: which hits become alerts, at which stage and severity."""
+
+    def __init__(
+        self,
+        window_s: float = 3600.0,
+        assets: AssetMap | None = None,
+        max_windows: int = MAX_WINDOWS,
+    ) -> None:
+        self.window = timedelta(seconds=window_s)
+        self.assets = assets or AssetMap([])
+        # (host, category) -> window, oldest opened first; bounded: a flood of spoofed
+        # sources must not grow it without end. An evicted window that was still open can
+        # only cost a repeated first_contact alert for that host later, never a lost one.
+        self.windows: dict[tuple[str, str], Window] = {}
+        self.max_windows = max_windows
+        self.evicted = 0
+        self.newest: datetime | None = None  # the latest event time seen
+        self.alerts = 0
+        self.suppressed = 0
+        self.allowlisted = 0
+
+    def feed(self, event: Event) -> list[Alert]:
+        """Alerts this hit raises (none, or one per stage it reaches first)."""
+        ind = event.indicator
+        if ind is None:
+            return []
+        if event.extra.get("allowlisted"):
+            self.allowlisted += 1  # a sanctioned exception: counted, never alerted
+            return []
+        key = (event.host, ind.category)
+        ts = parse_ts(event.ts)
+        if self.newest is None or ts > self.newest:
+            self.newest = ts
+        win = self.windows.get(key)
+        if win is None or not (win.start <= ts < win.start + self.window):
+            self.windows.pop(key, None)
+            win = self.windows[key] = Window(ts, event.event_id)
+            if len(self.windows) > self.max_windows:
+                del self.windows[next(iter(self.windows))]
+                self.evicted += 1
+        win.hits += 1
+        win.last = ts if win.last is None else max(win.last, ts)
+        reached = ["first_contact"]
+        if win.hits >= SUSTAINED_HITS and win.last - win.start >= SUSTAINED_SPAN:
+            reached.append("sustained")
+        if event.extra.get("resolver_bypass"):
+            reached.append("resolver_bypass")
+        new = [stage for stage in reached if stage not in win.stages]
+        if not new:
+            self.suppressed += 1
+            return []
+        asset = self.assets.lookup(event.host)
+        out = []
+        for stage in new:
+            win.stages.add(stage)
+            steps = (stage != "first_contact") + asset.is_ot
+            digest = hashlib.blake2b(
+                f"{event.host}|{ind.category}|{stage}|{win.first_event}".encode(), digest_size=16
+            ).hexdigest()
+            out.append(
+                Alert(
+                    alert_id=digest,
+                    event=event,
+                    stage=stage,
+                    severity=raise_severity(ind.severity, steps),
+                    asset=asset,
+                    hits=win.hits,
+                    first_seen=win.start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                )
+            )
+        self.alerts += len(out)
+        return out
+
+
+def render_json(alert: Alert) -> str:
+    return alert.to_json().decode()
+
+
+def render_text(alert: Alert) -> str:
+    """One line for a person at a terminal."""
+    d = alert.to_dict()
+    asked = f", asked {d['query']}" if "query" in d else ""
+    site = f" {d['site']}/{d['zone']}" if d["site"] != "unknown" else ""
+    return (
+        f"ALERT {d['ts']} {d['severity'].upper():<8} {d['category']:<14} {d['stage']:<15} "
+        f"host {d['host']}{site}  {d['name']} ({d['kind']}{asked}) [{d['indicator']['id']}]"
+    )

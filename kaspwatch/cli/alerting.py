@@ -1,0 +1,95 @@
+"""Alert options shared by ``kaspwatch alerts`` and ``kaspwatch run``: the window, the asset
+map, where the state lives, the failure policy; and every sink's own flags, which each
+optional sink module declares and validates itself (``add_options`` / ``from_options``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from consumers.alerts.delivery import POLICIES, AlertDelivery
+from consumers.alerts.engine import Alert, AlertEngine
+from consumers.alerts.sinks import Sink, alertmanager, syslog, webhook
+from consumers.alerts.sinks.ocsf import KafkaTopicSink
+from consumers.alerts.sinks.stdout import StdoutSink
+from consumers.alerts.state import AlertState
+from consumers.assets import AssetMap, load_assets
+from kaspwatch.bus import Publisher, TopicReader
+from kaspwatch.event import ALERTS_TOPIC
+
+DEFAULT_WINDOW = 3600.0
+# sinks switched on by their own flags, in the order they get each alert
+OPTIONAL_SINKS: tuple[ModuleType, ...] = (alertmanager, webhook, syslog)
+
+
+def add_alert_options(p: argparse.ArgumentParser, state_default: bool) -> None:
+    p.add_argument(
+        "--window",
+        type=float,
+        metavar="SECONDS",
+        help="suppression window per (host, category, stage), in event time (default 3600)",
+    )
+    p.add_argument(
+        "--assets",
+        metavar="FILE",
+        help="asset map, YAML or CSV: cidr -> site, zone, owner, criticality",
+    )
+    p.add_argument(
+        "--state",
+        metavar="FILE",
+        help="SQLite file keeping suppression windows and deliveries across restarts"
+        + (" (default: .kaspwatch/alerts-GROUP.sqlite)" if state_default else " (default: memory)"),
+    )
+    for sink in OPTIONAL_SINKS:
+        sink.add_options(p)
+    p.add_argument(
+        "--on-sink-failure",
+        choices=POLICIES,
+        default="retry",
+        help="retry: keep the batch uncommitted and retry (default); drop: count, log, go on",
+    )
+    p.add_argument("--no-stdout", action="store_true", help="do not print alerts on stdout")
+
+
+def build_sinks(
+    args: argparse.Namespace,
+    publisher: Publisher | None,
+    render: Callable[[Alert], str],
+    reader: TopicReader | None = None,
+) -> list[Sink]:
+    """``reader`` (of the publisher's bus) lets the alerts-topic sink read back what it wrote.
+    A sink's bad flags raise ``SinkOptionError`` naming the flag."""
+    sinks: list[Sink] = []
+    if not args.no_stdout:
+        sinks.append(StdoutSink(render))
+    if publisher is not None:
+        topic = getattr(args, "alerts_topic", ALERTS_TOPIC)
+        sinks.append(KafkaTopicSink(publisher, topic, reader))
+    for module in OPTIONAL_SINKS:
+        sink = module.from_options(args)
+        if sink is not None:
+            sinks.append(sink)
+    return sinks
+
+
+def state_path(args: argparse.Namespace, group: str | None) -> str | None:
+    if args.state:
+        return str(args.state)
+    if group is None:
+        return None
+    base = Path(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch"))
+    return str(base / f"alerts-{group}.sqlite")
+
+
+def open_delivery(
+    args: argparse.Namespace, sinks: list[Sink], group: str | None
+) -> tuple[AlertDelivery, AssetMap]:
+    assets = load_assets(args.assets)
+    window = args.window or args.config_loaded.window or DEFAULT_WINDOW
+    engine = AlertEngine(window, assets)
+    return AlertDelivery(
+        engine, sinks, AlertState(state_path(args, group)), args.on_sink_failure
+    ), assets

@@ -1,0 +1,69 @@
+"""Where ``sense`` and ``run`` read packets from: capture files or live interfaces."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from kaspwatch.cli.process import drop_privileges
+from sensor.pipeline import Sensor
+from sensor.sources import open_capture
+from sensor.sources.base import CaptureError, Source
+from sensor.sources.live import BPF_FILTER, LiveCapture, MergedLive
+
+log = logging.getLogger("kaspwatch")
+
+
+def add_source_options(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--pcap", metavar="FILE", nargs="+", help="pcap/pcapng file(s), gzip ok, - for stdin"
+    )
+    src.add_argument("--interface", metavar="IF", nargs="+", help="live capture interface(s)")
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="live capture: drop root for this user once the capture sockets are open",
+    )
+    p.add_argument(
+        "--fanout",
+        type=int,
+        metavar="GROUP",
+        help="live capture: join PACKET_FANOUT group GROUP (0-65535, flow hash) so several "
+        "sensor processes on one interface share its flows, each flow to one process",
+    )
+    p.add_argument(
+        "--bpf",
+        metavar="EXPR",
+        help="live capture: kernel filter (default: packets that can carry a name or start "
+        "a flow; see sensor/sources/live.py); --bpf '' keeps every packet",
+    )
+
+
+def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
+    """Open every source up front so a bad file fails before anything runs. Files go
+    through the libpcap prefilter (as with ``scan``), its watched networks taken from the
+    rules loaded at start: a reload's new networks still match every flow start (SYNs and
+    UDP always pass), only flows already under way are not widened."""
+    if args.pcap:
+        cidrs = sensor.rules.matcher.cidrs()
+        return [open_capture(p, prefilter=True, cidrs=cidrs) for p in args.pcap]
+    bpf = BPF_FILTER if args.bpf is None else args.bpf
+    if args.fanout is not None and len(args.interface) > 1:
+        raise CaptureError("--fanout takes one --interface: run one fanout group per interface")
+    live = MergedLive([LiveCapture(i, bpf=bpf or None, fanout=args.fanout) for i in args.interface])
+    if args.user:
+        drop_privileges(args.user)
+    log.info(
+        "capturing on %s (%s%s)",
+        ", ".join(args.interface),
+        "filtered" if bpf else "unfiltered",
+        "" if args.fanout is None else f", fanout group {args.fanout}",
+    )
+    return [live]
+
+
+def counts_word(sources: list[Source]) -> str:
+    """What the sensor's packet count counts: libpcap skips the rest of a file uncounted."""
+    words = {s.counts for s in sources}
+    return "packets past the prefilter" if "packets past the prefilter" in words else "packets"

@@ -1,0 +1,197 @@
+"""``kaspwatch indicators check | explain | list``: trust, read and debug the packs."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from typing import Any
+
+from kaspwatch.cli.options import add_rule_options, rule_source
+from kaspwatch.table import print_table
+from sensor.decode import normalise_name
+from sensor.rules.allowlist import load_allowlist
+from sensor.rules.indicators import Indicator, PackError, load_pack, shipped_pack_paths
+from sensor.rules.match import KIND_WHERE, Matcher
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("indicators", help="check, explain and list indicator packs")
+    isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = isub.add_parser("check", help="validate packs (no FILE: shipped + configured site packs)")
+    c.add_argument("files", nargs="*", metavar="FILE")
+    add_rule_options(c)
+    e = isub.add_parser("explain", help="which indicator matches a name or IP, and why")
+    e.add_argument("target", metavar="NAME_OR_IP")
+    e.add_argument("--kind", default=None, help="where it was seen (default: every kind)")
+    e.add_argument("--format", choices=("text", "json"), default="text")
+    add_rule_options(e)
+    ls = isub.add_parser("list", help="every indicator with its fields")
+    ls.add_argument("--format", choices=("table", "json"), default="table")
+    add_rule_options(ls)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    action = {"check": _check, "explain": _explain, "list": _list}[args.action]
+    return action(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Validate each file on its own; report every bad one as ``file:line: message``."""
+    source = rule_source(args)
+    if args.files:
+        packs, allowlists = list(args.files), [args.allowlist] if args.allowlist else []
+    else:
+        shipped = [str(p) for p in shipped_pack_paths()] if source.shipped else []
+        packs = shipped + list(source.site_packs)
+        allowlists = [source.allowlist] if source.allowlist else []
+    failed = 0
+    ids: dict[str, str] = {}
+    for path in packs:
+        try:
+            pack = load_pack(path)
+        except PackError as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+            continue
+        for ind in pack.indicators:
+            if ind.id in ids:
+                print(f"{path}: note: {ind.id} overrides the indicator of {ids[ind.id]}")
+            ids[ind.id] = path
+        print(
+            f"{path}: ok: pack {pack.name} {pack.version}, {len(pack.indicators)} indicators, "
+            f"{len(pack.exclusions)} exclusions"
+        )
+    for path in allowlists:
+        try:
+            allow = load_allowlist(path)
+        except PackError as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+            continue
+        expired = len(allow.entries) - len(allow.active_entries())
+        print(f"{path}: ok: allowlist, {len(allow.entries)} entries ({expired} expired)")
+    return 1 if failed else 0
+
+
+def _describe(ind: Indicator, reason: str) -> dict[str, Any]:
+    return {
+        "id": ind.id,
+        "pattern": ind.pattern,
+        "match": ind.match,
+        "where": sorted(ind.where),
+        **({"path_prefix": ind.path_prefix} if ind.path_prefix else {}),
+        "category": ind.category,
+        "severity": ind.severity,
+        "confidence": ind.confidence,
+        "pack": ind.pack,
+        "reason": reason,
+        "description": ind.description,
+        "sources": list(ind.sources),
+    }
+
+
+def _explain(args: argparse.Namespace) -> int:
+    rules = rule_source(args).load()
+    matcher: Matcher = rules.matcher
+    raw = args.target.strip()
+    result: dict[str, Any] = {"input": raw}
+    try:
+        addr = ipaddress.ip_address(raw.strip("[]"))
+    except ValueError:
+        addr = None
+    if addr is not None:
+        result["name"] = str(addr)
+        found = matcher.ip_candidates(addr.packed)
+        excluded = None
+    else:
+        name = normalise_name(raw)
+        if name is None:
+            print(
+                f"kaspwatch: error: {raw!r} is neither a host name nor an IP address",
+                file=sys.stderr,
+            )
+            return 2
+        result["name"] = name
+        found = list(matcher.candidates(name))
+        if args.kind:
+            where = KIND_WHERE.get(args.kind)
+            if where is None:
+                print(f"kaspwatch: error: unknown kind {args.kind!r}", file=sys.stderr)
+                return 2
+            found = [(i, r) for i, r in found if where in i.where]
+        excluded = matcher.excluded(name)
+    result["excluded_by"] = excluded
+    matches = [] if excluded else [_describe(i, r) for i, r in found]
+    result["match"] = matches[0] if matches else None
+    result["also"] = matches[1:]
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        _print_explain(result)
+    return 0 if result["match"] else 1
+
+
+def _print_explain(result: dict[str, Any]) -> None:
+    print(result["name"])
+    if result["excluded_by"]:
+        print(
+            f"  no match: excluded by {result['excluded_by']} (pack exclusions: a known lookalike "
+            "or a non-product host)"
+        )
+        return
+    best = result["match"]
+    if best is None:
+        print("  no match: no indicator covers this name or address")
+        return
+    print(
+        f"  MATCH {best['id']}  {best['category']} / severity {best['severity']} / "
+        f"confidence {best['confidence']}"
+    )
+    print(f"    why:   {best['reason']} ({best['match']})")
+    print(
+        f"    where: {', '.join(best['where'])}"
+        + (
+            f", only when the HTTP path starts with {best['path_prefix']}"
+            if "path_prefix" in best
+            else ""
+        )
+        + f"   pack: {best['pack']}"
+    )
+    print(f"    what:  {best['description']}")
+    for src in best["sources"]:
+        print(f"    source: {src}")
+    for other in result["also"]:
+        print(
+            f"  also covered by {other['id']} ({other['match']} {other['pattern']}, "
+            f"{other['category']}/{other['severity']}): less specific"
+        )
+
+
+def _list(args: argparse.Namespace) -> int:
+    rules = rule_source(args).load()
+    indicators = list(rules.matcher.indicators.values())
+    if args.format == "json":
+        print(json.dumps([_describe(i, "") | {"reason": None} for i in indicators], indent=2))
+        return 0
+    rows = [
+        (
+            i.id,
+            i.match,
+            i.pattern,
+            i.category,
+            i.severity,
+            i.confidence,
+            ",".join(sorted(i.where)),
+            i.pack,
+        )
+        for i in indicators
+    ]
+    print_table(
+        rows,
+        sys.stdout,
+        ("id", "match", "pattern", "category", "severity", "confidence", "where", "pack"),
+    )
+    return 0

@@ -1,0 +1,61 @@
+"""What a long-running command does to its own process: stop on a signal, drop root."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from kaspwatch.event import parse_ts
+from sensor.sources.base import CaptureError
+
+log = logging.getLogger("kaspwatch")
+
+
+class Stopper:
+    """SIGINT/SIGTERM set ``stop`` (the async loop) and ``halt`` (a capture thread);
+    SIGHUP calls ``on_hup`` (a rules reload) when given. ``install`` in the running loop."""
+
+    def __init__(self, on_hup: Callable[[], None] | None = None) -> None:
+        self.halt = threading.Event()
+        self.stop = asyncio.Event()
+        self.on_hup = on_hup
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.trigger)
+        if self.on_hup is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.on_hup)
+
+    def trigger(self) -> None:
+        self.halt.set()
+        self.stop.set()
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` for good: the open capture sockets keep working, nothing else of
+    root's remains (supplementary groups cleared, gid before uid, no way back)."""
+    import concurrent.futures.thread  # noqa: F401 - asyncio's executor, imported lazily
+    import pwd
+
+    # Warm what Python loads lazily on first use, while the interpreter's files can still
+    # be read (a Python under /root cannot be read by the user we become).
+    parse_ts("2000-01-01T00:00:00.000000Z")  # _strptime
+    "bücher.example".encode("idna")  # encodings.idna, stringprep
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise CaptureError(f"--user {user}: no such user") from None
+    if os.getuid() != 0:
+        raise CaptureError(f"--user {user}: only root can switch user; run as root or drop --user")
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    if os.getuid() != entry.pw_uid or os.geteuid() != entry.pw_uid:
+        raise CaptureError(f"--user {user}: could not drop root")
+    log.info("running as %s (uid %d) from now on", user, entry.pw_uid)

@@ -1,0 +1,125 @@
+"""``kaspwatch run``: the embedded mode, sensor and consumers in one process on the
+in-process bus; alerts, metrics, an end-of-run summary and optionally the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from prometheus_client import start_http_server, write_to_textfile
+
+from consumers.alerts.collector import DeliveryCollector
+from consumers.alerts.engine import render_json, render_text
+from consumers.loop import DeadLetters, consume
+from consumers.metrics import HitMetrics
+from consumers.store import open_store
+from consumers.summary import Summary
+from kaspwatch.bus import open_publisher, open_subscriber
+from kaspwatch.cli.alerting import add_alert_options, build_sinks, open_delivery
+from kaspwatch.cli.capture import add_source_options, counts_word, open_sources
+from kaspwatch.cli.metrics import known_pairs
+from kaspwatch.cli.options import add_metrics_addr, add_sensor_options, build_sensor
+from kaspwatch.cli.process import Stopper
+from kaspwatch.event import HITS_TOPIC
+from sensor.health import register_sensor
+from sensor.publish import PublishStats, run_sensor
+
+log = logging.getLogger("kaspwatch")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="embedded mode: sensor and consumers in one process")
+    add_source_options(p)
+    add_sensor_options(p)
+    add_alert_options(p, state_default=False)
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="also keep every hit in the incident-response store (sqlite:///PATH or postgresql://...)",
+    )
+    add_metrics_addr(p, "serve metrics while running (e.g. 127.0.0.1:9108)")
+    p.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write final metrics here (node_exporter textfile format)",
+    )
+    p.add_argument(
+        "--format", choices=("text", "ndjson"), default="text", help="alert output format"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sensor, reloader = build_sensor(args)
+    sources = open_sources(args, sensor)
+    publish = PublishStats()
+    render = render_text if args.format == "text" else render_json
+    delivery, assets = open_delivery(args, build_sinks(args, None, render), None)
+    metrics = HitMetrics(assets=assets, known=known_pairs(sensor.rules.matcher.indicators.values()))
+    register_sensor(metrics.registry, sensor, publish, reloader, sources)
+    metrics.registry.register(DeliveryCollector(delivery))
+    if args.metrics_addr:
+        start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)
+        log.info("serving metrics on http://%s:%d/metrics", *args.metrics_addr)
+    bus_url = f"memory://run-{id(sensor)}"
+    engine = delivery.engine
+    summary = Summary()
+    store = open_store(args.db) if args.db else None
+
+    async def main() -> None:
+        stopper = Stopper(reloader.request)
+        stopper.install()
+        publisher = open_publisher(bus_url)
+        alerts_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-alerts")
+        metrics_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-metrics")
+        store_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-store")
+        for part in (publisher, alerts_sub, metrics_sub, store_sub):
+            await part.start()
+        sensing_done = asyncio.Event()
+        on_invalid = DeadLetters(metrics.invalid)
+        for sink in delivery.sinks:
+            await sink.start()
+
+        async def sense() -> None:
+            try:
+                await run_sensor(
+                    sources, sensor, publisher, publish, stopper.halt, reloader=reloader
+                )
+            finally:
+                sensing_done.set()
+
+        # Consumers keep up while the sensor runs; once it ends (end of capture, or a
+        # signal) they drain everything it published, so no accepted hit goes unreported.
+        never = asyncio.Event()
+        await asyncio.gather(
+            sense(),
+            consume(alerts_sub, [delivery, summary], never, on_invalid, sensing_done.is_set),
+            consume(metrics_sub, [metrics], never, on_invalid, sensing_done.is_set),
+            *(
+                [consume(store_sub, [store], never, on_invalid, sensing_done.is_set)]
+                if store is not None
+                else []
+            ),
+        )
+        for sink in delivery.sinks:
+            await sink.stop()
+
+    asyncio.run(main())
+    if store is not None:
+        store.close()
+    summary.print(sys.stdout)
+    s = sensor.stats
+    log.info(
+        "%d %s, %d hits, %d alerts (%d suppressed), %d decode errors",
+        s.packets,
+        counts_word(sources),
+        s.hits,
+        engine.alerts,
+        engine.suppressed,
+        s.decode_errors,
+    )
+    if args.metrics_textfile:
+        write_to_textfile(args.metrics_textfile, metrics.registry)
+    return 0

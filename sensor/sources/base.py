@@ -1,0 +1,75 @@
+"""What every capture source is: frames in, counters out.
+
+A source yields ``Frame`` tuples ``(ts_ns, linktype, data)``, and ``None`` when a live
+reader has caught up with the wire (so the sensor sends a partial batch at once). The
+sensor, the publish loop and the commands see every source through ``Source``: the pure
+pcap/pcapng reader (``pcapfile``), the libpcap prefilter (``prefilter``) and AF_PACKET
+live capture (``live``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+Frame = tuple[int, int, bytes]
+
+LINKTYPE_ETHERNET: Final = 1
+
+
+class CaptureError(Exception):
+    """A capture cannot be read. The message names the file (and offset)."""
+
+
+@dataclass
+class ReadStats:
+    packets: int = 0
+    truncated: bool = False
+    note: str = ""
+
+
+class Source(Protocol):
+    """``counts`` says what the sensor's packet count counts for this source ("packets",
+    or "packets past the prefilter" when libpcap skips the rest uncounted); ``stats`` has
+    a file's cut-off note; ``kernel_drops`` is the packets the kernel lost (0 for files);
+    ``stop`` asks a blocking reader to end (a no-op for files)."""
+
+    counts: str
+    stats: ReadStats
+    live: bool  # a live reader drains what the kernel holds after ``stop``; a file just ends
+
+    def __iter__(self) -> Iterator[Frame | None]: ...
+
+    def kernel_drops(self) -> int: ...
+
+    def stop(self) -> None: ...
+
+
+class FileSource(Source, Protocol):
+    """A capture file: progress is ``position`` of ``size`` bytes (``size`` 0: unknown)."""
+
+    path: str
+    size: int
+
+    @property
+    def position(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> FileSource: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class FileReader:
+    """The parts of ``Source`` every capture file has alike."""
+
+    counts = "packets"
+    live = False
+
+    def kernel_drops(self) -> int:
+        return 0
+
+    def stop(self) -> None:
+        return None
