@@ -1,14 +1,19 @@
-"""The ``kaspwatch`` command line: one module per command, each with ``add_parser`` (its
-flags; the parser's ``run`` default) and ``run(args) -> exit status``.
+"""The ``kaspwatch`` command line: one module per command, each with ``add_arguments`` (its
+flags) and ``run(args) -> exit status``; ``COMMANDS`` lists them.
+
+Only the module of the command being run is imported (``scan`` never loads asyncio,
+prometheus_client or the consumers), the way mitmproxy loads only the addons in use;
+``--help`` without a command lists them all from ``COMMANDS`` alone.
 
 ``main`` parses, settles every option from flags, the configuration file and the
 environment (``kaspwatch.cli.config.resolve``), and runs the command. Bad input of any
-kind is one line on stderr naming the place, exit 2; tracebacks only with ``-v``.
+kind is one line on stderr naming the place, exit 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -16,12 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from consumers.alerts.sinks import SinkOptionError
-from consumers.store import StoreError
+from consumers.store.base import StoreError
 from kaspwatch import __version__
 from kaspwatch.bus import BusError
 from kaspwatch.bus.security import RedactSecrets
 from kaspwatch.bus.spool import SpoolError
-from kaspwatch.cli import alerts, api, indicators, metrics, query, run, scan, sense, store
 from kaspwatch.cli.config import resolve
 from kaspwatch.yamlfile import YamlError
 from sensor.sources.base import CaptureError
@@ -30,15 +34,40 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
-# in the order ``kaspwatch --help`` lists them
-COMMANDS = (scan, sense, alerts, metrics, run, indicators, store, query, api)
+# name -> one line of help, in the order ``kaspwatch --help`` lists them; the module is
+# kaspwatch.cli.<name>
+COMMANDS: dict[str, str] = {
+    "scan": "scan captures offline and print hits as NDJSON or a table",
+    "sense": "run the sensor and publish hits to the bus",
+    "alerts": "consume hits, raise alerts to every configured sink",
+    "metrics": "consume hits and serve Prometheus metrics",
+    "run": "embedded mode: sensor and consumers in one process",
+    "indicators": "check, explain and list indicator packs",
+    "store": "consume hits into the incident-response store",
+    "query": "ask the store: hosts, host IP, name, dns, after-ban",
+    "api": "serve the store's queries as a read-only HTTP JSON API",
+}
 # errors that are the user's input (a file, a flag, a URL, an unreachable bus): one line
 USER_ERRORS = (CaptureError, YamlError, BusError, SpoolError, StoreError, SinkOptionError)
 
 log = logging.getLogger("kaspwatch")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (after the global options), if it is one of ours."""
+    it = iter(argv)
+    for arg in it:
+        if arg == "--config":
+            next(it, None)
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``argv``, only the command it names gets its flags (and its
+    module imported), every other one is listed with its help line."""
+    wanted = _command_in(argv) if argv is not None else None
     parser = argparse.ArgumentParser(
         prog="kaspwatch",
         description="Find machines still running Kaspersky software from their network traffic.",
@@ -52,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration file (env KASPWATCH_CONFIG); flags override it",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.add_parser(sub)
+    for name, text in COMMANDS.items():
+        p = sub.add_parser(name, help=text)
+        if wanted is None or name == wanted:
+            module = importlib.import_module(f"kaspwatch.cli.{name}")
+            module.add_arguments(p)
+            p.set_defaults(run=module.run)
     return parser
 
 
@@ -91,15 +124,14 @@ def _logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     _logging(args.verbose)
     command: Callable[[argparse.Namespace], int] = args.run
     try:
         resolve(args)
         return command(args)
     except USER_ERRORS as exc:
-        if args.verbose:
-            log.exception("%s", type(exc).__name__)
         print(f"kaspwatch: error: {RedactSecrets.scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -20,8 +20,7 @@ from kaspwatch.cli.process import Stopper
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("alerts", help="consume hits, raise alerts to every configured sink")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bus_option(p)
     p.add_argument("--group", default="kaspwatch-alerts", help="Kafka consumer group")
     p.add_argument("--topic", default=HITS_TOPIC)
@@ -30,7 +29,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_metrics_addr(p, "serve this consumer's metrics (deliveries, sink failures, dead letters)")
     add_alert_options(p, state_default=True)
     add_kafka_options(p)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

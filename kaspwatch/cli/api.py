@@ -19,8 +19,7 @@ from kaspwatch.secretfile import read_secret_file
 log = logging.getLogger("kaspwatch")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("api", help="serve the store's queries as a read-only HTTP JSON API")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_db_option(p)
     p.add_argument(
         "--listen",
@@ -35,7 +34,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="require 'Authorization: Bearer <token>' with the token in this file",
     )
     add_assets_option(p)
-    p.set_defaults(run=run)
 
 
 def read_token(path: str) -> str:

@@ -16,8 +16,7 @@ from sensor.rules.indicators import Indicator, PackError, load_pack, shipped_pac
 from sensor.rules.match import KIND_WHERE, Matcher
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("indicators", help="check, explain and list indicator packs")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = isub.add_parser("check", help="validate packs (no FILE: shipped + configured site packs)")
     c.add_argument("files", nargs="*", metavar="FILE")
@@ -30,7 +29,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls = isub.add_parser("list", help="every indicator with its fields")
     ls.add_argument("--format", choices=("table", "json"), default="table")
     add_rule_options(ls)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

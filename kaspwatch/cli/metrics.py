@@ -22,8 +22,7 @@ from sensor.rules.indicators import Indicator, load_pack, shipped_pack_paths
 log = logging.getLogger("kaspwatch")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("metrics", help="consume hits and serve Prometheus metrics")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bus_option(p)
     p.add_argument("--group", default="kaspwatch-metrics", help="Kafka consumer group")
     p.add_argument("--topic", default=HITS_TOPIC)
@@ -42,7 +41,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="consumer groups whose lag to export, comma-separated",
     )
     add_kafka_options(p)
-    p.set_defaults(run=run)
 
 
 def known_pairs(indicators: Iterable[Indicator] | None = None) -> set[tuple[str, str]]:

@@ -49,9 +49,7 @@ def _filter_opts(p: argparse.ArgumentParser) -> None:
     add_assets_option(p)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("query", help="ask the store: hosts, host IP, name, dns, after-ban")
-    p.set_defaults(run=run)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_subparsers(dest="what", required=True, metavar="QUERY")
     h = q.add_parser("hosts", help="every host that talked to Kaspersky")
     _query_opts(h)

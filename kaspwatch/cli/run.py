@@ -29,8 +29,7 @@ from sensor.publish import PublishStats, run_sensor
 log = logging.getLogger("kaspwatch")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="embedded mode: sensor and consumers in one process")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_source_options(p)
     add_sensor_options(p)
     add_alert_options(p, state_default=False)
@@ -48,7 +47,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--format", choices=("text", "ndjson"), default="text", help="alert output format"
     )
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

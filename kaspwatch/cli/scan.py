@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ("ts", "kind", "name", "src", "dst", "indicator", "category", "severity")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("scan", help="scan captures offline and print hits as NDJSON or a table")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "pcap", nargs="+", metavar="PCAP", help="pcap/pcapng file(s), gzip ok, - for stdin"
     )
@@ -36,7 +35,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "libpcap drop, in C, packets that cannot carry a name (sensor/sources/prefilter.py)",
     )
     add_sensor_options(p)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,8 +28,7 @@ from sensor.publish import PublishStats, heartbeats, run_sensor
 log = logging.getLogger("kaspwatch")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("sense", help="run the sensor and publish hits to the bus")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_source_options(p)
     add_bus_option(p)
     p.add_argument("--topic", default=HITS_TOPIC)
@@ -40,7 +39,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_spool_options(p)
     add_sensor_options(p)
     add_kafka_options(p)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

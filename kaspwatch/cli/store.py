@@ -41,8 +41,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("store", help="consume hits into the incident-response store")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bus_option(p)
     p.add_argument("--topic", default=HITS_TOPIC)
     p.add_argument(
@@ -69,7 +68,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="exit once every hit on the topic is stored (for a rebuild)",
     )
     add_kafka_options(p)
-    p.set_defaults(run=run)
 
 
 class _Count:
