@@ -247,7 +247,13 @@ async def drain(
     return rate, (tmp / f"{name}.folded").read_text() if profile else ""
 
 
-_ENTRY = ("__main__.py", "cli/__init__.py", "cli/run.py", "cli/sense.py", "cli/alerts.py")  # always on the stack
+_ENTRY = (
+    "__main__.py",
+    "cli/__init__.py",
+    "cli/run.py",
+    "cli/sense.py",
+    "cli/alerts.py",
+)  # always on the stack
 
 
 def hot_spots(folded: str, n: int = 8) -> list[str]:

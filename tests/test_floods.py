@@ -21,8 +21,8 @@ from consumers.alerts.engine import AlertEngine
 from consumers.alerts.sinks.alertmanager import AlertmanagerSink
 from consumers.metrics import ActiveHosts, HitMetrics, SensorHealth
 from kaspwatch.event import EventError, event_from_json
-from sensor.pipeline import Sensor
 from sensor.health import register_sensor
+from sensor.pipeline import Sensor
 from sensor.publish import PublishStats
 from soak.floods import (
     FLOODS,

@@ -159,8 +159,7 @@ def test_spool_settings_from_config_flags_and_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from kaspwatch.cli import build_parser
-    from kaspwatch.cli.config import resolve
-    from kaspwatch.cli.config import ConfigError, load_config
+    from kaspwatch.cli.config import ConfigError, load_config, resolve
 
     cfg = tmp_path / "kaspwatch.yaml"
     cfg.write_text(

@@ -37,8 +37,8 @@ from consumers.store.api import make_server
 from consumers.store.base import Backend, StoreError
 from consumers.store.names import parse_pattern, reverse_name
 from consumers.store.queries import Result
-from kaspwatch.cli import build_parser
 from kaspwatch.bus.memory import MemoryBus
+from kaspwatch.cli import build_parser
 from kaspwatch.cli import main as cli_main
 from kaspwatch.cli import main as kaspwatch_main
 from kaspwatch.event import Event, IndicatorRef, event_from_json, make_event_id
