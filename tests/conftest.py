@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, the shipped pack, and the real Kafka broker.
+"""Shared fixtures: the shipped pack, the corpus, and the real Kafka broker.
 
 The broker is the one ``deploy/kafka/kafka-local.sh`` runs (KRaft, single node, loopback),
 or an existing one named by ``KASPWATCH_KAFKA_BOOTSTRAP``. Missing Java or Maven make the
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,13 +20,7 @@ from hypothesis import HealthCheck, settings
 
 from sensor.rules.indicators import Pack, load_pack
 from sensor.rules.match import Matcher
-
-REPO = Path(__file__).resolve().parent.parent
-KAFKA_SH = REPO / "deploy" / "kafka" / "kafka-local.sh"
-SAMPLE = REPO / "samples" / "sample.pcap"
-SCHEMA = REPO / "kaspwatch" / "schema" / "event.v1.schema.json"
-CORPUS = Path(os.environ.get("KASPWATCH_CORPUS", REPO.parent / "shared" / "corpus"))
-KASPWATCH = [sys.executable, "-m", "kaspwatch"]
+from tests.testenv import CORPUS, KAFKA_SH, SCHEMA, free_port, kafka_jars
 
 
 @pytest.fixture(scope="session")
@@ -51,21 +43,6 @@ def corpus() -> Path:
     if not (CORPUS / "MANIFEST.tsv").exists():
         pytest.fail(f"capture corpus not found at {CORPUS} (set KASPWATCH_CORPUS)")
     return CORPUS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def kafka_jars(env: dict[str, str], hint: str = "") -> None:
-    """Fail with the fix when Java or Maven is missing; fetch the jars when they are."""
-    for tool, why in (("java", "to run the broker"), ("mvn", "to fetch the Kafka jars")):
-        if shutil.which(tool) is None:
-            pytest.fail(f"Kafka tests need {tool} {why}; install it (.ci/run does){hint}")
-    if not any((KAFKA_SH.parent / "libs").glob("kafka_2.13-*.jar")):
-        subprocess.run(["bash", str(KAFKA_SH), "fetch"], env=env, check=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -233,7 +233,7 @@ class LocalBroker:
     offsets, as after a real outage. The session's ``kafka_bootstrap`` broker is never stopped."""
 
     def __init__(self, run_dir: Path) -> None:
-        from tests.conftest import KAFKA_SH, free_port
+        from tests.testenv import KAFKA_SH, free_port
 
         self.script = KAFKA_SH
         self.env = {

@@ -19,8 +19,8 @@ import jsonschema
 import pytest
 
 from kaspwatch.cli import main
-from tests.conftest import KASPWATCH, SAMPLE, free_port
 from tests.kafkautil import committed_everything, create_topics, read_topic, scrape
+from tests.testenv import KASPWATCH, SAMPLE, free_port
 
 pytestmark = pytest.mark.kafka
 

@@ -36,8 +36,8 @@ from kaspwatch.bus.security import (
     resolve,
 )
 from kaspwatch.cli.config import load_config
-from tests.conftest import KAFKA_SH, KASPWATCH, REPO, SAMPLE, free_port
 from tests.kafkautil import scrape
+from tests.testenv import KAFKA_SH, KASPWATCH, REPO, SAMPLE, free_port
 from tests.tlscerts import PKI, make_ca, make_pki
 
 USER = "kw-sensor"

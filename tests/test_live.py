@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import KASPWATCH
 from tests.netns import SERVER_V4, SERVER_V6, namespace_pair, need_tools, wait_for_stderr
+from tests.testenv import KASPWATCH
 
 
 def test_live_interface_run_alerts_on_real_traffic(tmp_path: Path) -> None:

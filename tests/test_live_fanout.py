@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from bench.hitload import client_ip, frames, write_pcap
-from tests.conftest import KASPWATCH
 from tests.netns import namespace_pair, need_tools, wait_for_stderr
+from tests.testenv import KASPWATCH
 
 FLOWS = 300
 

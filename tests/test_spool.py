@@ -37,9 +37,9 @@ from kaspwatch.bus.spool import (
     SpoolRecord,
 )
 from kaspwatch.bus.spooling_publisher import SpoolingPublisher
-from tests.conftest import KASPWATCH, free_port
 from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape, wait_metrics
 from tests.netns import need_tools
+from tests.testenv import KASPWATCH, free_port
 
 
 def rec(n: int) -> SpoolRecord:
