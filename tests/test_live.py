@@ -96,7 +96,7 @@ def test_sighup_reloads_site_pack_live_and_keeps_old_rules_on_a_bad_file(tmp_pat
     import json
     import os
 
-    from tests.test_indicators_cli import HEAD, ROW
+    from tests.factories import HEAD, ROW
 
     need_tools("ip", "dig", "dnsmasq", "curl")
     conf = tmp_path / "dnsmasq.conf"

@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from consumers.assets import load_assets
 from consumers.metrics import HitMetrics, SensorHealth
 from kaspwatch.event import heartbeat_from_json
-from tests.test_alerts import KSN, hit
+from tests.factories import KSN, hit
 
 
 def samples(registry) -> dict[str, float]:  # type: ignore[no-untyped-def]
