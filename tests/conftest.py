@@ -20,7 +20,26 @@ from hypothesis import HealthCheck, settings
 
 from sensor.rules.indicators import Pack, load_pack
 from sensor.rules.match import Matcher
+from tests import tiers
 from tests.testenv import CORPUS, KAFKA_SH, SCHEMA, free_port, kafka_jars
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark by fixture: whatever uses a broker fixture is in the ``kafka`` tier."""
+    for item in items:
+        if tiers.KAFKA_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(tiers.KAFKA)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    """Let ``tiers.require`` see the test whose setup, call or teardown is running."""
+    tiers.current = item
+    try:
+        return (yield)
+    finally:
+        tiers.current = None
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +66,7 @@ def corpus() -> Path:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tiers.require(tiers.KAFKA, "uses the Kafka broker")  # also via request.getfixturevalue
     existing = os.environ.get("KASPWATCH_KAFKA_BOOTSTRAP")
     if existing:
         yield existing

@@ -7,8 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.netns import SERVER_V4, SERVER_V6, namespace_pair, need_tools, wait_for_stderr
 from tests.testenv import KASPWATCH
+
+pytestmark = pytest.mark.live  # root: network namespaces and live capture
 
 
 def test_live_interface_run_alerts_on_real_traffic(tmp_path: Path) -> None:

@@ -403,6 +403,7 @@ async def wait_metric(port: int, name: str, ok: Any, timeout: float, what: str) 
 
 
 @pytest.mark.kafka
+@pytest.mark.live  # captures on --interface: root
 @pytest.mark.timeout(180)
 async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: Path) -> None:
     need_tools("ip")  # root for the capture socket
@@ -489,6 +490,7 @@ async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: 
 
 
 @pytest.mark.kafka
+@pytest.mark.live  # captures on --interface: root
 @pytest.mark.timeout(120)
 async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_restart(
     broker: LocalBroker, tmp_path: Path
@@ -569,6 +571,7 @@ async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_resta
 
 
 @pytest.mark.kafka
+@pytest.mark.live  # captures on --interface: root
 @pytest.mark.timeout(150)
 async def test_sensor_started_while_the_broker_is_down_spools_then_delivers(
     broker: LocalBroker, tmp_path: Path

@@ -32,7 +32,11 @@ def free_port() -> int:
 
 
 def kafka_jars(env: dict[str, str], hint: str = "") -> None:
-    """Fail with the fix when Java or Maven is missing; fetch the jars when they are."""
+    """Fail with the fix when Java or Maven is missing; fetch the jars when they are.
+    Every broker a test starts comes through here, so this also checks the test's tier."""
+    from tests import tiers
+
+    tiers.require(tiers.KAFKA, "starts a Kafka broker")
     for tool, why in (("java", "to run the broker"), ("mvn", "to fetch the Kafka jars")):
         if shutil.which(tool) is None:
             pytest.fail(f"Kafka tests need {tool} {why}; install it (.ci/run does){hint}")
