@@ -37,6 +37,7 @@ from kaspwatch.bus.spool import (
     SpoolRecord,
 )
 from kaspwatch.bus.spooling_publisher import SpoolingPublisher
+from tests.cliprocs import wait_for
 from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape, wait_metrics
 from tests.netns import need_tools
 from tests.testenv import KASPWATCH, free_port
@@ -261,8 +262,8 @@ async def test_publisher_keeps_order_through_an_outage_and_loses_nothing(
     await send(40)
     FlakyBus.mode = outage
     await send(60)
-    await asyncio.sleep(0.6)  # the round in flight fails (or times out); later hits spool
-    assert pub.down and pub.spool.depth_records > 0
+    # the round in flight fails (or times out after limit_s); later hits spool
+    await wait_for(lambda: pub.down and pub.spool.depth_records > 0, 10, "the publisher to spool")
     await send(40)
     FlakyBus.mode = "up"
     await send(40)
