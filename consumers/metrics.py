@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Info, disable_created_metrics
@@ -36,23 +36,30 @@ log = logging.getLogger("kaspwatch.metrics")
 
 
 class ActiveHosts(Collector):
-    """Distinct hosts per (category, site) seen within sliding windows of wall-clock time."""
+    """Distinct hosts per (category, site) seen within sliding windows of wall-clock time
+    (``clock``: seconds since the epoch; tests pass their own)."""
 
-    def __init__(self, keys: set[tuple[str, str]], max_hosts: int = MAX_HOSTS_TRACKED) -> None:
+    def __init__(
+        self,
+        keys: set[tuple[str, str]],
+        max_hosts: int = MAX_HOSTS_TRACKED,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.last_seen: dict[tuple[str, str], dict[str, float]] = {k: {} for k in keys}
         self.max_hosts = max_hosts
         self.evicted = 0
+        self._clock = clock
 
     def see(self, category: str, site: str, host: str) -> None:
         hosts = self.last_seen.setdefault((category, site), {})
         hosts.pop(host, None)  # re-inserted: the dict stays in last-seen order
-        hosts[host] = time.time()
+        hosts[host] = self._clock()
         if len(hosts) > self.max_hosts:
             del hosts[next(iter(hosts))]  # the least recently seen, in O(1)
             self.evicted += 1
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        now = time.time()
+        now = self._clock()
         yield CounterMetricFamily(
             "kaspwatch_active_hosts_evictions",
             f"Hosts dropped from the active-host table (at most {self.max_hosts} per category and site).",
@@ -74,23 +81,27 @@ class ActiveHosts(Collector):
 
 
 class SensorHealth(Collector):
-    """Sensor health from heartbeats on Kafka: a sensor that stops beating is down."""
+    """Sensor health from heartbeats on Kafka: a sensor that stops beating is down.
+    ``clock`` (seconds since the epoch) stamps arrivals and judges silence; tests pass their own."""
 
-    def __init__(self, max_sensors: int = MAX_SENSORS) -> None:
+    def __init__(
+        self, max_sensors: int = MAX_SENSORS, clock: Callable[[], float] = time.time
+    ) -> None:
         self.beats: dict[str, dict[str, Any]] = {}  # least recently heard first
         self.max_sensors = max_sensors
         self.evicted = 0
+        self._clock = clock
 
     async def handle(self, docs: list[dict[str, Any]]) -> None:
         for doc in docs:
             self.beats.pop(doc["sensor"], None)
-            self.beats[doc["sensor"]] = {**doc, "received": time.time()}
+            self.beats[doc["sensor"]] = {**doc, "received": self._clock()}
             if len(self.beats) > self.max_sensors:  # sensor names label series: bounded
                 del self.beats[next(iter(self.beats))]
                 self.evicted += 1
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        now = time.time()
+        now = self._clock()
         up = GaugeMetricFamily(
             "kaspwatch_sensor_up", "1 while heartbeats arrive.", labels=["sensor"]
         )
@@ -130,8 +141,10 @@ class HitMetrics:
         registry: CollectorRegistry | None = None,
         assets: AssetMap | None = None,
         known: set[tuple[str, str]] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``known``: (category, severity) pairs of the packs, exported at zero."""
+        """``known``: (category, severity) pairs of the packs, exported at zero; ``clock``
+        ages the active-host windows."""
         self.registry = registry or CollectorRegistry()
         self.assets = assets or AssetMap([])
         r = self.registry
@@ -159,7 +172,9 @@ class HitMetrics:
             for kind in sorted(KINDS):
                 for site in sites:
                     self.hits.labels(cat, kind, sev, site)
-        self.active = ActiveHosts({(cat, site) for cat, _ in known or set() for site in sites})
+        self.active = ActiveHosts(
+            {(cat, site) for cat, _ in known or set() for site in sites}, clock=clock
+        )
         r.register(self.active)
         r.register(_LastHit(self._last_hit))
         Info("kaspwatch_build", "kaspwatch build information.", registry=r).info(

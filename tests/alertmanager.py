@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -21,15 +20,11 @@ from typing import Any
 
 import pytest
 
+from tests.testenv import free_port
+
 BINARY = "prometheus-alertmanager"
 CONFIG = 'route: {receiver: "null"}\nreceivers: [{name: "null"}]\n'
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get_json(url: str, timeout: float = 5) -> Any:

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, the shipped pack, and the real Kafka broker.
+"""Shared fixtures: the shipped pack, the corpus, and the real Kafka broker.
 
 The broker is the one ``deploy/kafka/kafka-local.sh`` runs (KRaft, single node, loopback),
 or an existing one named by ``KASPWATCH_KAFKA_BOOTSTRAP``. Missing Java or Maven make the
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,13 +20,26 @@ from hypothesis import HealthCheck, settings
 
 from sensor.rules.indicators import Pack, load_pack
 from sensor.rules.match import Matcher
+from tests import tiers
+from tests.testenv import CORPUS, KAFKA_SH, SCHEMA, free_port, kafka_jars
 
-REPO = Path(__file__).resolve().parent.parent
-KAFKA_SH = REPO / "deploy" / "kafka" / "kafka-local.sh"
-SAMPLE = REPO / "samples" / "sample.pcap"
-SCHEMA = REPO / "kaspwatch" / "schema" / "event.v1.schema.json"
-CORPUS = Path(os.environ.get("KASPWATCH_CORPUS", REPO.parent / "shared" / "corpus"))
-KASPWATCH = [sys.executable, "-m", "kaspwatch"]
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark by fixture: whatever uses a broker fixture is in the ``kafka`` tier."""
+    for item in items:
+        if tiers.KAFKA_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(tiers.KAFKA)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    """Let ``tiers.require`` see the test whose setup, call or teardown is running."""
+    tiers.current = item
+    try:
+        return (yield)
+    finally:
+        tiers.current = None
 
 
 @pytest.fixture(scope="session")
@@ -53,23 +64,9 @@ def corpus() -> Path:
     return CORPUS
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def kafka_jars(env: dict[str, str], hint: str = "") -> None:
-    """Fail with the fix when Java or Maven is missing; fetch the jars when they are."""
-    for tool, why in (("java", "to run the broker"), ("mvn", "to fetch the Kafka jars")):
-        if shutil.which(tool) is None:
-            pytest.fail(f"Kafka tests need {tool} {why}; install it (.ci/run does){hint}")
-    if not any((KAFKA_SH.parent / "libs").glob("kafka_2.13-*.jar")):
-        subprocess.run(["bash", str(KAFKA_SH), "fetch"], env=env, check=True, timeout=600)
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tiers.require(tiers.KAFKA, "uses the Kafka broker")  # also via request.getfixturevalue
     existing = os.environ.get("KASPWATCH_KAFKA_BOOTSTRAP")
     if existing:
         yield existing

@@ -26,7 +26,7 @@ from typing import IO, Any
 import pytest
 
 from tests.cliprocs import cli_env
-from tests.conftest import KASPWATCH, SAMPLE
+from tests.testenv import KASPWATCH, SAMPLE
 
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)  # µs, Ethernet
 _SPORT = slice(34, 36)  # UDP source port in an Ethernet + IPv4 (20 bytes) frame

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KAFKA_SH, kafka_jars
+from tests.testenv import KAFKA_SH, kafka_jars
 
 CLUSTER_SH = KAFKA_SH.parent / "kafka-cluster.sh"
 

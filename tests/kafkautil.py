@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from kaspwatch import event as event_module
+from tests.testenv import KAFKA_SH, free_port, kafka_jars
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 
@@ -233,8 +234,6 @@ class LocalBroker:
     offsets, as after a real outage. The session's ``kafka_bootstrap`` broker is never stopped."""
 
     def __init__(self, run_dir: Path) -> None:
-        from tests.conftest import KAFKA_SH, free_port
-
         self.script = KAFKA_SH
         self.env = {
             **os.environ,
@@ -243,6 +242,7 @@ class LocalBroker:
             "KAFKA_CONTROLLER_PORT": str(free_port()),
         }
         self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
+        kafka_jars(self.env)
 
     def start(self, keep_data: bool = False) -> None:
         env = {**self.env, "KAFKA_KEEP_DATA": "1" if keep_data else "0"}

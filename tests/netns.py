@@ -20,6 +20,9 @@ SERVER_V6, CLIENT_V6 = "fd78::1", "fd78::2"
 def need_tools(*tools: str) -> None:
     import pytest  # here, so bench/ scripts can use namespace_pair without pytest
 
+    from tests import tiers
+
+    tiers.require(tiers.LIVE, f"needs root and {', '.join(tools) or 'namespaces'}")
     if os.geteuid() != 0:
         pytest.fail("namespace tests need root (ip netns); run the suite as root, as CI does")
     missing = [t for t in tools if shutil.which(t) is None]
@@ -54,6 +57,9 @@ class Pair:
 
 @contextmanager
 def namespace_pair(tag: str) -> Iterator[Pair]:
+    from tests import tiers
+
+    tiers.require(tiers.LIVE, "creates network namespaces")
     suffix = f"{tag}{os.getpid() % 10000}"
     client, server = f"kwc{suffix}", f"kws{suffix}"
     cif, sif = f"kwc{suffix}"[:15], f"kws{suffix}"[:15]

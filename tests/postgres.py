@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from tests.conftest import free_port
+from tests.testenv import free_port
 
 SERVER_GLOB = "/usr/lib/postgresql/*/bin"
 

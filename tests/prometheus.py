@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.testenv import free_port
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "promtool"

@@ -7,29 +7,8 @@ import json
 
 from consumers.alerts.engine import AlertEngine, render_text
 from kaspwatch.bus.memory import MemoryBus
-from kaspwatch.event import Event, IndicatorRef, format_ts, make_event_id
-
-UPDATE = IndicatorRef("kw-update-x", "upd.kaspersky.com", "suffix", "update", "high", "high")
-KSN = IndicatorRef("kw-telemetry-x", "ksn.kaspersky-labs.com", "suffix", "telemetry", "high", "low")
-
-
-def hit(
-    host: str, seconds: float, ind: IndicatorRef = UPDATE, name: str = "s01.upd.kaspersky.com"
-) -> Event:
-    ts_ns = int((1_800_000_000 + seconds) * 1e9)
-    return Event(
-        event_id=make_event_id("s", ts_ns, host, 1, "10.0.0.53", 53, "udp", "dns_query", name),
-        ts=format_ts(ts_ns),
-        sensor="s",
-        kind="dns_query",
-        name=name,
-        src_ip=host,
-        src_port=1,
-        dst_ip="10.0.0.53",
-        dst_port=53,
-        transport="udp",
-        indicator=ind,
-    )
+from kaspwatch.event import Event
+from tests.factories import KSN, hit
 
 
 def test_one_alert_per_host_and_category_per_window() -> None:

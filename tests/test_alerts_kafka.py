@@ -38,7 +38,6 @@ from consumers.alerts.sinks.ocsf import finding_uid
 from tests import cliprocs, hitstream
 from tests.alertmanager import am_alerts, running_alertmanager
 from tests.cliprocs import Procs, cli_env, wait_for
-from tests.conftest import KASPWATCH, SAMPLE, free_port
 from tests.hitstream import first_contacts, synthetic_hits
 from tests.httpserve import serving
 from tests.kafkautil import (
@@ -49,6 +48,7 @@ from tests.kafkautil import (
     wait_committed,
     wait_metrics,
 )
+from tests.testenv import KASPWATCH, SAMPLE, free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(75)]
 

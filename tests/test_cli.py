@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.conftest import KASPWATCH, SAMPLE
+from tests.testenv import KASPWATCH, SAMPLE
 
 # What the sample holds (samples/README.md): made with dig, openssl and curl in namespaces.
 EXPECTED_HITS = {

@@ -34,10 +34,10 @@ import pytest
 
 from tests import cliprocs, kafkacluster
 from tests.cliprocs import Procs, cli_env, wait_for
-from tests.conftest import KASPWATCH, free_port
 from tests.hitstream import HitStream, scan_ids
 from tests.kafkacluster import Cluster
 from tests.kafkautil import create_topics, partitions, read_topic, scrape, topic_config
+from tests.testenv import KASPWATCH, free_port
 
 pytestmark = [
     pytest.mark.kafka,

@@ -10,7 +10,7 @@ from consumers.loop import consume
 from kaspwatch.bus import BusError, Record, parse_bus_url
 from kaspwatch.bus.memory import MemoryBus
 from kaspwatch.event import Event
-from tests.test_alerts import hit
+from tests.factories import hit
 
 
 def record_into(bad: list[tuple[Record, str]]):  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 
 from kaspwatch.cli import main
-from tests.conftest import CORPUS
+from tests.testenv import CORPUS
 
 # file -> why kaspwatch sees less than tshark today (the sensor issue closes each)
 KNOWN_GAPS = {}

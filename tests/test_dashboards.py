@@ -42,7 +42,6 @@ import pytest
 import yaml
 
 from tests import postgres
-from tests.conftest import KASPWATCH, REPO, SAMPLE, free_port
 from tests.prometheus import (
     PROMTOOL,
     Prometheus,
@@ -54,6 +53,7 @@ from tests.prometheus import (
     substitute,
     template_variables,
 )
+from tests.testenv import KASPWATCH, REPO, SAMPLE, free_port
 
 postgres_url = postgres.postgres_url  # the session fixture: a real PostgreSQL server
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import KASPWATCH, REPO
+from tests.testenv import KASPWATCH, REPO
 
 DEPLOY = REPO / "deploy"
 DOCKER = DEPLOY / "docker"

@@ -13,8 +13,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from sensor.pipeline import Sensor
-from tests.conftest import KASPWATCH, SAMPLE
 from tests.segments import first_frame
+from tests.testenv import KASPWATCH, SAMPLE
 
 
 def readdress(frame: bytes, src: str | None = None, dst: str | None = None) -> bytes:

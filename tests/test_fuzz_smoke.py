@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.testenv import REPO
 
 
 def test_every_fuzz_target_runs_without_a_crash(tmp_path: Path) -> None:

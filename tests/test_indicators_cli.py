@@ -8,19 +8,7 @@ from pathlib import Path
 import pytest
 
 from kaspwatch.cli import main
-
-HEAD = "schema: kaspwatch-indicator-pack/1\nname: site\nversion: '7'\nindicators:\n"
-ROW = (
-    "  - id: {id}\n    pattern: '{pattern}'\n    match: {match}\n    category: {category}\n"
-    "    severity: high\n    confidence: high\n    sources: [CMDB asset 4711]\n"
-    "    description: our own update mirror\n"
-)
-
-
-def site_pack(tmp_path: Path, *rows: str, name: str = "site.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(HEAD + "".join(rows))
-    return p
+from tests.factories import HEAD, ROW, site_pack
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

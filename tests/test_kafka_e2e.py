@@ -19,8 +19,8 @@ import jsonschema
 import pytest
 
 from kaspwatch.cli import main
-from tests.conftest import KASPWATCH, SAMPLE, free_port
-from tests.kafkautil import committed_everything, create_topics, read_topic, scrape
+from tests.kafkautil import committed_everything, create_topics, read_topic, wait_metrics
+from tests.testenv import KASPWATCH, SAMPLE, free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -142,20 +142,14 @@ async def test_capture_to_alerts_and_metrics_through_kafka(
         labels = f'category="{ind["category"]}",kind="{e["kind"]}",severity="{ind["severity"]}",site="unknown"'
         key = f"kaspwatch_hits_total{{{labels}}}"
         want_counts[key] = want_counts.get(key, 0) + 1
-    deadline = time.monotonic() + 60
-    got: dict[str, float] = {}
-    while time.monotonic() < deadline:
-        try:
-            got = {
-                k: v
-                for k, v in scrape(metrics_port).items()
-                if k.startswith("kaspwatch_hits_total{") and v  # known series start at zero
-            }
-        except OSError:
-            got = {}
-        if got == want_counts:
-            break
-        await asyncio.sleep(0.3)
+
+    def hit_counts(scraped: dict[str, float]) -> dict[str, float]:
+        # known series start at zero: only the ones with hits
+        return {k: v for k, v in scraped.items() if k.startswith("kaspwatch_hits_total{") and v}
+
+    got = hit_counts(
+        await wait_metrics(metrics_port, lambda m: hit_counts(m) == want_counts, timeout=60)
+    )
     assert got == want_counts
     assert not any("10.77." in k or "kaspersky" in k for k in got)  # bounded labels only
 

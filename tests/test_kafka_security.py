@@ -36,8 +36,8 @@ from kaspwatch.bus.security import (
     resolve,
 )
 from kaspwatch.cli.config import load_config
-from tests.conftest import KAFKA_SH, KASPWATCH, REPO, SAMPLE, free_port
 from tests.kafkautil import scrape
+from tests.testenv import KAFKA_SH, KASPWATCH, REPO, SAMPLE, free_port, kafka_jars
 from tests.tlscerts import PKI, make_ca, make_pki
 
 USER = "kw-sensor"
@@ -95,8 +95,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
         "KAFKA_EXTRA_PROPERTIES": str(extra),
         "KAFKA_SCRAM_CREDENTIALS": str(scram),
     }
-    if not any((KAFKA_SH.parent / "libs").glob("kafka_2.13-*.jar")):
-        subprocess.run(["bash", str(KAFKA_SH), "fetch"], env=env, check=True, timeout=600)
+    kafka_jars(env)
     proc = subprocess.run(
         ["bash", str(KAFKA_SH), "start"], env=env, capture_output=True, text=True, timeout=300
     )
@@ -222,6 +221,7 @@ def expected_hits() -> int:
 # ------------------------------------------------------------------ the real path
 
 
+@pytest.mark.kafka
 def test_sensor_publishes_and_consumers_read_back_over_sasl_ssl(
     broker: SecureBroker, tmp_path: Path
 ) -> None:
@@ -338,6 +338,7 @@ def test_sensor_publishes_and_consumers_read_back_over_sasl_ssl(
         assert broker.password.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.kafka
 def test_mutual_tls_with_a_client_certificate(broker: SecureBroker) -> None:
     tls = ["--kafka-security-protocol", "SSL", "--kafka-ca", str(broker.pki.ca)]
     cert = ["--kafka-cert", str(broker.pki.client.cert), "--kafka-key", str(broker.pki.client.key)]
@@ -351,6 +352,7 @@ def test_mutual_tls_with_a_client_certificate(broker: SecureBroker) -> None:
 # ------------------------------------------------------------- failing clearly
 
 
+@pytest.mark.kafka
 def test_wrong_password_is_one_clear_line(broker: SecureBroker) -> None:
     for verbose in ([], ["-v"]):
         proc = kaspwatch(
@@ -368,6 +370,7 @@ def test_wrong_password_is_one_clear_line(broker: SecureBroker) -> None:
         assert broker.password not in proc.stderr
 
 
+@pytest.mark.kafka
 def test_untrusted_ca_is_refused(broker: SecureBroker, tmp_path: Path) -> None:
     other_ca, _, _ = make_ca(tmp_path, "some-other-ca")
     proc = sense(
@@ -380,6 +383,7 @@ def test_untrusted_ca_is_refused(broker: SecureBroker, tmp_path: Path) -> None:
     assert "certificate is not trusted" in line and str(other_ca) in line
 
 
+@pytest.mark.kafka
 def test_host_name_is_verified(broker: SecureBroker) -> None:
     """A certificate from the trusted CA, but for another name: refused. (A loopback TLS
     server stands in for the broker: the handshake fails before Kafka's protocol starts.)"""
@@ -413,6 +417,7 @@ def test_host_name_is_verified(broker: SecureBroker) -> None:
     assert "not valid for '127.0.0.1'" in line, line
 
 
+@pytest.mark.kafka
 def test_plaintext_client_on_the_sasl_ssl_port_fails_fast(broker: SecureBroker) -> None:
     started = time.monotonic()
     proc = sense(broker.sasl_ssl, timeout=60)  # subprocess timeout: it must not hang
@@ -422,6 +427,7 @@ def test_plaintext_client_on_the_sasl_ssl_port_fails_fast(broker: SecureBroker) 
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.kafka
 def test_sasl_ssl_client_on_the_plaintext_port_fails(broker: SecureBroker) -> None:
     proc = sense(
         broker.plaintext, *secure(broker), "--kafka-password-file", str(broker.password_file)
@@ -429,6 +435,7 @@ def test_sasl_ssl_client_on_the_plaintext_port_fails(broker: SecureBroker) -> No
     assert "is this a TLS listener" in one_error_line(proc)
 
 
+@pytest.mark.kafka
 def test_bad_settings_fail_before_connecting(broker: SecureBroker, tmp_path: Path) -> None:
     missing = tmp_path / "missing-ca.pem"
     line = one_error_line(
@@ -510,6 +517,7 @@ def test_settings_never_show_the_password() -> None:
         )
 
 
+@pytest.mark.kafka
 def test_no_command_ever_printed_the_password(broker: SecureBroker) -> None:
     """A right and a wrong password with debug logs on, then every output of this module
     (all the commands above when they ran first) and the broker's logs: no password."""

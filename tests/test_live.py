@@ -7,8 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import KASPWATCH
+import pytest
+
 from tests.netns import SERVER_V4, SERVER_V6, namespace_pair, need_tools, wait_for_stderr
+from tests.testenv import KASPWATCH
+
+pytestmark = pytest.mark.live  # root: network namespaces and live capture
 
 
 def test_live_interface_run_alerts_on_real_traffic(tmp_path: Path) -> None:
@@ -96,7 +100,7 @@ def test_sighup_reloads_site_pack_live_and_keeps_old_rules_on_a_bad_file(tmp_pat
     import json
     import os
 
-    from tests.test_indicators_cli import HEAD, ROW
+    from tests.factories import HEAD, ROW
 
     need_tools("ip", "dig", "dnsmasq", "curl")
     conf = tmp_path / "dnsmasq.conf"

@@ -8,9 +8,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.hitload import client_ip, frames, write_pcap
-from tests.conftest import KASPWATCH
 from tests.netns import namespace_pair, need_tools, wait_for_stderr
+from tests.testenv import KASPWATCH
+
+pytestmark = pytest.mark.live  # root: network namespaces and live capture
 
 FLOWS = 300
 

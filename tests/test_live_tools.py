@@ -34,7 +34,7 @@ import pytest
 
 from tests.netns import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Pair, namespace_pair, need_tools
 
-pytestmark = pytest.mark.timeout(45)  # each case takes 2-10 s
+pytestmark = [pytest.mark.live, pytest.mark.timeout(45)]  # each case takes 2-10 s
 
 NAMES = (
     "s05.upd.kaspersky.com",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -11,7 +10,7 @@ from prometheus_client import generate_latest
 from consumers.assets import load_assets
 from consumers.metrics import HitMetrics, SensorHealth
 from kaspwatch.event import heartbeat_from_json
-from tests.test_alerts import KSN, hit
+from tests.factories import KSN, hit
 
 
 def samples(registry) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -69,7 +68,8 @@ async def test_heartbeats_make_fleet_health_and_silence_means_down() -> None:
         "interval_s": 0.2, "packets": 1000, "hits": 3, "decode_errors": 2, "kernel_drops": 5,
         "published": 3, "publish_failures": 0, "spool_depth": 0, "pack_version": "kaspersky@1",
     }  # fmt: skip
-    health = SensorHealth()
+    now = [1_800_000_000.0]
+    health = SensorHealth(clock=lambda: now[0])
     await health.handle([heartbeat_from_json(json.dumps(beat).encode())])
     from prometheus_client import CollectorRegistry
 
@@ -79,5 +79,28 @@ async def test_heartbeats_make_fleet_health_and_silence_means_down() -> None:
     assert got['kaspwatch_sensor_up{sensor="edge-1"}'] == 1
     assert got['kaspwatch_fleet_sensor_kernel_drops_total{sensor="edge-1"}'] == 5
     assert got['kaspwatch_sensor_pack_info{sensor="edge-1",version="kaspersky@1"}'] == 1
-    time.sleep(0.7)  # more than 3 intervals without a heartbeat
+    now[0] += 0.5  # 2.5 intervals of silence: still up
+    assert samples(reg)['kaspwatch_sensor_up{sensor="edge-1"}'] == 1
+    assert samples(reg)['kaspwatch_sensor_heartbeat_timestamp_seconds{sensor="edge-1"}'] == 1.8e9
+    now[0] += 0.2  # 3.5 intervals: more than 3 without a heartbeat
     assert samples(reg)['kaspwatch_sensor_up{sensor="edge-1"}'] == 0
+
+
+async def test_active_hosts_age_out_of_each_window() -> None:
+    now = [1_800_000_000.0]
+    m = HitMetrics(known={("update", "high")}, clock=lambda: now[0])
+    await m.handle([hit("10.9.1.1", 0)])
+    now[0] += 100
+    await m.handle([hit("10.9.1.2", 100)])
+
+    def active(window: str) -> float:
+        return samples(m.registry)[
+            f'kaspwatch_active_hosts{{category="update",site="unknown",window="{window}"}}'
+        ]
+
+    assert (active("5m"), active("1h"), active("24h")) == (2, 2, 2)
+    now[0] += 250  # the first host was last seen 350 s ago, the second 250 s ago
+    assert (active("5m"), active("1h"), active("24h")) == (1, 2, 2)
+    now[0] += 86_400  # a day later both are gone, and forgotten
+    assert (active("5m"), active("1h"), active("24h")) == (0, 0, 0)
+    assert m.active.last_seen[("update", "unknown")] == {}

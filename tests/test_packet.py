@@ -29,7 +29,7 @@ from sensor.decode.packet import (
     decode_frame,
 )
 from sensor.sources.pcapfile import CaptureFile
-from tests.conftest import CORPUS
+from tests.testenv import CORPUS
 
 TUNNEL_FILES = [
     "suricata-verify_vxlan-decoder-03_vxlan.pcap",

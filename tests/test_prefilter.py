@@ -19,7 +19,7 @@ from sensor.rules.match import Matcher
 from sensor.sources import open_capture
 from sensor.sources.pcapfile import CaptureFile
 from sensor.sources.prefilter import PrefilteredFile, available, prefilter_expression
-from tests.conftest import SAMPLE
+from tests.testenv import SAMPLE
 
 REPO = Path(__file__).resolve().parent.parent
 EXPR = prefilter_expression()

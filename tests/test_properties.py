@@ -37,7 +37,7 @@ from sensor.pipeline import Sensor
 from sensor.rules.match import Matcher
 from sensor.sources.base import CaptureError
 from sensor.sources.pcapfile import CaptureFile
-from tests.conftest import SAMPLE
+from tests.testenv import SAMPLE
 
 FLOW = (b"\x0a\x00\x00\x01", 40000, b"\x0a\x00\x00\x02", 443)
 LINKTYPES = (1, 101, 113, 276, 0, 239, 228, 229)
@@ -364,7 +364,7 @@ def test_cut_capture_through_the_cli(tmp_path: Path) -> None:
     and count on stderr; no traceback."""
     import subprocess
 
-    from tests.conftest import KASPWATCH
+    from tests.testenv import KASPWATCH
 
     whole, ends = CAPTURES["pcapng"]
     path = tmp_path / "cut.pcapng"

@@ -27,7 +27,7 @@ from sensor.decode.quic import (
     looks_like_quic_initial,
 )
 from sensor.sources.pcapfile import CaptureFile
-from tests.conftest import CORPUS
+from tests.testenv import CORPUS
 
 CLIENT = (b"\x0a\x00\x00\x01", 50000, b"\xc0\x00\x02\x01", 443)
 SERVER = (CLIENT[2], CLIENT[3], CLIENT[0], CLIENT[1])

@@ -15,8 +15,8 @@ from sensor.pipeline import Sensor
 from sensor.rules.allowlist import load_allowlist
 from sensor.rules.indicators import PackError
 from sensor.rules.ruleset import Reloader, RuleSource
-from tests.conftest import SAMPLE
-from tests.test_indicators_cli import ROW, site_pack
+from tests.factories import ROW, site_pack
+from tests.testenv import SAMPLE
 
 ALLOW = """schema: kaspwatch-allowlist/1
 entries:

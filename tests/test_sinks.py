@@ -29,9 +29,10 @@ from consumers.alerts.sinks.syslog import SyslogSink, cef, rfc5424
 from consumers.alerts.sinks.webhook import WebhookSink, delivery_id, load_secret
 from consumers.assets import Asset, AssetMap
 from kaspwatch.event import IndicatorRef
-from tests.alertmanager import am_alerts, free_port, running_alertmanager
+from tests.alertmanager import am_alerts, running_alertmanager
+from tests.factories import UPDATE, hit
 from tests.httpserve import serving
-from tests.test_alerts import UPDATE, hit
+from tests.testenv import free_port
 
 pytestmark = pytest.mark.timeout(30)
 T = TypeVar("T")

@@ -37,9 +37,10 @@ from kaspwatch.bus.spool import (
     SpoolRecord,
 )
 from kaspwatch.bus.spooling_publisher import SpoolingPublisher
-from tests.conftest import KASPWATCH, free_port
+from tests.cliprocs import wait_for
 from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape, wait_metrics
 from tests.netns import need_tools
+from tests.testenv import KASPWATCH, free_port
 
 
 def rec(n: int) -> SpoolRecord:
@@ -261,8 +262,8 @@ async def test_publisher_keeps_order_through_an_outage_and_loses_nothing(
     await send(40)
     FlakyBus.mode = outage
     await send(60)
-    await asyncio.sleep(0.6)  # the round in flight fails (or times out); later hits spool
-    assert pub.down and pub.spool.depth_records > 0
+    # the round in flight fails (or times out after limit_s); later hits spool
+    await wait_for(lambda: pub.down and pub.spool.depth_records > 0, 10, "the publisher to spool")
     await send(40)
     FlakyBus.mode = "up"
     await send(40)
@@ -403,6 +404,7 @@ async def wait_metric(port: int, name: str, ok: Any, timeout: float, what: str) 
 
 
 @pytest.mark.kafka
+@pytest.mark.live  # captures on --interface: root
 @pytest.mark.timeout(180)
 async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: Path) -> None:
     need_tools("ip")  # root for the capture socket
@@ -489,6 +491,7 @@ async def test_broker_outage_of_30s_loses_no_hit(broker: LocalBroker, tmp_path: 
 
 
 @pytest.mark.kafka
+@pytest.mark.live  # captures on --interface: root
 @pytest.mark.timeout(120)
 async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_restart(
     broker: LocalBroker, tmp_path: Path
@@ -569,6 +572,7 @@ async def test_full_spool_counts_and_logs_every_loss_and_survives_a_sensor_resta
 
 
 @pytest.mark.kafka
+@pytest.mark.live  # captures on --interface: root
 @pytest.mark.timeout(150)
 async def test_sensor_started_while_the_broker_is_down_spools_then_delivers(
     broker: LocalBroker, tmp_path: Path

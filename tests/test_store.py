@@ -43,7 +43,7 @@ from kaspwatch.cli import main as cli_main
 from kaspwatch.cli import main as kaspwatch_main
 from kaspwatch.event import Event, IndicatorRef, event_from_json, make_event_id
 from tests import postgres
-from tests.conftest import KASPWATCH, SAMPLE, free_port
+from tests.testenv import KASPWATCH, SAMPLE, free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -30,9 +30,9 @@ from consumers.store import open_backend
 from consumers.store.base import Backend, StoreError
 from tests import cliprocs, hitstream, postgres
 from tests.cliprocs import Proc, Procs, wait_for
-from tests.conftest import KASPWATCH
 from tests.hitstream import synthetic_hits
 from tests.kafkautil import committed_offsets, producer, standard_topics, wait_committed
+from tests.testenv import KASPWATCH
 
 pytestmark = [
     pytest.mark.kafka,

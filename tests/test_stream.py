@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from sensor.pipeline import Sensor
-from tests.conftest import SAMPLE
 from tests.segments import first_frame, resegment, tcp_payload
+from tests.testenv import SAMPLE
 
 
 def hello_frame() -> bytes:
