@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests need. Installs only what is missing; needs root (or sudo) to install.
 set -euo pipefail
+# README "The two commands" lists every package named here; keep the two in step.
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
+# `python3 -m venv` (make's first step) needs ensurepip, which stock Debian ships in python3-venv
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 have java || need+=(openjdk-17-jre-headless)
 have mvn || need+=(maven)
 have ip || need+=(iproute2)

@@ -5,7 +5,9 @@ rather than loses. A message that is not a valid event goes to the dead-letter h
 (logged with topic, partition and offset, counted, and published to the dead-letter
 topic) before the batch is committed: one poison message never stalls a group. When a
 handler raises, nothing is committed: handlers roll back, the subscriber rewinds to
-the committed offsets and the batch is read again after a pause.
+the committed offsets and the batch is read again after a pause. A ``KnownFailure`` (a sink
+that is down) was already logged by its handler in one line: the loop adds no traceback
+(it is there with -v); anything else is a bug and is logged with its traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ log = logging.getLogger("kaspwatch.consumers")
 
 DeadLetter = Callable[[Record, str], Awaitable[None]]
 RETRY_PAUSE_S = 2.0
+
+
+class KnownFailure(Exception):
+    """A handler could not finish a batch for a known reason (a receiver down) that it has
+    already logged in one line: the loop retries the batch without logging it again."""
 
 
 class Handler(Protocol):
@@ -102,8 +109,11 @@ async def consume(
                 await dead_letter(rec, reason)
             for handler in handlers:
                 await handler.handle(events)
-        except Exception:
-            log.exception("batch failed; nothing committed, retrying in %.0f s", RETRY_PAUSE_S)
+        except Exception as exc:
+            if isinstance(exc, KnownFailure):
+                log.debug("batch failed; nothing committed, retrying in %.0f s", RETRY_PAUSE_S)
+            else:
+                log.exception("batch failed; nothing committed, retrying in %.0f s", RETRY_PAUSE_S)
             for handler in handlers:
                 rollback = getattr(handler, "rollback", None)
                 if rollback is not None:

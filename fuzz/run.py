@@ -2,11 +2,11 @@
 
     .venv/bin/python fuzz/run.py --seconds 600                 # every target, 600 s each
     .venv/bin/python fuzz/run.py --seconds 60 --target dns     # one target
-    .venv/bin/python fuzz/run.py --seconds 5 --corpus ../shared/corpus --workdir /tmp/kw-fuzz
+    .venv/bin/python fuzz/run.py --seconds 5 --corpus tests/corpus --workdir /tmp/kw-fuzz
 
 Each target runs in a worker process of its own (libFuzzer owns the process), seeded from
 samples/ and the capture corpus (``--corpus``, default ``$KASPWATCH_CORPUS`` or
-``../shared/corpus``; missing is fine, samples/ still seeds). New coverage-increasing inputs
+``tests/corpus``; missing is fine, samples/ still seeds). New coverage-increasing inputs
 are kept under ``--workdir/<target>/corpus`` and reused by the next run; a crash leaves its
 input in ``--workdir/<target>/crash-*`` and makes the run exit 1. The summary prints, per
 target, the inputs executed, the coverage reached and the crashes found.
@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 TARGET_NAMES = ("dns", "tls", "quic", "http", "pcap", "packet")
-DEFAULT_CORPUS = Path(os.environ.get("KASPWATCH_CORPUS", REPO.parent / "shared" / "corpus"))
+DEFAULT_CORPUS = Path(os.environ.get("KASPWATCH_CORPUS", REPO / "tests" / "corpus"))
 
 
 @dataclass

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka-local.sh"
 SAMPLE = REPO / "samples" / "sample.pcap"
 SCHEMA = REPO / "kaspwatch" / "schema" / "event.v1.schema.json"
-CORPUS = Path(os.environ.get("KASPWATCH_CORPUS", REPO.parent / "shared" / "corpus"))
+CORPUS = Path(os.environ.get("KASPWATCH_CORPUS", REPO / "tests" / "corpus"))
 KASPWATCH = [sys.executable, "-m", "kaspwatch"]
 
 

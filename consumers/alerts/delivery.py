@@ -70,6 +70,7 @@ class AlertDelivery:
         engine.windows = state.load_windows(engine.max_windows)
         self._batches = 0
         self.unsure = {s.name for s in sinks if isinstance(s, ReadBack)}  # read back first
+        self.failing: dict[str, int] = {}  # sink -> failed sends since its last success
         self.fault = _fault_point()
 
     async def handle(self, events: list[Event]) -> None:
@@ -123,14 +124,31 @@ class AlertDelivery:
             if isinstance(sink, ReadBack):
                 self.unsure.add(sink.name)  # some of the batch may be there: read back first
             self.stats.failures[sink.name] = self.stats.failures.get(sink.name, 0) + 1
+            self.failing[sink.name] = self.failing.get(sink.name, 0) + 1
+            trace = log.isEnabledFor(logging.DEBUG)  # the traceback only with -v
             if self.policy == "retry":
-                log.error("sink %s failed, will retry the batch: %s", sink.name, exc)
+                log.warning(
+                    "sink %s failed, will retry the batch: %s", sink.name, exc, exc_info=trace
+                )
                 raise
             self.stats.dropped[sink.name] = self.stats.dropped.get(sink.name, 0) + len(fresh)
             log.error(
-                "sink %s failed, dropping %d alerts (policy drop): %s", sink.name, len(fresh), exc
+                "sink %s failed, dropping %d alerts (policy drop): %s",
+                sink.name,
+                len(fresh),
+                exc,
+                exc_info=trace,
             )
             return
+        failed = self.failing.pop(sink.name, 0)
+        if failed:
+            log.info(
+                "sink %s recovered: delivered %d alerts after %d failed %s",
+                sink.name,
+                len(fresh),
+                failed,
+                "send" if failed == 1 else "sends",
+            )
         self._maybe_stop(sink.name, len(fresh))
         marks = sink.acked if isinstance(sink, ReadBack) else None
         self.state.mark_delivered([a.alert_id for a in fresh], sink.name, marks)

@@ -14,7 +14,6 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from consumers.alerts.engine import MAX_WINDOWS, Window
 
@@ -42,8 +41,6 @@ def _dt(us: int) -> datetime:
 
 class AlertState:
     def __init__(self, path: str | None) -> None:
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path or ":memory:"
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -36,6 +36,16 @@ class SQLiteBackend:
     def __init__(self, path: str, readonly: bool = False) -> None:
         self.path = path
         self.where = f"sqlite:///{path}"
+        folder = Path(path).parent
+        if not folder.is_dir():
+            raise StoreError(
+                f"{self.where}: folder {folder} does not exist"
+                + (
+                    ": no store there (fix the path, or run 'kaspwatch store' first)"
+                    if readonly
+                    else "; create it, or fix the path"
+                )
+            )
         try:
             if readonly:
                 if not Path(path).is_file():
@@ -48,7 +58,6 @@ class SQLiteBackend:
                     timeout=30,
                 )
             else:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self.conn = sqlite3.connect(
                     path, isolation_level=None, check_same_thread=False, timeout=30
                 )

@@ -82,14 +82,38 @@ class TopicReader(Protocol):
         ...
 
 
+KAFKA_URL_HINT = "give kafka://HOST:PORT[,HOST:PORT...] (e.g. kafka://127.0.0.1:9092)"
+
+
+def _check_server(url: str, server: str) -> None:
+    """One ``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) of a Kafka bootstrap list."""
+    host, sep, port = server.rpartition(":")
+    if not sep or not host.strip("[]"):
+        raise BusError(f"bus URL {url!r}: {server!r} needs HOST:PORT; {KAFKA_URL_HINT}")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise BusError(
+            f"bus URL {url!r}: port {port!r} of {server!r} is not a number from 1 to 65535; "
+            f"{KAFKA_URL_HINT}"
+        )
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise BusError(
+            f"bus URL {url!r}: write an IPv6 address in brackets ([{host}]:{port}); "
+            f"{KAFKA_URL_HINT}"
+        )
+
+
 def parse_bus_url(url: str) -> tuple[str, str]:
+    """The transport and where: ``kafka`` and its bootstrap servers, or ``memory`` and a
+    bus name. A malformed URL raises ``BusError`` naming the URL and what to give."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("kafka", "memory"):
         raise BusError(f"bus URL {url!r}: expected kafka://HOST:PORT[,HOST:PORT] or memory://")
     if scheme == "kafka":
-        hosts = [h for h in rest.strip("/").split(",") if h]
-        if not hosts or any(":" not in h for h in hosts):
-            raise BusError(f"bus URL {url!r}: every Kafka bootstrap server needs HOST:PORT")
+        hosts = [h.strip() for h in rest.strip("/").split(",") if h.strip()]
+        if not hosts:
+            raise BusError(f"bus URL {url!r}: no Kafka bootstrap server; {KAFKA_URL_HINT}")
+        for host in hosts:
+            _check_server(url, host)
         return scheme, ",".join(hosts)
     return scheme, rest.strip("/") or "default"
 

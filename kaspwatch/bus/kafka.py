@@ -2,12 +2,15 @@
 
 Every client connects with the same ``KafkaSecurity`` (TLS, SASL; kaspwatch/bus/security.py);
 a client that cannot start says why in one line (wrong password, untrusted certificate ...).
+The aiokafka clients are made in ``start`` and closed when it fails, so a command that stops
+before starting them, or cannot connect, leaves no "Unclosed AIOKafka..." behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -68,7 +71,8 @@ async def start_client(
     start: Callable[[], Awaitable[Any]],
     stop: Callable[[], Awaitable[Any]],
 ) -> None:
-    """Start an aiokafka client; on failure stop it and raise a ``BusError`` that says why."""
+    """Start an aiokafka client; on failure stop it (whatever the failure, so nothing is left
+    unclosed) and raise a ``BusError`` that says why."""
     with _connect_errors() as errors:
         try:
             await start()
@@ -76,6 +80,10 @@ async def start_client(
             await stop()
             why, unreachable = explain_connect_failure(bootstrap, security, errors.seen, exc)
             raise (BusUnreachable if unreachable else BusError)(why) from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await stop()
+            raise
 
 
 class KafkaPublisher:
@@ -92,7 +100,9 @@ class KafkaPublisher:
         holds with one request in flight, and consumers drop a retry's duplicate by event_id)."""
         self.bootstrap = bootstrap
         self.security = security
-        self._producer = AIOKafkaProducer(
+        self._client: AIOKafkaProducer | None = None
+        self._make = functools.partial(
+            AIOKafkaProducer,
             bootstrap_servers=bootstrap,
             client_id=client_id,
             **security.client_kwargs(),
@@ -104,8 +114,15 @@ class KafkaPublisher:
             max_batch_size=16_384 if delivery_timeout is None else 1 << 20,
         )
 
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self._client is None:
+            raise BusError(f"kafka {self.bootstrap}: publisher used before start()")
+        return self._client
+
     async def start(self) -> None:
-        await start_client(self.bootstrap, self.security, self._producer.start, self._producer.stop)
+        self._client = self._make()
+        await start_client(self.bootstrap, self.security, self._client.start, self._client.stop)
 
     async def prepare(self, topics: list[str], timeout_s: float = 30.0) -> None:
         """Wait until every partition of these topics has a leader (creating a topic the
@@ -141,7 +158,8 @@ class KafkaPublisher:
         await self._producer.flush()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._client is not None:
+            await self._client.stop()
 
 
 class KafkaSubscriber:
@@ -157,7 +175,9 @@ class KafkaSubscriber:
         self.topics = topics
         self.group = group
         self.security = security
-        self._consumer = AIOKafkaConsumer(
+        self._client: AIOKafkaConsumer | None = None
+        self._make = functools.partial(
+            AIOKafkaConsumer,
             bootstrap_servers=bootstrap,
             **security.client_kwargs(),
             group_id=group,
@@ -170,8 +190,15 @@ class KafkaSubscriber:
         """Called on partition assignment; subclasses that position partitions override."""
         return None
 
+    @property
+    def _consumer(self) -> AIOKafkaConsumer:
+        if self._client is None:
+            raise BusError(f"kafka {self.bootstrap}: subscriber used before start()")
+        return self._client
+
     async def start(self) -> None:
-        await start_client(self.bootstrap, self.security, self._consumer.start, self._consumer.stop)
+        self._client = self._make()
+        await start_client(self.bootstrap, self.security, self._client.start, self._client.stop)
         listener = self._rebalance_listener()
         if listener is None:
             self._consumer.subscribe(self.topics)
@@ -206,7 +233,8 @@ class KafkaSubscriber:
         await self._consumer.seek_to_committed()
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        if self._client is not None:
+            await self._client.stop()
 
 
 class KafkaTopicReader:

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from consumers.alerts.delivery import POLICIES, AlertDelivery
 from consumers.alerts.engine import Alert, AlertEngine
-from consumers.alerts.sinks import Sink, alertmanager, syslog, webhook
+from consumers.alerts.sinks import Sink, SinkOptionError, alertmanager, syslog, webhook
 from consumers.alerts.sinks.ocsf import KafkaTopicSink
 from consumers.alerts.sinks.stdout import StdoutSink
 from consumers.alerts.state import AlertState
@@ -76,11 +76,19 @@ def build_sinks(
 
 
 def state_path(args: argparse.Namespace, group: str | None) -> str | None:
+    """``--state``, whose folder must exist (a typo is an error, not a new empty state), or
+    the default in the state directory, which is made when missing."""
     if args.state:
+        folder = Path(args.state).parent
+        if not folder.is_dir():
+            raise SinkOptionError(
+                f"--state {args.state}: folder {folder} does not exist; create it, or fix the path"
+            )
         return str(args.state)
     if group is None:
         return None
     base = Path(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch"))
+    base.mkdir(parents=True, exist_ok=True)
     return str(base / f"alerts-{group}.sqlite")
 
 

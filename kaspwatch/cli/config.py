@@ -217,10 +217,17 @@ def resolve(args: argparse.Namespace) -> None:
         args.spool_max_bytes = args.spool_max_bytes or cfg.spool_max_bytes or 512 << 20
         args.spool_policy = args.spool_policy or cfg.spool_policy or "drop-oldest"
     if "bus" in args:
+        origin = (
+            "--bus" if args.bus else "'bus:' in the config file" if cfg.bus else "KASPWATCH_BUS"
+        )
         args.bus = args.bus or cfg.bus or os.environ.get("KASPWATCH_BUS")
         if not args.bus:
             raise BusError("no bus: give --bus, set KASPWATCH_BUS, or 'bus:' in the config file")
         args.kafka = None
-        if parse_bus_url(args.bus)[0] == "kafka":
+        try:
+            scheme = parse_bus_url(args.bus)[0]
+        except BusError as exc:
+            raise BusError(f"{origin}: {exc}") from None
+        if scheme == "kafka":
             args.kafka = kafka_security(args, cfg.kafka)
             log.info("kafka %s: %s", args.bus, args.kafka.describe())

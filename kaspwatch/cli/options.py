@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from consumers.store.base import default_db_url
 from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
@@ -107,8 +109,16 @@ def add_db_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def db_url(args: argparse.Namespace) -> str:
-    return str(args.db or default_db_url())
+def db_url(args: argparse.Namespace, create_default: bool = False) -> str:
+    """``--db``, else ``$KASPWATCH_DB``, else SQLite in the state directory. With
+    ``create_default`` the state directory of that last default is made; the folder of a
+    URL the user gave never is (a typo must be an error, not a new empty store)."""
+    if args.db:
+        return str(args.db)
+    url = default_db_url()
+    if create_default and not os.environ.get("KASPWATCH_DB"):
+        Path(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch")).mkdir(parents=True, exist_ok=True)
+    return url
 
 
 def add_assets_option(p: argparse.ArgumentParser) -> None:

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if scheme != "kafka" and args.from_time:
         raise StoreError("--from-time needs a kafka:// bus")
-    store = open_store(db_url(args), args.retention_days)
+    store = open_store(db_url(args, create_default=True), args.retention_days)
     if rebuild:
         log.info(
             "rebuilding %s from %s as consumer group %s (continue later with --group %s)",

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from consumers.loop import KnownFailure
+
 if TYPE_CHECKING:
     from consumers.alerts.engine import Alert
 
 
-class SinkError(Exception):
-    """A sink gave up on an alert; the message names the sink and the receiver."""
+class SinkError(KnownFailure):
+    """A sink gave up on an alert; the message names the sink and the receiver. The
+    delivery logs it in one line (traceback with -v); the consume loop retries quietly."""
 
 
 class SinkOptionError(Exception):
