@@ -336,6 +336,42 @@ def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
         b.close()
 
 
+def test_a_schema_2_store_gains_the_packets_table_in_place(
+    fresh_url: str, events: list[Event]
+) -> None:
+    """A store written before packet identities (schema 2): the writer adds ``packets``
+    in place, every count kept; from then on another sensor's copy counts nothing."""
+    ingest_in_batches(fresh_url, events, 7)
+    before = snapshot(fresh_url)
+    b = open_backend(fresh_url)
+    try:
+        b.begin()
+        b.query("DROP TABLE packets")
+        b.query("UPDATE meta SET value = '2' WHERE key = 'schema'")
+        b.commit()
+    finally:
+        b.close()
+    with pytest.raises(StoreError, match="store schema 2, this kaspwatch reads 3"):
+        open_backend(fresh_url, readonly=True)
+    copy = dataclasses.replace(events[0], sensor="edge-9", event_id="9" * 32, packet_id="c" * 32)
+    first = dataclasses.replace(copy, sensor="edge-8", event_id="8" * 32)
+    store = open_store(fresh_url)
+    try:
+        assert store.ingest(events) == 0
+        assert snapshot(fresh_url) == before
+        assert store.ingest([first]) == 1 and store.ingest([copy]) == 1
+        assert store.stats.repeats == 1
+    finally:
+        store.close()
+    b = open_backend(fresh_url, readonly=True)
+    try:
+        host = next(r for r in queries.hosts(b).rows if r["host"] == events[0].host)
+    finally:
+        b.close()
+    before_count = next(int(r[3]) for r in before["hosts"] if r[0] == events[0].host)
+    assert host["count"] == before_count + 1 and {"edge-8", "edge-9"} <= set(host["sensors"])
+
+
 @pytest.mark.parametrize(
     ("version", "advice"),
     [
