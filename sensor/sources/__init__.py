@@ -85,11 +85,13 @@ class CaptureFiles:
         """The file the read is in and how many packets of it were read, and the files
         not begun."""
         reader = self._reader
-        packets = reader.stats.packets if reader is not None else 0
         left = len(self.paths) - self._read
-        rest = f"; {left} file{'s' * (left != 1)} not read" if left else ""
+        rest = f"{left} file{'s' * (left != 1)} not read"
+        if self.current is None:
+            return f"before the first file; {rest}"
         name = "stdin" if self.current == "-" else self.current
-        return f"reading {name}, after {packets} packets{rest}"
+        read = f"{reader.stats.packets} {reader.counts}" if reader is not None else "0 packets"
+        return f"reading {name}, after {read}" + (f"; {rest}" if left else "")
 
     def __iter__(self) -> Iterator[Frame | None]:
         for path in self.paths:
