@@ -121,6 +121,7 @@ def make_events(
                     indicator=IndicatorRef(ind, name, "exact", cat, "high", "medium"),
                     answers=(f"203.0.113.{nid % 250}",) if kind == "dns_answer" else (),
                     extra={"allowlisted": "allow-bench"} if len(out) % 1000 == 0 else {},
+                    packet_id=f"{ts_us:016x}{nid:08x}{j:08x}",  # as sensors send: one each
                 )
             )
     return out

@@ -84,6 +84,9 @@ class Event:
     query: str | None = None
     answers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # the packet the name came from, the same whichever sensor saw it (``make_packet_id``):
+    # consumers count a packet once however many sensors report it
+    packet_id: str | None = None
 
     @property
     def is_hit(self) -> bool:
@@ -115,6 +118,8 @@ class Event:
             out["query"] = self.query
         if self.answers:
             out["answers"] = list(self.answers)
+        if self.packet_id is not None:
+            out["packet_id"] = self.packet_id
         out.update(self.extra)
         return out
 
@@ -161,6 +166,27 @@ def make_event_id(
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
+def make_packet_id(
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    sport: int,
+    dport: int,
+    seq: int,
+    payload: bytes,
+    kind: str,
+    name: str,
+) -> str:
+    """The identity of the packet a name came from, the same at every sensor that saw it:
+    addresses, ports, TCP sequence number and the payload bytes (DNS ids and source ports,
+    QUIC connection ids, TCP initial sequence numbers make them unique), and the kind and
+    name of the hit (one packet can carry several). Nothing a sensor adds: no time, no sensor name."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(src + dst + proto.to_bytes(1) + sport.to_bytes(2) + dport.to_bytes(2))
+    h.update(seq.to_bytes(4) + payload + f"{kind}|{name}".encode())
+    return h.hexdigest()
+
+
 _REQUIRED: Final = (
     ("event_id", str),
     ("ts", str),
@@ -179,6 +205,7 @@ _CORE: Final = frozenset(k for k, _ in _REQUIRED) | {
     "query",
     "answers",
     "host",
+    "packet_id",
 }
 
 
@@ -217,6 +244,9 @@ def event_from_json(raw: bytes) -> Event:
         if ref.severity not in SEVERITIES:
             raise EventError(f"unknown indicator severity {ref.severity!r}")
     answers = doc.get("answers") or []
+    packet_id = doc.get("packet_id")
+    if packet_id is not None and not isinstance(packet_id, str):
+        raise EventError("field 'packet_id' is not a string")
     return Event(
         event_id=doc["event_id"],
         ts=doc["ts"],
@@ -232,6 +262,7 @@ def event_from_json(raw: bytes) -> Event:
         query=doc.get("query"),
         answers=tuple(str(a) for a in answers),
         extra={k: v for k, v in doc.items() if k not in _CORE},
+        packet_id=packet_id,
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from kaspwatch.event import Event, format_ts, make_event_id
+from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
@@ -248,6 +248,9 @@ class Sensor:
             query=query,
             answers=s.answers if s is not None else (),
             extra=dict(s.extra) if s is not None else {},
+            packet_id=make_packet_id(
+                seg.src, seg.dst, seg.proto, seg.sport, seg.dport, seg.seq, seg.payload, kind, name
+            ),
         )
         return self._allowlist(event) if ind is not None else event
 

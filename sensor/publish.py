@@ -40,6 +40,20 @@ def _batches(frames: Iterator[Frame | None]) -> list[Frame] | None:
     return out if out else None
 
 
+async def _next_batch(
+    source: Source, frames: Iterator[Frame | None], stop: threading.Event | None
+) -> list[Frame] | None:
+    """The next batch, read off the event loop. A reader waiting for input (a quiet
+    stdin pipe, a live wire) is told to stop as soon as ``stop`` is set, so a signal ends
+    it within a moment, not when more packets come."""
+    read = asyncio.ensure_future(asyncio.to_thread(_batches, frames))
+    while stop is not None and not read.done():
+        await asyncio.wait({read}, timeout=0.2)
+        if stop.is_set():
+            source.stop()
+    return await read
+
+
 class PublishStats:
     """What the bus acknowledged; with a spool, also what waits on disk or was lost."""
 
@@ -91,7 +105,7 @@ async def run_sensor(
                 if not source.live:
                     break  # a file: stop where we are
                 source.stop()  # a live source reads out what the kernel holds, then ends
-            batch = await asyncio.to_thread(_batches, frames)
+            batch = await _next_batch(source, frames, stop)
             if batch is None:
                 break
             if reloader is not None and reloader.maybe_reload():

@@ -177,3 +177,21 @@ def test_sustained_and_bypass_raise_severity_and_ot_raises_more(tmp_path) -> Non
     assert "substation-3/OT" in doc["summary"]
     it = AlertEngine().feed(hit("10.1.1.1", 0))[0]
     assert it.severity == "high" and it.to_dict()["site"] == "unknown"
+
+
+def test_one_packet_from_three_sensors_is_one_hit_in_the_window() -> None:
+    """Four packets over five minutes, each reported by three sensors (the same
+    packet_id, each sensor's own event id and clock): four hits, not twelve, so not yet
+    ``sustained`` (five hits); the fifth packet makes it, with ``hits`` 5."""
+    from dataclasses import replace
+
+    engine = AlertEngine(window_s=3600)
+    stages = []
+    for n, t in enumerate((0, 100, 200, 300)):
+        for i, sensor in enumerate(("edge-1", "edge-2", "edge-3")):
+            ev = replace(hit("10.1.1.1", t + i / 1000), sensor=sensor, packet_id=f"{n:032x}")
+            stages += [a.stage for a in engine.feed(ev)]
+    assert stages == ["first_contact"]
+    assert engine.repeats == 8
+    alerts = engine.feed(replace(hit("10.1.1.1", 310), packet_id=f"{4:032x}"))
+    assert [(a.stage, a.hits) for a in alerts] == [("sustained", 5)]

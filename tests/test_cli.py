@@ -210,3 +210,104 @@ def test_a_cut_capture_is_said_with_file_byte_and_count(cmd: str, tmp_path: Path
         rf"{re.escape(str(cut))}: truncated packet at byte \d+; kept 47 packets", proc.stderr
     )
     assert "kaspersky" in proc.stdout
+
+
+def _corrupt_after(packets: int, path: Path) -> None:
+    """The sample with a record header claiming 1 GiB after ``packets`` packets."""
+    import struct
+
+    data = SAMPLE.read_bytes()
+    at = 24
+    for _ in range(packets):
+        at += 16 + struct.unpack_from("<I", data, at + 8)[0]
+    path.write_bytes(data[:at] + struct.pack("<IIII", 0, 0, 1 << 30, 1 << 30) + data[at:])
+
+
+@pytest.mark.parametrize("cmd", ["sense", "run"])
+def test_bad_files_cost_only_themselves(cmd: str, tmp_path: Path) -> None:
+    """A file that is no capture, one that is missing and one that breaks off corrupt half
+    way, before a good one: the good one is read whole, what was read of the corrupt one
+    is kept, each bad one is named with its reason on one line, the summary is printed and
+    the exit status is 2."""
+    bad, missing, corrupt = tmp_path / "notes.txt", tmp_path / "nope.pcap", tmp_path / "c.pcap"
+    bad.write_text("not a capture\n")
+    _corrupt_after(60, corrupt)
+    files = [str(bad), str(missing), str(corrupt), str(SAMPLE)]
+    args = ["--bus", "memory://bad-files"] if cmd == "sense" else ["--format", "ndjson"]
+    proc = kw(cmd, "--pcap", *files, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("kaspwatch: error:")]
+    assert errors[:2] == [
+        f"kaspwatch: error: {bad}: not a pcap or pcapng capture (starts with 6e6f7420)",
+        f"kaspwatch: error: {missing}: no such file",
+    ], proc.stderr
+    assert len(errors) == 3 and errors[2].startswith(
+        f"kaspwatch: error: {corrupt}: corrupt record at byte 12424: length 1073741824 "
+        "(after 60 packets)"
+    ), proc.stderr
+    # the corrupt file's first 60 packets hold the DNS hits up to then; the sample all 19
+    hits = re.search(r" (\d+) hits,", proc.stderr)
+    assert hits and int(hits[1]) > HIT_COUNT, proc.stderr
+    if cmd == "run":
+        alerts = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert alerts, proc.stdout
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to a pipe that its reader has not taken yet."""
+    import array
+    import fcntl
+    import termios
+
+    n = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, n)
+    return n[0]
+
+
+@pytest.mark.parametrize("cmd", ["sense", "run"])
+def test_ctrl_c_on_a_quiet_stdin_ends_it_and_says_interrupted(cmd: str, tmp_path: Path) -> None:
+    """``--pcap -`` from a pipe that stays open and goes quiet (tcpdump -w - with nothing
+    on the wire): Ctrl-C ends it at once, not when more packets come; what was read is
+    processed, the summary printed, one line says it was interrupted and where, and the
+    exit status is 130, not 0."""
+    import signal
+    import time
+
+    from tests.cliprocs import cli_env
+
+    args = ["--bus", "memory://quiet"] if cmd == "sense" else ["--format", "ndjson"]
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen(
+            [*KASPWATCH, cmd, "--pcap", "-", *args],
+            stdin=subprocess.PIPE,
+            stdout=o,
+            stderr=e,
+            env=cli_env(tmp_path),
+        )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(SAMPLE.read_bytes())
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        # until the reader is in (signal handlers are in place then) and has taken every
+        # packet; then it waits for more
+        while time.monotonic() < deadline and (
+            "reading -" not in err.read_text() or _unread(proc.stdin.fileno())
+        ):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)  # stdin stays open: no end of file ends it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+    stderr = err.read_text()
+    assert proc.returncode == 130, stderr
+    assert f"kaspwatch: interrupted: reading stdin, after {SAMPLE_PACKETS} packets\n" in stderr
+    assert f" {HIT_COUNT} hits," in stderr  # the packets read were processed
+    assert "Traceback" not in stderr
+    if cmd == "run":
+        assert "kaspersky" in out.read_text()

@@ -202,3 +202,19 @@ def test_sensor_drops_root_after_opening_its_socket(tmp_path: Path) -> None:
     assert int(caps, 16) == 0  # no capability left
     alerts = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert [(a["host"], a["name"]) for a in alerts] == [("10.78.0.2", "ds.kaspersky.com")], stderr
+
+
+def test_one_datagram_on_loopback_is_one_packet_and_one_hit(tmp_path: Path) -> None:
+    """On ``lo`` a packet socket gets each packet twice (sent and received): one DNS query
+    must count as one packet and one hit, not two."""
+    need_tools("ip", "dig")
+    with namespace_pair("lo") as net:
+        run = net.spawn(net.client, *KASPWATCH, "run", "--interface", "lo", "--format", "ndjson")
+        wait_for_stderr(run, "capturing on")
+        # nothing listens: the one query goes unanswered (the port-unreachable ICMP is
+        # not in the capture filter)
+        net.run(net.client, "dig", "+tries=1", "+time=1", "@127.0.0.1", "ds.kaspersky.com", "A")
+        run.send_signal(signal.SIGTERM)  # reads out what the kernel holds, then ends
+        _stdout, stderr = run.communicate(timeout=30)
+    assert run.returncode == 0, stderr
+    assert "1 packets, 1 hits," in stderr, stderr

@@ -317,7 +317,7 @@ def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
     _as_schema_1(fresh_url)
     # readers do not write: they say what to do
     with pytest.raises(
-        StoreError, match="store schema 1, this kaspwatch reads 2: run 'kaspwatch store'"
+        StoreError, match="store schema 1, this kaspwatch reads 3: run 'kaspwatch store'"
     ):
         open_backend(fresh_url, readonly=True)
     code, out, err = run_cli(capsys, "query", "hosts", "--db", fresh_url)
@@ -330,10 +330,46 @@ def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
     assert snapshot(fresh_url) == before
     b = open_backend(fresh_url, readonly=True)
     try:
-        assert b.query("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+        assert b.query("SELECT value FROM meta WHERE key = 'schema'") == [("3",)]
         assert hosts_of(queries.name_contacts(b, parse_pattern("kaspersky.com")))[0] == "10.1.0.5"
     finally:
         b.close()
+
+
+def test_a_schema_2_store_gains_the_packets_table_in_place(
+    fresh_url: str, events: list[Event]
+) -> None:
+    """A store written before packet identities (schema 2): the writer adds ``packets``
+    in place, every count kept; from then on another sensor's copy counts nothing."""
+    ingest_in_batches(fresh_url, events, 7)
+    before = snapshot(fresh_url)
+    b = open_backend(fresh_url)
+    try:
+        b.begin()
+        b.query("DROP TABLE packets")
+        b.query("UPDATE meta SET value = '2' WHERE key = 'schema'")
+        b.commit()
+    finally:
+        b.close()
+    with pytest.raises(StoreError, match="store schema 2, this kaspwatch reads 3"):
+        open_backend(fresh_url, readonly=True)
+    copy = dataclasses.replace(events[0], sensor="edge-9", event_id="9" * 32, packet_id="c" * 32)
+    first = dataclasses.replace(copy, sensor="edge-8", event_id="8" * 32)
+    store = open_store(fresh_url)
+    try:
+        assert store.ingest(events) == 0
+        assert snapshot(fresh_url) == before
+        assert store.ingest([first]) == 1 and store.ingest([copy]) == 1
+        assert store.stats.repeats == 1
+    finally:
+        store.close()
+    b = open_backend(fresh_url, readonly=True)
+    try:
+        host = next(r for r in queries.hosts(b).rows if r["host"] == events[0].host)
+    finally:
+        b.close()
+    before_count = next(int(r[3]) for r in before["hosts"] if r[0] == events[0].host)
+    assert host["count"] == before_count + 1 and {"edge-8", "edge-9"} <= set(host["sensors"])
 
 
 @pytest.mark.parametrize(
@@ -360,7 +396,47 @@ def test_a_store_of_another_schema_is_refused_with_what_to_do(
     for readonly in (True, False):
         with pytest.raises(StoreError) as exc:
             open_backend(fresh_url, readonly=readonly)
-        assert str(exc.value).endswith(f"store schema {version}, this kaspwatch reads 2: {advice}")
+        assert str(exc.value).endswith(f"store schema {version}, this kaspwatch reads 3: {advice}")
+
+
+def test_one_packet_seen_by_three_sensors_counts_once_and_lists_them(
+    fresh_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three sensors on one path report the same packet (same packet_id, their own
+    event_id and sensor): ``query hosts`` counts one hit and lists the three sensors, in
+    one batch as across batches; another packet of the host still counts."""
+    first = dataclasses.replace(
+        hit("2026-11-30T10:00:00.000000Z", "10.9.0.1", "s01.upd.kaspersky.com"),
+        packet_id="a" * 32,
+    )
+    copies = [
+        dataclasses.replace(
+            first,
+            sensor=sensor,
+            event_id=make_event_id(sensor, 1, "10.9.0.1", 40000, "x", 443, "tcp", "tls_sni", "n"),
+            ts=f"2026-11-30T10:00:00.00000{i}Z",  # each sensor's own clock
+        )
+        for i, sensor in enumerate(("edge-2", "edge-3"), start=1)
+    ]
+    other = dataclasses.replace(
+        hit("2026-11-30T10:05:00.000000Z", "10.9.0.1", "s01.upd.kaspersky.com"),
+        packet_id="b" * 32,
+    )
+    store = open_store(fresh_url)
+    try:
+        assert store.ingest([first]) == 1
+        assert store.ingest([*copies, other]) == 3  # every report is kept in hits
+        assert store.stats.repeats == 2
+    finally:
+        store.close()
+    code, out, _ = run_cli(capsys, "query", "hosts", "--db", fresh_url, "--format", "json")
+    assert code == 0
+    (row,) = json.loads(out)
+    assert (row["count"], row["sensors"]) == (2, ["edge-1", "edge-2", "edge-3"])
+    code, out, _ = run_cli(
+        capsys, "query", "name", "s01.upd.kaspersky.com", "--db", fresh_url, "--format", "json"
+    )
+    assert code == 0 and json.loads(out)[0]["count"] == 2, out
 
 
 def test_observations_are_not_stored(fresh_url: str, events: list[Event]) -> None:

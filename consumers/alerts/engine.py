@@ -6,7 +6,8 @@ and ``resolver_bypass`` (a watched name asked of a public resolver: the product 
 working around DNS enforcement). Severity starts at the indicator's, rises one step for
 ``sustained`` and ``resolver_bypass``, and one more when the host sits in an OT zone.
 
-Windows run on event time, so replaying a capture or the topic gives the same alerts;
+A packet several sensors report (the same ``packet_id``) is one hit: the copies after
+the first count for nothing. Windows run on event time, so replaying a capture or the topic gives the same alerts;
 alert ids derive from the window's first event, so a replay re-sends the same id.
 """
 
@@ -27,6 +28,9 @@ STAGES: Final = ("first_contact", "sustained", "resolver_bypass")
 SUSTAINED_HITS: Final = 5
 SUSTAINED_SPAN: Final = timedelta(minutes=5)
 MAX_WINDOWS: Final = 200_000  # (host, category) windows kept in memory
+# packet ids a window remembers: other sensors' copies of a packet come within moments
+# (the hits topic is keyed by host, so one host's reports share a partition)
+WINDOW_PACKETS: Final = 512
 
 
 def raise_severity(severity: str, steps: int) -> str:
@@ -42,6 +46,8 @@ class Window:
     hits: int = 0
     last: datetime | None = None
     stages: set[str] = field(default_factory=set)
+    # the latest packets counted (not persisted: a copy across a restart counts again)
+    packets: dict[str, None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +136,7 @@ class AlertEngine:
         self.alerts = 0
         self.suppressed = 0
         self.allowlisted = 0
+        self.repeats = 0  # hits of a packet already counted (another sensor's copy)
 
     def feed(self, event: Event) -> list[Alert]:
         """Alerts this hit raises (none, or one per stage it reaches first)."""
@@ -150,6 +157,14 @@ class AlertEngine:
             if len(self.windows) > self.max_windows:
                 del self.windows[next(iter(self.windows))]
                 self.evicted += 1
+        pid = event.packet_id
+        if pid is not None:
+            if pid in win.packets:
+                self.repeats += 1  # the same packet from another sensor: not another hit
+                return []
+            win.packets[pid] = None
+            if len(win.packets) > WINDOW_PACKETS:
+                del win.packets[next(iter(win.packets))]
         win.hits += 1
         win.last = ts if win.last is None else max(win.last, ts)
         reached = ["first_contact"]

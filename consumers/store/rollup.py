@@ -187,7 +187,7 @@ class Deltas:
 
 
 _K = TypeVar("_K")
-_TS = itemgetter(1)
+_TS = row_time = itemgetter(1)
 _HOST = itemgetter(2)
 _SENSOR = itemgetter(3)
 _NAME = itemgetter(5)
@@ -203,13 +203,16 @@ def _spans(
     return first, dict(zip(keys, ts, strict=True)), Counter(keys)
 
 
-def deltas(rows: Iterable[HitRow]) -> Deltas:
+def deltas(rows: Iterable[HitRow], repeats: Iterable[HitRow] = ()) -> Deltas:
     """A batch's new hits, summed per host, per (host, category) and per (host, name)
     (as the rows to upsert), and per (name, answer) for DNS answers.
 
     Column-wise, so the per-hit work runs in C (``dict(zip(…))`` over the columns in time
     order keeps each key's latest value, ``Counter`` counts); Python loops only over the
-    distinct keys and (key, value) pairs, the rare allowlisted hits and the DNS answers."""
+    distinct keys and (key, value) pairs, the rare allowlisted hits and the DNS answers.
+
+    ``repeats``: hits of packets counted already (another sensor's copy): they add their
+    sensor to the per-host and per-(host, category) sensors, and nothing else."""
     ordered = sorted(rows, key=_TS)
     ts = list(map(_TS, ordered))
     ts_rev = ts[::-1]
@@ -260,6 +263,10 @@ def deltas(rows: Iterable[HitRow]) -> Deltas:
                 else:
                     a.last_us = r[1]
                     a.count += 1
+    for r in repeats:
+        h, c, s, t = r[2], r[16], r[3], r[1]
+        d.hosts.setdefault(h, Agg(t, t)).sensors.add(s)
+        d.host_category.setdefault((h, c), Agg(t, t)).sensors.add(s)
     return d
 
 

@@ -22,6 +22,10 @@ Times are integer microseconds since the epoch (UTC), the same in both databases
   now, measured in batches of 500). A name or zone query reads ``host_names`` whole in host order (a few hundred
   thousand short rows) and groups as it goes. Rows are clustered by key in SQLite; no
   aggregate table has a secondary index, so an update rewrites one row in place.
+- ``packets``: the packet identity (``packet_id``) of every stored hit that carries one,
+  with its time: a hit whose packet is already here (the same packet reported by another
+  sensor) is stored and adds its sensor to the sensors sets, but no count. Retention
+  deletes rows here as in ``hits``.
 - ``meta``: the schema version. ``MIGRATIONS`` upgrade older stores in place.
 """
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 HIT_COLUMNS: Final = (
     "event_id",
@@ -124,6 +128,10 @@ _TABLES: Final = (
         count {i} NOT NULL,
         PRIMARY KEY (rname, answer)
     ){clustered}""",
+    """CREATE TABLE IF NOT EXISTS packets (
+        packet_id {t} NOT NULL PRIMARY KEY,
+        ts_us {i} NOT NULL
+    ){clustered}""",
 )
 
 INDEXES: Final = ("CREATE INDEX IF NOT EXISTS hits_host_ts ON hits (host, ts_us)",)
@@ -132,7 +140,9 @@ INDEX_NAMES: Final = ("hits_host_ts",)
 # version → the statements that bring a store of that version to the next one, in one
 # transaction. 1 → 2 keeps every count: host_names and host_category are copied into
 # their host-first layout; host_indicator (read by no query) and the names lists of
-# host_category (idem) go. ``{clustered}`` and the types are filled in as for ``tables``.
+# host_category (idem) go. 2 → 3 adds ``packets`` (hits stored before carry no packet
+# identity and keep their counts). ``{clustered}`` and the types are filled in as for
+# ``tables``.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         "DROP INDEX IF EXISTS host_category_category",
@@ -150,6 +160,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "DROP TABLE host_names_v1",
         "DROP TABLE host_category_v1",
     ),
+    2: ("{packets}",),
 }
 
 

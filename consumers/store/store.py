@@ -43,6 +43,7 @@ class StoreStats:
     duplicates: int = 0  # hits already stored (replays, redeliveries)
     expired: int = 0  # hits older than the retention cutoff on arrival
     purged: int = 0  # hits deleted by retention
+    repeats: int = 0  # hits of a packet already counted (another sensor saw it too)
 
 
 class Store:
@@ -90,6 +91,7 @@ class Store:
     def _ingest(self, events: Iterable[Event]) -> int:
         cutoff = self.cutoff_us()
         rows: dict[str, rollup.HitRow] = {}
+        packet_ids: dict[str, str] = {}  # event id -> packet id, for the hits carrying one
         n = 0
         for ev in events:
             n += 1
@@ -100,6 +102,8 @@ class Store:
                 self.stats.expired += 1
                 continue
             rows[ev.event_id] = row
+            if ev.packet_id is not None:
+                packet_ids[ev.event_id] = ev.packet_id
         self.stats.events += n
         if not rows:
             return 0
@@ -108,15 +112,53 @@ class Store:
         try:
             new_ids = b.insert_hits(schema.HIT_COLUMNS, list(rows.values()))
             new = [r for r in rows.values() if r.event_id in new_ids]
+            counted, repeats = self._first_sightings(new, packet_ids)
             if new:
-                self._aggregate(rollup.deltas(new))
+                self._aggregate(rollup.deltas(counted, repeats))
             b.commit()
         except BaseException:
             b.rollback()
             raise
+        self.stats.repeats += len(repeats)
         self.stats.stored += len(new)
         self.stats.duplicates += len(rows) - len(new)
         return len(new)
+
+    def _first_sightings(
+        self, new: list[rollup.HitRow], packet_ids: dict[str, str]
+    ) -> tuple[list[rollup.HitRow], list[rollup.HitRow]]:
+        """(hits that count, hits of a packet counted already): the first report of a
+        packet counts, later ones (other sensors' copies, in this batch or stored before)
+        only add their sensor. Hits without a packet identity all count. The packets
+        counted now are recorded in ``packets``."""
+        if not packet_ids or not new:
+            return new, []
+        wanted = sorted({packet_ids[r.event_id] for r in new if r.event_id in packet_ids})
+        known: set[str] = set()
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT packet_id FROM packets WHERE packet_id IN ({marks})"  # noqa: S608
+            known.update(r[0] for r in self.backend.query(sql, chunk))
+        counted: list[rollup.HitRow] = []
+        repeats: list[rollup.HitRow] = []
+        fresh: dict[str, int] = {}
+        for r in sorted(new, key=rollup.row_time):  # the earliest copy counts
+            pid = packet_ids.get(r.event_id)
+            if pid is None:
+                counted.append(r)
+            elif pid in known or pid in fresh:
+                repeats.append(r)
+            else:
+                fresh[pid] = r.ts_us
+                counted.append(r)
+        if fresh:
+            self.backend.executemany(
+                "INSERT INTO packets (packet_id, ts_us) VALUES (?, ?) "
+                "ON CONFLICT (packet_id) DO NOTHING",
+                sorted(fresh.items()),
+            )
+        return counted, repeats
 
     def _existing(
         self, table: str, key: str, sets: str, hosts: list[str]
@@ -186,6 +228,8 @@ class Store:
             rows,
         )
         least, greatest = b.least, b.greatest
+        if not d.host_names:
+            return  # only other sensors' copies of packets counted before: sensors added
         b.executemany(
             "INSERT INTO host_names (host, rname, name, category, indicator_id, first_us, "  # noqa: S608
             "last_us, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -238,6 +282,7 @@ class Store:
             before = b.query("SELECT count(*) FROM hits WHERE ts_us < ?", (cutoff,))[0][0]
             if before:
                 b.query("DELETE FROM hits WHERE ts_us < ?", (cutoff,))
+            b.query("DELETE FROM packets WHERE ts_us < ?", (cutoff,))
             b.commit()
         except BaseException:
             b.rollback()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from kaspwatch.cli.process import drop_privileges
+from kaspwatch.cli.process import Stopper, drop_privileges
 from sensor.pipeline import Sensor
-from sensor.sources import open_capture
+from sensor.sources import CaptureFiles
 from sensor.sources.base import CaptureError, Source
 from sensor.sources.live import BPF_FILTER, LiveCapture, MergedLive
 
@@ -41,13 +42,14 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
 
 
 def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
-    """Open every source up front so a bad file fails before anything runs. Files go
-    through the libpcap prefilter (as with ``scan``), its watched networks taken from the
-    rules loaded at start: a reload's new networks still match every flow start (SYNs and
-    UDP always pass), only flows already under way are not widened."""
+    """Live interfaces are opened here, so a bad one fails before anything runs. Files
+    are opened one at a time as they are read (``CaptureFiles``): a bad one costs only
+    itself, ``finish`` names it at the end. Files go through the libpcap prefilter (as
+    with ``scan``), its watched networks taken from the rules loaded at start: a reload's
+    new networks still match every flow start (SYNs and UDP always pass), only flows
+    already under way are not widened."""
     if args.pcap:
-        cidrs = sensor.rules.matcher.cidrs()
-        return [open_capture(p, prefilter=True, cidrs=cidrs) for p in args.pcap]
+        return [CaptureFiles(args.pcap, prefilter=True, cidrs=sensor.rules.matcher.cidrs())]
     bpf = BPF_FILTER if args.bpf is None else args.bpf
     if args.fanout is not None and len(args.interface) > 1:
         raise CaptureError("--fanout takes one --interface: run one fanout group per interface")
@@ -67,3 +69,25 @@ def counts_word(sources: list[Source]) -> str:
     """What the sensor's packet count counts: libpcap skips the rest of a file uncounted."""
     words = {s.counts for s in sources}
     return "packets past the prefilter" if "packets past the prefilter" in words else "packets"
+
+
+def nothing_read(sources: list[Source]) -> bool:
+    """No capture file could even be opened: the error lines say all there is."""
+    return any(isinstance(s, CaptureFiles) and not s.opened and s.finished for s in sources)
+
+
+def finish(sources: list[Source], stopper: Stopper) -> int:
+    """After the summary: each capture file that could not be read (or broke off), one
+    line each, and where a signal cut the reading short. The exit status: 128 + the
+    signal when files were left unread, 2 when a file was bad, else 0."""
+    status = 0
+    for src in sources:
+        if not isinstance(src, CaptureFiles):
+            continue  # a live capture ends on a signal: that is how it is stopped
+        for error in src.errors:
+            print(f"kaspwatch: error: {error}", file=sys.stderr)
+            status = 2
+        if not src.finished and stopper.signal is not None:
+            print(f"kaspwatch: interrupted: {src.where()}", file=sys.stderr)
+            return 128 + stopper.signal
+    return status

@@ -23,15 +23,18 @@ class Stopper:
         self.halt = threading.Event()
         self.stop = asyncio.Event()
         self.on_hup = on_hup
+        self.signal: int | None = None  # the signal that stopped us, if one did
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.trigger)
+            loop.add_signal_handler(sig, self.trigger, sig)
         if self.on_hup is not None:
             loop.add_signal_handler(signal.SIGHUP, self.on_hup)
 
-    def trigger(self) -> None:
+    def trigger(self, signum: int = signal.SIGTERM) -> None:
+        if self.signal is None:
+            self.signal = signum
         self.halt.set()
         self.stop.set()
 

@@ -18,7 +18,13 @@ from consumers.store import open_store
 from consumers.summary import Summary
 from kaspwatch.bus import open_publisher, open_subscriber
 from kaspwatch.cli.alerting import add_alert_options, build_sinks, open_delivery
-from kaspwatch.cli.capture import add_source_options, counts_word, open_sources
+from kaspwatch.cli.capture import (
+    add_source_options,
+    counts_word,
+    finish,
+    nothing_read,
+    open_sources,
+)
 from kaspwatch.cli.metrics import known_pairs
 from kaspwatch.cli.options import add_metrics_addr, add_sensor_options, build_sensor
 from kaspwatch.cli.process import Stopper
@@ -66,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     summary = Summary()
     store = open_store(args.db) if args.db else None
 
+    stopper = Stopper(reloader.request)
+
     async def main() -> None:
-        stopper = Stopper(reloader.request)
         stopper.install()
         publisher = open_publisher(bus_url)
         alerts_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-alerts")
@@ -107,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     asyncio.run(main())
     if store is not None:
         store.close()
+    if nothing_read(sources):
+        return finish(sources, stopper)
     summary.print(sys.stdout)
     s = sensor.stats
     log.info(
@@ -120,4 +129,4 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.metrics_textfile:
         write_to_textfile(args.metrics_textfile, metrics.registry)
-    return 0
+    return finish(sources, stopper)

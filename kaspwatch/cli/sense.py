@@ -11,7 +11,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from kaspwatch.bus import Publisher, open_publisher
 from kaspwatch.bus.spool import Spool
 from kaspwatch.bus.spooling_publisher import SpoolingPublisher
-from kaspwatch.cli.capture import add_source_options, counts_word, open_sources
+from kaspwatch.cli.capture import (
+    add_source_options,
+    counts_word,
+    finish,
+    nothing_read,
+    open_sources,
+)
 from kaspwatch.cli.kafka import add_kafka_options
 from kaspwatch.cli.options import (
     add_bus_option,
@@ -51,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         register_sensor(registry, sensor, publish, reloader, sources)
         start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=registry)
 
+    stopper = Stopper(reloader.request)
+
     async def main() -> None:
-        stopper = Stopper(reloader.request)
         stopper.install()
 
         def connect() -> Publisher:
@@ -90,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
             await publisher.stop()
 
     asyncio.run(main())
+    if nothing_read(sources):
+        return finish(sources, stopper)
     s = sensor.stats
     st = publish.spooling.stats if publish.spooling else None
     log.info(
@@ -108,4 +117,4 @@ def run(args: argparse.Namespace) -> int:
         sum(st.dropped.values()) if st else 0,
         publish.spool_depth,
     )
-    return 1 if publish.lost or publish.spool_depth else 0
+    return finish(sources, stopper) or (1 if publish.lost or publish.spool_depth else 0)

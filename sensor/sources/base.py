@@ -22,6 +22,10 @@ class CaptureError(Exception):
     """A capture cannot be read. The message names the file (and offset)."""
 
 
+class Stopped(Exception):
+    """A read that waited for more input (stdin) was asked to stop."""
+
+
 @dataclass
 class ReadStats:
     packets: int = 0
@@ -67,6 +71,7 @@ class FileReader:
 
     counts = "packets"
     live = False
+    stopped = False  # the read ended on ``stop``, not at the end of the file
 
     def kernel_drops(self) -> int:
         return 0

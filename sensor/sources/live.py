@@ -41,6 +41,8 @@ _PACKET_STATISTICS: Final = 6
 _PACKET_FANOUT: Final = 18
 _PACKET_FANOUT_HASH: Final = 0  # by flow: the kernel's symmetric 5-tuple hash
 _PACKET_FANOUT_FLAG_DEFRAG: Final = 0x8000  # reassemble IP fragments first, so they hash alike
+_PACKET_OUTGOING: Final = 4  # sockaddr_ll.sll_pkttype of a packet this host sent
+_ARPHRD_LOOPBACK: Final = 772  # sockaddr_ll.sll_hatype of the loopback device
 
 
 class LiveCapture:
@@ -164,7 +166,13 @@ class LiveCapture:
             yield frame
 
     def _recv(self) -> Frame:
-        data, ancillary, _flags, _addr = self._sock.recvmsg(self.snaplen, _TIMESPEC_SPACE)
+        """The next packet. On loopback the kernel hands a packet socket each packet twice,
+        as sent (PACKET_OUTGOING) and as received: the sent copy is skipped, so one
+        datagram is one packet. Elsewhere sent packets are this host's own traffic: kept."""
+        while True:
+            data, ancillary, _flags, addr = self._sock.recvmsg(self.snaplen, _TIMESPEC_SPACE)
+            if addr[2] != _PACKET_OUTGOING or addr[3] != _ARPHRD_LOOPBACK:
+                break
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
                 sec, nsec = _TIMESPEC.unpack_from(value)

@@ -7,14 +7,17 @@ byte offset is bad.
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import select
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from sensor.sources.base import CaptureError, FileReader, Frame, ReadStats
+from sensor.sources.base import CaptureError, FileReader, Frame, ReadStats, Stopped
 
 _PCAP_MAGICS: Final = {
     b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
@@ -29,7 +32,8 @@ _MAX_RECORD: Final = 256 * 1024  # larger than any snaplen a real capture uses
 class CaptureFile(FileReader):
     """A pcap or pcapng file. Iterate for frames; ``position``/``size`` drive progress."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, stop: threading.Event | None = None) -> None:
+        """``stop``: stdin is read so that setting it ends a read waiting for input."""
         self.path = path
         self.stats = ReadStats()
         self._fh: BinaryIO
@@ -38,6 +42,8 @@ class CaptureFile(FileReader):
             import sys
 
             self._fh = sys.stdin.buffer
+            if stop is not None:
+                self._fh = io.BufferedReader(_StoppableInput(sys.stdin.fileno(), stop), 1 << 16)
             self.size = 0
         else:
             p = Path(path)
@@ -97,6 +103,8 @@ class CaptureFile(FileReader):
                 yield from self._read_pcapng()
         except EOFError:  # a gzip stream cut short: like a cut plain file, keep what was read
             self._truncated("compressed stream", self.position)
+        except Stopped:
+            self.stopped = True
         except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
             raise CaptureError(
                 f"{self.path}: read failed after {self.stats.packets} packets "
@@ -212,6 +220,24 @@ class CaptureFile(FileReader):
             elif btype == 3 and ifaces:  # Simple Packet Block: no timestamp
                 stats.packets += 1
                 yield (0, ifaces[0][0], body[4:-4])
+
+
+class _StoppableInput(io.RawIOBase):
+    """A pipe read that waits at most 0.2 s at a time, so a quiet stdin can be stopped."""
+
+    def __init__(self, fd: int, stop: threading.Event) -> None:
+        self._fd = fd
+        self._stop = stop
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.2)
+            if ready:
+                return os.readv(self._fd, [buf])
+        raise Stopped
 
 
 def _pcapng_tsresol(options: bytes, endian: str) -> tuple[int, int]:
