@@ -5,6 +5,10 @@ Labels are bounded: category, kind, severity (enums the event parser enforces), 
 never an address or a domain. Every known
 (category, kind, severity, site) series is exported from the start, at zero, so a
 dashboard shows "nothing yet" instead of "no data".
+
+Times are the events' own (a hit's or heartbeat's ``ts``), never the time this consumer read
+them: after a backlog, a sensor whose last beat is ten minutes old says so. A time in the
+future (a sensor's clock ahead) counts as now.
 """
 
 from __future__ import annotations
@@ -35,9 +39,17 @@ MAX_SENSORS: Final = 1024  # heartbeating sensors tracked (each has its own seri
 log = logging.getLogger("kaspwatch.metrics")
 
 
+def event_time(ts: object, now: float) -> float:
+    """An event's own time (epoch seconds), at most ``now``; ``now`` when it has none."""
+    try:
+        return min(parse_ts(ts).timestamp(), now) if isinstance(ts, str) else now
+    except ValueError:
+        return now
+
+
 class ActiveHosts(Collector):
-    """Distinct hosts per (category, site) seen within sliding windows of wall-clock time
-    (``clock``: seconds since the epoch; tests pass their own)."""
+    """Distinct hosts per (category, site) with a hit (by the hit's own time) within sliding
+    windows ending now."""
 
     def __init__(
         self,
@@ -47,19 +59,21 @@ class ActiveHosts(Collector):
     ) -> None:
         self.last_seen: dict[tuple[str, str], dict[str, float]] = {k: {} for k in keys}
         self.max_hosts = max_hosts
+        self.clock = clock
         self.evicted = 0
-        self._clock = clock
 
-    def see(self, category: str, site: str, host: str) -> None:
+    def see(self, category: str, site: str, host: str, ts: float | None = None) -> None:
+        """``ts``: the hit's time (epoch seconds; later than now counts as now)."""
+        now = self.clock()
         hosts = self.last_seen.setdefault((category, site), {})
-        hosts.pop(host, None)  # re-inserted: the dict stays in last-seen order
-        hosts[host] = self._clock()
+        before = hosts.pop(host, None)  # re-inserted: the dict stays in last-seen order
+        hosts[host] = max(min(now if ts is None else ts, now), before or 0.0)
         if len(hosts) > self.max_hosts:
             del hosts[next(iter(hosts))]  # the least recently seen, in O(1)
             self.evicted += 1
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        now = self._clock()
+        now = self.clock()
         yield CounterMetricFamily(
             "kaspwatch_active_hosts_evictions",
             f"Hosts dropped from the active-host table (at most {self.max_hosts} per category and site).",
@@ -81,32 +95,43 @@ class ActiveHosts(Collector):
 
 
 class SensorHealth(Collector):
-    """Sensor health from heartbeats on Kafka: a sensor that stops beating is down.
-    ``clock`` (seconds since the epoch) stamps arrivals and judges silence; tests pass their own."""
+    """Sensor health from heartbeats on Kafka: a sensor whose last beat (by the beat's own
+    ``ts``) is more than three intervals old is down; one whose last beat was ``final``
+    finished its capture files (``kaspwatch_sensor_finished``), which is not silence."""
 
     def __init__(
         self, max_sensors: int = MAX_SENSORS, clock: Callable[[], float] = time.time
     ) -> None:
         self.beats: dict[str, dict[str, Any]] = {}  # least recently heard first
         self.max_sensors = max_sensors
+        self.clock = clock
         self.evicted = 0
-        self._clock = clock
 
     async def handle(self, docs: list[dict[str, Any]]) -> None:
+        now = self.clock()
         for doc in docs:
             self.beats.pop(doc["sensor"], None)
-            self.beats[doc["sensor"]] = {**doc, "received": self._clock()}
+            self.beats[doc["sensor"]] = {**doc, "beat_at": event_time(doc.get("ts"), now)}
             if len(self.beats) > self.max_sensors:  # sensor names label series: bounded
                 del self.beats[next(iter(self.beats))]
                 self.evicted += 1
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        now = self._clock()
+        now = self.clock()
         up = GaugeMetricFamily(
-            "kaspwatch_sensor_up", "1 while heartbeats arrive.", labels=["sensor"]
+            "kaspwatch_sensor_up",
+            "1 while heartbeats arrive (the last within three intervals, by its own time).",
+            labels=["sensor"],
         )
         seen = GaugeMetricFamily(
-            "kaspwatch_sensor_heartbeat_timestamp_seconds", "Last heartbeat.", labels=["sensor"]
+            "kaspwatch_sensor_heartbeat_timestamp_seconds",
+            "Time of the last heartbeat, as the sensor stamped it (at most now).",
+            labels=["sensor"],
+        )
+        finished = GaugeMetricFamily(
+            "kaspwatch_sensor_finished",
+            "1 when the sensor's last heartbeat said it finished its capture files.",
+            labels=["sensor"],
         )
         pack = GaugeMetricFamily(
             "kaspwatch_sensor_pack_info",
@@ -122,8 +147,11 @@ class SensorHealth(Collector):
             for key in HEARTBEAT_FIELDS
         }
         for name, b in sorted(self.beats.items()):
-            up.add_metric([name], 1.0 if now - b["received"] <= 3 * float(b["interval_s"]) else 0.0)
-            seen.add_metric([name], b["received"])
+            done = b.get("final") is True
+            alive = not done and now - b["beat_at"] <= 3 * float(b["interval_s"])
+            up.add_metric([name], 1.0 if alive else 0.0)
+            seen.add_metric([name], b["beat_at"])
+            finished.add_metric([name], 1.0 if done else 0.0)
             pack.add_metric([name, str(b.get("pack_version", ""))], 1)
             for key, fam in fams.items():
                 fam.add_metric([name], b[key])
@@ -132,7 +160,7 @@ class SensorHealth(Collector):
             f"Sensors forgotten because more than {self.max_sensors} sent heartbeats.",
             value=self.evicted,
         )
-        yield from (up, seen, pack, *fams.values(), evicted)
+        yield from (up, seen, finished, pack, *fams.values(), evicted)
 
 
 class HitMetrics:
@@ -143,8 +171,8 @@ class HitMetrics:
         known: set[tuple[str, str]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``known``: (category, severity) pairs of the packs, exported at zero; ``clock``
-        ages the active-host windows."""
+        """``known``: (category, severity) pairs of the packs, exported at zero."""
+        self.clock = clock
         self.registry = registry or CollectorRegistry()
         self.assets = assets or AssetMap([])
         r = self.registry
@@ -192,8 +220,8 @@ class HitMetrics:
                 continue
             site = self.assets.lookup(ev.host).site
             self.hits.labels(ind.category, ev.kind, ind.severity, site).inc()
-            self.active.see(ind.category, site, ev.host)
-            ts = parse_ts(ev.ts).timestamp()
+            ts = event_time(ev.ts, self.clock())
+            self.active.see(ind.category, site, ev.host, ts)
             if ts > self._last_hit.get(site, 0.0):
                 self._last_hit[site] = ts
 

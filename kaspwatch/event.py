@@ -267,7 +267,11 @@ def event_from_json(raw: bytes) -> Event:
 
 
 def heartbeat_from_json(raw: bytes) -> dict[str, Any]:
-    """A sensor heartbeat (``type: heartbeat``): its counters, for the health metrics."""
+    """A sensor heartbeat (``type: heartbeat``): its counters, for the health metrics.
+
+    ``ts`` is when the sensor sent it (the consumers' "last heartbeat" time). Optional
+    ``final: true`` marks the last beat of a sensor that finished its capture files (not
+    one that was stopped or died): offline work is done, its silence is not an outage."""
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -279,4 +283,6 @@ def heartbeat_from_json(raw: bytes) -> dict[str, Any]:
     for key in HEARTBEAT_FIELDS:
         if not isinstance(doc.get(key), int) or isinstance(doc.get(key), bool):
             raise EventError(f"heartbeat field {key!r} missing or not an integer")
+    if not isinstance(doc.get("final", False), bool):
+        raise EventError("heartbeat field 'final' is not true or false")
     return doc

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -151,11 +151,16 @@ async def heartbeats(
     stop: asyncio.Event,
     interval_s: float = 15.0,
     topic: str = HEARTBEATS_TOPIC,
+    finished: Callable[[], bool] | None = None,
 ) -> None:
     """Publish the sensor's health every ``interval_s`` until ``stop`` (and once more then):
-    the consumers turn silence into 'sensor down'."""
+    the consumers turn silence into 'sensor down'. That last beat says ``final: true`` when
+    ``finished()`` does (every capture file read to its end): silence after it is not an
+    outage."""
     while True:
         doc = heartbeat(sensor, publish, sum(src.kernel_drops() for src in sources), interval_s)
+        if stop.is_set() and finished is not None and finished():
+            doc["final"] = True
         try:
             fut = await publisher.send(topic, json.dumps(doc).encode(), sensor.sensor_name.encode())
             # shielded: the bus client sets its own futures; a hung one must not stop the beat

@@ -158,9 +158,15 @@ async def test_consumer_state_and_series_stay_bounded_under_a_syn_flood() -> Non
     cap = 300
     registry = CollectorRegistry()
     known = {("infrastructure", "medium"), ("telemetry", "high")}
-    metrics = HitMetrics(registry=registry, known=known)
+
+    def capture_hour() -> float:  # the active-host windows end within the flood's hour
+        return T0 / 1e9 + 3600
+
+    metrics = HitMetrics(registry=registry, known=known, clock=capture_hour)
     registry.unregister(metrics.active)
-    metrics.active = ActiveHosts({(c, "unknown") for c, _ in known}, max_hosts=cap)
+    metrics.active = ActiveHosts(
+        {(c, "unknown") for c, _ in known}, max_hosts=cap, clock=capture_hour
+    )
     registry.register(metrics.active)
     health = SensorHealth(max_sensors=20)
     registry.register(health)

@@ -1,13 +1,23 @@
-"""The delivery's counters as Prometheus metrics, read at scrape time."""
+"""The delivery's counters as Prometheus metrics, read at scrape time.
+
+Every counter exists at zero for each of its known label values before the first event:
+``increase()`` (dashboards, rules) cannot see a series' first value, so a counter born at 1
+would hide the first alert of each kind.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from consumers.alerts.delivery import AlertDelivery
+from consumers.alerts.engine import STAGES
+from kaspwatch.event import CATEGORIES, SEVERITIES
+
+ALERT_KEYS = tuple(itertools.product(CATEGORIES, STAGES, SEVERITIES))
 
 
 class DeliveryCollector(Collector):
@@ -19,8 +29,8 @@ class DeliveryCollector(Collector):
         alerts = CounterMetricFamily(
             "kaspwatch_alerts", "Alerts raised.", labels=["category", "stage", "severity"]
         )
-        for (cat, stage, sev), n in sorted(st.alerts.items()):
-            alerts.add_metric([cat, stage, sev], n)
+        for cat, stage, sev in sorted(set(ALERT_KEYS) | set(st.alerts)):
+            alerts.add_metric([cat, stage, sev], st.alerts.get((cat, stage, sev), 0))
         yield alerts
         for name, table, text in (
             ("kaspwatch_alert_deliveries", st.sent, "Alerts a sink accepted."),

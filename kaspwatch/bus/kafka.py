@@ -86,6 +86,28 @@ async def start_client(
             raise
 
 
+TOPIC_CHECK_S = 1.0  # how often a subscriber asks again for a topic that does not exist yet
+log = logging.getLogger("kaspwatch.bus")
+_awaited: set[str] = set()  # topics some subscriber here waits for: their errors are ours
+
+
+class _AwaitedTopics(logging.Filter):
+    """Drops aiokafka's ERROR "Topic X not found" (once a second while we wait) for a topic a
+    subscriber waits for; the subscriber says it once, and again when the topic appears."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            record.msg == "Topic %s not found in cluster metadata"
+            and isinstance(args, tuple)
+            and args
+            and args[0] in _awaited
+        )
+
+
+logging.getLogger("aiokafka.cluster").addFilter(_AwaitedTopics())
+
+
 class KafkaPublisher:
     def __init__(
         self,
@@ -175,6 +197,9 @@ class KafkaSubscriber:
         self.topics = topics
         self.group = group
         self.security = security
+        self._unknown = set(topics)  # subscribed topics not seen in the metadata yet
+        self._said: set[str] = set()  # of those, the ones we said we are waiting for
+        self._next_check = 0.0
         self._client: AIOKafkaConsumer | None = None
         self._make = functools.partial(
             AIOKafkaConsumer,
@@ -205,7 +230,35 @@ class KafkaSubscriber:
         else:
             self._consumer.subscribe(self.topics, listener=listener)
 
+    async def _await_topics(self) -> None:
+        """A topic subscribed before anything created it (consumers started before the
+        sensor, on a fresh broker): ask the broker again every ``TOPIC_CHECK_S`` until it
+        exists; aiokafka alone asks every 5 minutes, and reads nothing until then."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_check:
+            return
+        self._next_check = now + TOPIC_CHECK_S
+        _awaited.update(self._unknown)
+        missing = {t for t in self._unknown if not self._consumer.partitions_for_topic(t)}
+        if missing:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._consumer._client.force_metadata_update(), 5.0)
+            missing = {t for t in missing if not self._consumer.partitions_for_topic(t)}
+        for topic in sorted(missing - self._said):
+            log.info(
+                "kafka %s: topic %s does not exist yet; reading it as soon as it does",
+                self.bootstrap,
+                topic,
+            )
+        for topic in sorted(self._said & (self._unknown - missing)):
+            log.info("kafka %s: topic %s exists now", self.bootstrap, topic)
+        _awaited.difference_update(self._unknown - missing)
+        self._said |= missing
+        self._unknown = missing
+
     async def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
+        if self._unknown:
+            await self._await_topics()
         batches = await self._consumer.getmany(
             timeout_ms=int(timeout * 1000), max_records=max_records
         )

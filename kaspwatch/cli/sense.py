@@ -76,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         await publisher.start()
         await publisher.prepare([args.topic, args.heartbeats_topic])
         sensed = asyncio.Event()
+        read_out = False  # every source was a file and was read to its end
+
+        def finished() -> bool:
+            return read_out
+
         beat = asyncio.create_task(
             heartbeats(
                 sensor,
@@ -85,12 +90,14 @@ def run(args: argparse.Namespace) -> int:
                 sensed,
                 args.heartbeat_interval,
                 args.heartbeats_topic,
+                finished,
             )
         )
         try:
             await run_sensor(
                 sources, sensor, publisher, publish, stopper.halt, args.topic, reloader
             )
+            read_out = not stopper.halt.is_set() and not any(src.live for src in sources)
         finally:
             sensed.set()
             await beat
