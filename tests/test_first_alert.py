@@ -20,9 +20,9 @@ from consumers.alerts.engine import STAGES, AlertEngine
 from consumers.alerts.state import AlertState
 from consumers.assets import load_assets
 from kaspwatch.event import CATEGORIES, SEVERITIES, IndicatorRef
-from tests.conftest import REPO, free_port
+from tests.factories import KSN, hit
 from tests.prometheus import Prometheus, Target, dashboard_targets, rule_expressions, signals
-from tests.test_alerts import KSN, hit
+from tests.testenv import REPO, free_port
 
 RULES = REPO / "deploy" / "prometheus" / "rules" / "kaspwatch.rules.yaml"
 CANARY = IndicatorRef(

@@ -165,7 +165,7 @@ def test_sense_says_in_its_last_heartbeat_that_it_finished_the_file(
     from kaspwatch.bus.memory import MemoryBus
     from kaspwatch.cli import main
     from kaspwatch.event import HEARTBEATS_TOPIC
-    from tests.conftest import SAMPLE
+    from tests.testenv import SAMPLE
 
     monkeypatch.setenv("KASPWATCH_STATE_DIR", str(tmp_path))
     bus = f"fin-{tmp_path.name}"
