@@ -120,3 +120,17 @@ def test_ci_proves_a_bare_clone() -> None:
         ["grep", "-E", pattern.group(1)], input=probe, capture_output=True, text=True
     )
     assert grep.returncode == 0, "the pattern in .ci/run misses a path outside the repository"
+
+
+def test_test_modules_share_code_through_helper_modules_only() -> None:
+    """Shared test code lives in tests/testenv.py, tests/factories.py and the other helper
+    modules: never imported from conftest (pytest's plugin) or from another test file."""
+    offenders = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.strip()
+            if code.startswith(
+                ("from tests.conftest", "import tests.conftest", "from tests.test_")
+            ):
+                offenders.append(f"{path.name}:{n}: {code}")
+    assert offenders == []
