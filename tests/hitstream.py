@@ -143,7 +143,7 @@ def first_contacts(hits: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
 
 def synthetic_hits(sample: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """The sample's hits replayed by ``count`` pairs of clients: each IPv4 client of the
-    sample becomes 10.50.x.y, each IPv6 one fd50::x; event ids stay unique."""
+    sample becomes 10.50.x.y, each IPv6 one fd50::x; event ids and packet ids stay unique."""
     clients = {h["host"] for h in sample}
     out = []
     for i in range(count):
@@ -156,5 +156,9 @@ def synthetic_hits(sample: list[dict[str, Any]], count: int) -> list[dict[str, A
             doc["event_id"] = hashlib.blake2b(
                 f"{h['event_id']}|{i}".encode(), digest_size=16
             ).hexdigest()
+            if "packet_id" in doc:  # another client's packet: another packet identity
+                doc["packet_id"] = hashlib.blake2b(
+                    f"{h['packet_id']}|{i}".encode(), digest_size=16
+                ).hexdigest()
             out.append(doc)
     return out

@@ -181,6 +181,7 @@ async def test_sink_failure_traceback_only_with_verbose(
 ) -> None:
     url, _ = flaky_receiver
     caplog.set_level(logging.DEBUG, logger="kaspwatch")
+    caplog.set_level(logging.DEBUG, logger="kaspwatch.alerts")  # a test before may have set it
     await deliver_through_the_loop(url, monkeypatch)
     [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.exc_info  # -v: the traceback is there, on the same record
