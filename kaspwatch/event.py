@@ -84,6 +84,7 @@ class Event:
     query: str | None = None
     answers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # the peer sensor's log it came from ("suricata-eve", "zeek")
 
     @property
     def is_hit(self) -> bool:
@@ -111,6 +112,8 @@ class Event:
             "host": self.host,
             "indicator": self.indicator.to_dict() if self.indicator else None,
         }
+        if self.source is not None:
+            out["source"] = self.source
         if self.query is not None:
             out["query"] = self.query
         if self.answers:
@@ -179,6 +182,7 @@ _CORE: Final = frozenset(k for k, _ in _REQUIRED) | {
     "query",
     "answers",
     "host",
+    "source",
 }
 
 
@@ -217,6 +221,9 @@ def event_from_json(raw: bytes) -> Event:
         if ref.severity not in SEVERITIES:
             raise EventError(f"unknown indicator severity {ref.severity!r}")
     answers = doc.get("answers") or []
+    source = doc.get("source")
+    if source is not None and not isinstance(source, str):
+        raise EventError("field 'source' is not a string")
     return Event(
         event_id=doc["event_id"],
         ts=doc["ts"],
@@ -232,6 +239,7 @@ def event_from_json(raw: bytes) -> Event:
         query=doc.get("query"),
         answers=tuple(str(a) for a in answers),
         extra={k: v for k, v in doc.items() if k not in _CORE},
+        source=source,
     )
 
 
