@@ -1,4 +1,5 @@
-"""Where ``sense`` and ``run`` read packets from: capture files or live interfaces."""
+"""Where ``sense`` and ``run`` read packets from: capture files or live interfaces; or a
+peer sensor's logs (``--eve``, ``--zeek``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 
 from kaspwatch.cli.process import drop_privileges
+from sensor.peers import open_peer
 from sensor.pipeline import Sensor
 from sensor.sources import open_capture
 from sensor.sources.base import CaptureError, Source
@@ -20,6 +22,12 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
         "--pcap", metavar="FILE", nargs="+", help="pcap/pcapng file(s), gzip ok, - for stdin"
     )
     src.add_argument("--interface", metavar="IF", nargs="+", help="live capture interface(s)")
+    add_peer_options(src)
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="--eve/--zeek FILE: keep reading as the file grows, across rotation (tail -F)",
+    )
     p.add_argument(
         "--user",
         metavar="NAME",
@@ -40,11 +48,45 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_peer_options(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+    p.add_argument(
+        "--eve",
+        metavar="FILE",
+        nargs="+",
+        help="Suricata EVE JSON file(s) (gzip ok, - for stdin) or kafka://HOST:PORT/TOPIC",
+    )
+    p.add_argument(
+        "--zeek",
+        metavar="DIR|FILE",
+        nargs="+",
+        help="Zeek log folder(s) or dns/ssl/http/quic/conn.log file(s), TSV or JSON, gzip ok, "
+        "- for stdin",
+    )
+
+
+def open_peers(args: argparse.Namespace) -> list[Source]:
+    """--eve/--zeek: every file opened (a missing one named) before anything runs."""
+    specs = [("eve", p) for p in args.eve or []] + [("zeek", p) for p in args.zeek or []]
+    sources: list[Source] = []
+    for fmt, spec in specs:
+        sources += open_peer(
+            spec,
+            fmt,
+            follow=args.follow,
+            group=f"kaspwatch-peers-{args.sensor}",
+            security=getattr(args, "kafka", None),
+        )
+    log.info("reading %s", ", ".join(spec for _, spec in specs))
+    return sources
+
+
 def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
     """Open every source up front so a bad file fails before anything runs. Files go
     through the libpcap prefilter (as with ``scan``), its watched networks taken from the
     rules loaded at start: a reload's new networks still match every flow start (SYNs and
     UDP always pass), only flows already under way are not widened."""
+    if args.eve or args.zeek:
+        return open_peers(args)
     if args.pcap:
         cidrs = sensor.rules.matcher.cidrs()
         return [open_capture(p, prefilter=True, cidrs=cidrs) for p in args.pcap]
@@ -66,4 +108,6 @@ def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
 def counts_word(sources: list[Source]) -> str:
     """What the sensor's packet count counts: libpcap skips the rest of a file uncounted."""
     words = {s.counts for s in sources}
+    if "records" in words:
+        return "packets and peer records" if len(words) > 1 else "peer records"
     return "packets past the prefilter" if "packets past the prefilter" in words else "packets"
