@@ -439,14 +439,21 @@ def test_follow_reads_across_rotation_and_truncation(tmp_path: Path) -> None:
     then copytruncate. Every line is read once, in order, none half."""
     path = tmp_path / "eve.json"
     path.write_text("a\nb\n")
+    old = tmp_path / "eve.json.1"
+
+    def append(where: Path, text: str) -> None:
+        with where.open("a") as f:
+            f.write(text)
+
+    def rotate() -> None:  # logrotate renames; the writer logs once more, then reopens
+        path.rename(old)
+        append(old, "e\n")
+        path.write_text("f\ng\n")
+
     steps = [
-        lambda: path.open("a").write("c\nd-part"),
-        lambda: path.open("a").write("-rest\n"),
-        lambda: (
-            path.rename(tmp_path / "eve.json.1"),
-            (tmp_path / "eve.json.1").open("a").write("e\n"),
-        ),
-        lambda: path.write_text("f\ng\n"),
+        lambda: append(path, "c\nd-part"),
+        lambda: append(path, "-rest\n"),
+        rotate,
         lambda: path.write_text(""),  # copytruncate
         lambda: path.write_text("h\n"),
     ]
