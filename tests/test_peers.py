@@ -22,7 +22,7 @@ import pytest
 
 from kaspwatch.bus import open_reader
 from kaspwatch.cli import main
-from sensor.peers import MAX_WARNINGS, PeerSource, open_peer
+from sensor.peers import MAX_WARNINGS, MergedPeers, PeerSource, open_peer, open_peers
 from sensor.peers.follow import Follower
 from sensor.pipeline import Sensor
 from sensor.rules.match import Matcher
@@ -138,7 +138,7 @@ def _hits(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     )
 
 
-def _read(source: PeerSource, sensor: Sensor) -> list[dict[str, Any]]:
+def _read(source: PeerSource | MergedPeers, sensor: Sensor) -> list[dict[str, Any]]:
     return [e.to_dict() for rec in source if rec is not None for e in sensor.process_record(rec)]
 
 
@@ -487,6 +487,34 @@ def test_follow_source_feeds_the_sensor(tmp_path: Path, matcher: Matcher) -> Non
     events = _read(source, Sensor(matcher, "t"))
     [whole] = open_peer(str(PEERS / "suricata-8.0.6" / "sample.pcap.eve.json"), "eve")
     assert events == _read(whole, Sensor(matcher, "t")) and events
+
+
+def test_several_followed_logs_are_read_together(tmp_path: Path, matcher: Matcher) -> None:
+    """``sense --eve a.json --zeek dns.log --follow``: the publish loop reads its sources
+    one after the other and a followed one never ends, so they are merged into one that
+    reads each as it grows and waits only when all are idle."""
+    eve = tmp_path / "eve.json"
+    eve.write_text("")
+    dns = tmp_path / "dns.log"
+    dns.write_text(ZEEK_DNS)
+    sample = (PEERS / "suricata-8.0.6" / "sample.pcap.eve.json").read_text()
+    waits: list[float] = []
+    merged: list[MergedPeers] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:
+            eve.write_text(sample)  # the EVE file grows while dns.log has been read
+        else:
+            merged[0].stop()
+
+    merged += open_peers([("eve", str(eve)), ("zeek", str(dns))], True, poll_s=3.0, sleep=sleep)
+    [source] = merged
+    events = _read(source, Sensor(matcher, "t"))
+    assert {e["source"] for e in events} == {"zeek", "suricata-eve"}
+    assert waits == [3.0, 3.0]  # one wait a round in which nothing was ready, never one a file
+    rc = main(["sense", "--pcap", str(SAMPLE), "--eve", str(eve), "--bus", "memory://x"])
+    assert rc == 2
 
 
 def test_sense_publishes_eve_events(tmp_path: Path) -> None:

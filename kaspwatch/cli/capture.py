@@ -7,7 +7,7 @@ import argparse
 import logging
 
 from kaspwatch.cli.process import drop_privileges
-from sensor.peers import open_peer
+from sensor.peers import open_peers
 from sensor.pipeline import Sensor
 from sensor.sources import open_capture
 from sensor.sources.base import CaptureError, Source
@@ -17,12 +17,12 @@ log = logging.getLogger("kaspwatch")
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one of these or --eve/--zeek: open_sources
     src.add_argument(
         "--pcap", metavar="FILE", nargs="+", help="pcap/pcapng file(s), gzip ok, - for stdin"
     )
     src.add_argument("--interface", metavar="IF", nargs="+", help="live capture interface(s)")
-    add_peer_options(src)
+    add_peer_options(p)
     p.add_argument(
         "--follow",
         action="store_true",
@@ -48,7 +48,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_peer_options(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+def add_peer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eve",
         metavar="FILE",
@@ -64,19 +64,18 @@ def add_peer_options(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGro
     )
 
 
-def open_peers(args: argparse.Namespace) -> list[Source]:
+def _open_peers(args: argparse.Namespace) -> list[Source]:
     """--eve/--zeek: every file opened (a missing one named) before anything runs."""
     specs = [("eve", p) for p in args.eve or []] + [("zeek", p) for p in args.zeek or []]
-    sources: list[Source] = []
-    for fmt, spec in specs:
-        sources += open_peer(
-            spec,
-            fmt,
+    sources: list[Source] = list(
+        open_peers(
+            specs,
             follow=args.follow,
             group=f"kaspwatch-peers-{args.sensor}",
             security=getattr(args, "kafka", None),
         )
-    log.info("reading %s", ", ".join(spec for _, spec in specs))
+    )
+    log.info("reading %s%s", ", ".join(p for _, p in specs), " (following)" if args.follow else "")
     return sources
 
 
@@ -86,7 +85,11 @@ def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
     rules loaded at start: a reload's new networks still match every flow start (SYNs and
     UDP always pass), only flows already under way are not widened."""
     if args.eve or args.zeek:
-        return open_peers(args)
+        if args.pcap or args.interface:
+            raise CaptureError("give --pcap, --interface or --eve/--zeek, not several")
+        return _open_peers(args)
+    if not (args.pcap or args.interface):
+        raise CaptureError("give --pcap FILE…, --interface IF… or --eve/--zeek FILE…")
     if args.pcap:
         cidrs = sensor.rules.matcher.cidrs()
         return [open_capture(p, prefilter=True, cidrs=cidrs) for p in args.pcap]

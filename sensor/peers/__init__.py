@@ -109,6 +109,57 @@ class PeerSource:
         return text
 
 
+class MergedPeers:
+    """Several followed sources as one: the publish loop reads its sources one after the
+    other, and a followed one never ends. Round robin, taking what each has ready (up to
+    ``BURST`` records), and one ``sleep(poll_s)`` when none had anything."""
+
+    counts = "records"
+    live = True
+    BURST: Final = 512
+
+    def __init__(
+        self,
+        sources: list[PeerSource],
+        poll_s: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sources = sources
+        self.poll_s = poll_s
+        self.sleep = sleep
+        self.stats = ReadStats()
+        self.path = ", ".join(s.path for s in sources)
+
+    def kernel_drops(self) -> int:
+        return 0
+
+    def stop(self) -> None:
+        for source in self.sources:
+            source.stop()
+
+    def __iter__(self) -> Iterator[PeerRecord | None]:
+        running = [(s, iter(s)) for s in self.sources]
+        while running:
+            idle = True
+            for entry in list(running):
+                for _ in range(self.BURST):
+                    try:
+                        item = next(entry[1])
+                    except StopIteration:
+                        running.remove(entry)
+                        break
+                    if item is None:
+                        break
+                    idle = False
+                    yield item
+            yield None
+            if idle and running:
+                self.sleep(self.poll_s)
+        notes = [s.stats.note for s in self.sources if s.stats.truncated]
+        self.stats.truncated = bool(notes)
+        self.stats.note = "; ".join(notes)
+
+
 def _open(path: str) -> BinaryIO:
     """A file (gzip'd or not, by its first bytes) or stdin; CaptureError naming it."""
     if path == "-":
@@ -175,7 +226,30 @@ def open_peer(
             raise CaptureError(
                 f"{path}: no such file (--follow waits across rotation, not at start)"
             )
-        tail = Follower(path, poll_s, sleep)
+        tail = Follower(path, poll_s, sleep)  # merged with others: sleep=no-op, see open_peers
         return [PeerSource(path, fmt, tail, live=True, stopper=tail.stop)]
     paths = zeek_files(path) if fmt == "zeek" else [path]
     return [PeerSource(p, fmt, _file_lines(p, _open(p))) for p in paths]
+
+
+def open_peers(
+    specs: list[tuple[str, str]],
+    follow: bool = False,
+    group: str | None = None,
+    security: KafkaSecurity | None = None,
+    poll_s: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[PeerSource | MergedPeers]:
+    """Every ``(format, path)`` opened up front. Followed, they are merged into one source
+    that sleeps only when all are idle (read one after the other, the first would be read
+    for ever and the rest never)."""
+    if not follow:
+        return [s for fmt, p in specs for s in open_peer(p, fmt, group=group, security=security)]
+
+    def no_wait(_s: float) -> None:
+        return None
+
+    followed = [
+        s for fmt, p in specs for s in open_peer(p, fmt, True, group, security, poll_s, no_wait)
+    ]
+    return [MergedPeers(followed, poll_s, sleep)]
