@@ -245,6 +245,27 @@ def test_bad_eve_lines_are_counted_and_named(
     assert events == want  # nothing good lost
 
 
+def test_peer_counters_are_metrics(tmp_path: Path, matcher: Matcher) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sensor.health import register_sensor
+    from sensor.publish import PublishStats
+
+    path = tmp_path / "eve.json"
+    sample = (PEERS / "suricata-8.0.6" / "sample.pcap.eve.json").read_text()
+    path.write_text("nonsense\n" + sample + "{}\n")
+    sensor = Sensor(matcher, "t")
+    sources = open_peers([("eve", str(path))])
+    registry = CollectorRegistry()
+    register_sensor(registry, sensor, PublishStats(), None, list(sources))
+    for source in sources:
+        _read(source, sensor)
+    assert registry.get_sample_value("kaspwatch_sensor_peer_bad_lines_total") == 2
+    assert registry.get_sample_value("kaspwatch_sensor_peer_records_total") == sensor.stats.records
+    [source] = sources
+    assert sensor.stats.records == source.stats.packets > 0  # every record reached the sensor
+
+
 def test_missing_file_is_one_error_and_the_others_are_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

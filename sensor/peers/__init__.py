@@ -133,6 +133,10 @@ class MergedPeers:
     def kernel_drops(self) -> int:
         return 0
 
+    @property
+    def bad(self) -> int:
+        return sum(s.bad for s in self.sources)
+
     def stop(self) -> None:
         for source in self.sources:
             source.stop()
