@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -536,6 +537,27 @@ def test_several_followed_logs_are_read_together(tmp_path: Path, matcher: Matche
     assert waits == [3.0, 3.0]  # one wait a round in which nothing was ready, never one a file
     rc = main(["sense", "--pcap", str(SAMPLE), "--eve", str(eve), "--bus", "memory://x"])
     assert rc == 2
+
+
+def test_follow_a_pipe_hands_on_lines_as_they_come() -> None:
+    """``--follow -``: what is in the pipe is handed on, then ``None`` (publish now)
+    while the writer is quiet, instead of waiting for a full batch; end of input ends it."""
+    from sensor.peers.follow import PipeFollower
+
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"a\nb\nc-part")
+        pipe = iter(PipeFollower(read_end, poll_s=0.0))
+        assert [next(pipe), next(pipe), next(pipe)] == [
+            ("stdin", 1, b"a\n"),
+            ("stdin", 2, b"b\n"),
+            None,
+        ]
+        os.write(write_end, b"-rest\nd")
+        os.close(write_end)
+        assert list(pipe) == [("stdin", 3, b"c-part-rest\n"), ("stdin", 4, b"d")]
+    finally:
+        os.close(read_end)
 
 
 def test_sense_publishes_eve_events(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import BinaryIO, Final
 
 from kaspwatch.bus.security import KafkaSecurity
 from sensor.peers.eve import PeerLineError, eve_records
-from sensor.peers.follow import Follower, Line
+from sensor.peers.follow import Follower, Line, PipeFollower
 from sensor.peers.kafka import KafkaLines
 from sensor.peers.zeek import ZeekLog, log_name
 from sensor.sources.base import CaptureError, PeerRecord, ReadStats
@@ -225,7 +225,10 @@ def open_peer(
     if path.startswith("kafka://"):
         topic = KafkaLines(path, follow, group, security)
         return [PeerSource(path, fmt, topic, live=follow, stopper=topic.stop)]
-    if follow and path != "-":
+    if follow and path == "-":
+        pipe = PipeFollower(sys.stdin.fileno(), poll_s)
+        return [PeerSource(path, fmt, pipe, live=True, stopper=pipe.stop)]
+    if follow:
         if not os.path.isfile(path):
             raise CaptureError(
                 f"{path}: no such file (--follow waits across rotation, not at start)"

@@ -89,3 +89,39 @@ class Follower:
         finally:
             if f is not None:
                 f.close()
+
+
+class PipeFollower:
+    """``--follow -``: lines from a pipe (``tail -F eve.json | kaspwatch sense --eve -
+    --follow``) as they come, ``None`` whenever nothing came for ``poll_s``, so the sensor
+    publishes what it has instead of waiting for a full batch; ends at end of input or on
+    ``stop``."""
+
+    def __init__(self, fd: int, poll_s: float = 0.5, name: str = "stdin") -> None:
+        self.fd = fd
+        self.poll_s = poll_s
+        self.name = name
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def __iter__(self) -> Iterator[Line | None]:
+        import select
+
+        buf = b""
+        lineno = 0
+        while not self._stopped:
+            ready, _, _ = select.select([self.fd], [], [], self.poll_s)
+            if not ready:
+                yield None
+                continue
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                break
+            *lines, buf = (buf + chunk).split(b"\n")
+            for line in lines:
+                lineno += 1
+                yield self.name, lineno, line + b"\n"
+        if buf:
+            yield self.name, lineno + 1, buf
