@@ -67,15 +67,17 @@ def add_peer_options(p: argparse.ArgumentParser) -> None:
 def _open_peers(args: argparse.Namespace) -> list[Source]:
     """--eve/--zeek: every file opened (a missing one named) before anything runs."""
     specs = [("eve", p) for p in args.eve or []] + [("zeek", p) for p in args.zeek or []]
+    # a topic has no end: the sensor follows it (scan reads it to its end instead)
+    follow = args.follow or any(p.startswith("kafka://") for _, p in specs)
     sources: list[Source] = list(
         open_peers(
             specs,
-            follow=args.follow,
+            follow=follow,
             group=f"kaspwatch-peers-{args.sensor}",
             security=getattr(args, "kafka", None),
         )
     )
-    log.info("reading %s%s", ", ".join(p for _, p in specs), " (following)" if args.follow else "")
+    log.info("reading %s%s", ", ".join(p for _, p in specs), " (following)" if follow else "")
     return sources
 
 

@@ -5,8 +5,9 @@ Logstash). The topic is read with the project's bus subscriber (``open_subscribe
 thread of its own running its own event loop, handing each polled batch over a
 one-batch queue; a message may hold one line or several. ``follow=False`` (``scan``)
 reads the topic from its beginning in a group of its own and ends once caught up;
-``follow=True`` (``sense``) reads in the group ``kaspwatch-peers-SENSOR`` from its
-committed offsets (the beginning the first time) until stopped. Offsets are committed
+``follow=True`` (``sense`` and ``run``, always for a topic) reads in the group
+``kaspwatch-peers-SENSOR`` from its committed offsets (the beginning the first time)
+until stopped. Offsets are committed
 once a batch has been handed to the sensor: a crash in between may read up to one batch
 again (the events keep their ids, so consumers deduplicate them).
 """
