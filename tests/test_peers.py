@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ from sensor.peers import MAX_WARNINGS, MergedPeers, PeerSource, open_peer, open_
 from sensor.peers.follow import Follower
 from sensor.pipeline import Sensor
 from sensor.rules.match import Matcher
+from tests import cliprocs
 from tests.conftest import CORPUS, SAMPLE
-from tests.kafkautil import create_topics, producer
+from tests.kafkautil import create_topics, producer, read_topic
 
 PEERS = Path(__file__).parent / "peer-output"
 EVE_DIRS = ("suricata-8.0.6", "suricata-8.0.6-dns-v2")
@@ -641,3 +643,49 @@ def test_kafka_follow_resumes_from_the_groups_commits(kafka_bootstrap: str) -> N
     assert follow(2) == [b"one", b"two"]
     asyncio.run(ship([b"three"]))
     assert follow(1) == [b"three"]
+
+
+procs = cliprocs.procs  # fixture
+
+
+@pytest.mark.kafka
+async def test_sense_follows_eve_on_kafka_and_publishes_hits(
+    kafka_bootstrap: str,
+    procs: cliprocs.Procs,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The common deployment end to end: Suricata's EVE on a Kafka topic, ``kaspwatch
+    sense --eve kafka://…`` as a process, hits on the hits topic. Lines produced while the
+    sensor runs are read too (a topic is followed, without --follow), and SIGTERM ends it
+    cleanly."""
+    eve = PEERS / "suricata-8.0.6" / "sample.pcap.eve.json"
+    lines = eve.read_bytes().splitlines()
+    tag = uuid.uuid4().hex[:8]
+    eve_topic, hits_topic = f"eve-{tag}", f"hits-{tag}"
+    await create_topics(kafka_bootstrap, (eve_topic, 1), (hits_topic, 1))
+
+    async def ship(values: list[bytes]) -> None:
+        async with producer(kafka_bootstrap) as prod:
+            for v in values:
+                await prod.send_and_wait(eve_topic, v)
+
+    assert main(["scan", "--sensor", "peer-1", "--eve", str(eve)]) == 0
+    expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    half = len(lines) // 2
+    await ship(lines[:half])
+    cmd = [
+        str(Path(sys.executable).parent / "kaspwatch"),
+        "sense", "--eve", f"kafka://{kafka_bootstrap}/{eve_topic}",
+        "--bus", f"kafka://{kafka_bootstrap}", "--topic", hits_topic, "--sensor", "peer-1",
+        "--spool-dir", str(tmp_path / "spool"), "--heartbeat-interval", "60",
+    ]  # fmt: skip
+    sensor = procs.start("sense", cmd)
+    first = await read_topic(kafka_bootstrap, hits_topic, 1, timeout=60)
+    assert first, sensor.stderr()
+    await ship(lines[half:])  # while the sensor runs
+    got = await read_topic(kafka_bootstrap, hits_topic, len(expected), timeout=60)
+    published = [json.loads(v) for _, v in got]
+    assert sorted(e["event_id"] for e in published) == sorted(e["event_id"] for e in expected)
+    assert all(e["source"] == "suricata-eve" and e["sensor"] == "peer-1" for e in published)
+    assert procs.terminate(sensor) == 0, sensor.stderr()
