@@ -40,7 +40,7 @@ DNS_PORTS: Final = frozenset({53, 5353, 5355})
 @dataclass
 class SensorStats:
     packets: int = 0
-    records: int = 0  # lines of a peer sensor's log (Suricata EVE, Zeek) that held a name
+    records: int = 0  # names and flow starts read from a peer sensor's log (EVE, Zeek)
     decode_errors: int = 0
     sightings: int = 0
     hits: int = 0
