@@ -87,6 +87,7 @@ class Event:
     # the packet the name came from, the same whichever sensor saw it (``make_packet_id``):
     # consumers count a packet once however many sensors report it
     packet_id: str | None = None
+    source: str | None = None  # the peer sensor's log it came from ("suricata-eve", "zeek")
 
     @property
     def is_hit(self) -> bool:
@@ -114,6 +115,8 @@ class Event:
             "host": self.host,
             "indicator": self.indicator.to_dict() if self.indicator else None,
         }
+        if self.source is not None:
+            out["source"] = self.source
         if self.query is not None:
             out["query"] = self.query
         if self.answers:
@@ -206,6 +209,7 @@ _CORE: Final = frozenset(k for k, _ in _REQUIRED) | {
     "answers",
     "host",
     "packet_id",
+    "source",
 }
 
 
@@ -247,6 +251,9 @@ def event_from_json(raw: bytes) -> Event:
     packet_id = doc.get("packet_id")
     if packet_id is not None and not isinstance(packet_id, str):
         raise EventError("field 'packet_id' is not a string")
+    source = doc.get("source")
+    if source is not None and not isinstance(source, str):
+        raise EventError("field 'source' is not a string")
     return Event(
         event_id=doc["event_id"],
         ts=doc["ts"],
@@ -263,6 +270,7 @@ def event_from_json(raw: bytes) -> Event:
         answers=tuple(str(a) for a in answers),
         extra={k: v for k, v in doc.items() if k not in _CORE},
         packet_id=packet_id,
+        source=source,
     )
 
 

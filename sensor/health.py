@@ -26,16 +26,28 @@ class SensorCollector(Collector):
         publish: PublishStats,
         reloader: Reloader | None = None,
         kernel_drops: Callable[[], int] | None = None,
+        bad_lines: Callable[[], int] | None = None,
     ) -> None:
         self.sensor = sensor
         self.publish = publish
         self.reloader = reloader
         self.kernel_drops = kernel_drops
+        self.bad_lines = bad_lines
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self.sensor.stats
         yield CounterMetricFamily(
             "kaspwatch_sensor_packets", "Packets the sensor read.", value=s.packets
+        )
+        yield CounterMetricFamily(
+            "kaspwatch_sensor_peer_records",
+            "Names and flow starts read from a peer sensor's log (Suricata EVE, Zeek).",
+            value=s.records,
+        )
+        yield CounterMetricFamily(
+            "kaspwatch_sensor_peer_bad_lines",
+            "Lines of a peer sensor's log that could not be read (skipped, warned with file:line).",
+            value=self.bad_lines() if self.bad_lines else 0,
         )
         yield CounterMetricFamily(
             "kaspwatch_sensor_decode_errors",
@@ -146,5 +158,12 @@ def register_sensor(
 ) -> None:
     kept = list(sources or [])
     registry.register(
-        SensorCollector(sensor, publish, reloader, lambda: sum(s.kernel_drops() for s in kept))
+        SensorCollector(
+            sensor,
+            publish,
+            reloader,
+            lambda: sum(s.kernel_drops() for s in kept),
+            # only peer log sources (sensor.peers) count bad lines; capture sources have none
+            lambda: sum(getattr(s, "bad", 0) for s in kept),
+        )
     )

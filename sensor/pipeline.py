@@ -1,10 +1,14 @@
 """The sensor's composition: frame -> segment -> sightings -> matched events.
 
-One visible place wires the decoders to the matcher; nothing here does I/O.
+One visible place wires the decoders to the matcher; nothing here does I/O. A peer
+sensor's log (``PeerRecord``: Suricata EVE, Zeek) enters after decoding, as a segment
+and a sighting, and takes the same matching, DNS attribution, allowlist and event
+building (``process_record``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Iterator
@@ -23,7 +27,7 @@ from sensor.rules.allowlist import Allowlist
 from sensor.rules.indicators import Indicator
 from sensor.rules.match import Matcher
 from sensor.rules.ruleset import Rules
-from sensor.sources.base import Frame
+from sensor.sources.base import Frame, PeerRecord
 
 log = logging.getLogger("kaspwatch.sensor")
 
@@ -36,6 +40,7 @@ DNS_PORTS: Final = frozenset({53, 5353, 5355})
 @dataclass
 class SensorStats:
     packets: int = 0
+    records: int = 0  # names and flow starts read from a peer sensor's log (EVE, Zeek)
     decode_errors: int = 0
     sightings: int = 0
     hits: int = 0
@@ -86,6 +91,32 @@ class Sensor:
     def process(self, frames: Iterable[Frame]) -> Iterator[Event]:
         for frame in frames:
             yield from self.process_frame(*frame)
+
+    def process_item(self, item: Frame | PeerRecord) -> list[Event]:
+        """A frame from a capture, or a record from a peer sensor's log."""
+        if isinstance(item, PeerRecord):
+            return self.process_record(item)
+        return self.process_frame(*item)
+
+    def process_record(self, rec: PeerRecord) -> list[Event]:
+        """A name (or flow start) another sensor decoded: from here on, exactly the path
+        of a frame's sightings. An address that does not parse is a ``peer`` error."""
+        self.stats.records += 1
+        try:
+            src = ipaddress.ip_address(rec.src).packed
+            dst = ipaddress.ip_address(rec.dst).packed
+        except ValueError:
+            self._error("peer")
+            return []
+        proto = PROTO_TCP if rec.transport == "tcp" else PROTO_UDP
+        if rec.kind == "ip_flow":
+            seg = Segment(src, dst, proto, rec.sport, rec.dport, TCP_SYN, b"")
+            flow = self._flow_event(rec.ts_ns, seg, rec.source)
+            return [flow] if flow is not None else []
+        seg = Segment(src, dst, proto, rec.sport, rec.dport, 0, b"")
+        s = Sighting(rec.kind, rec.name, rec.chain, rec.answers, rec.extra, rec.path, rec.ttl)
+        event = self._event(rec.ts_ns, seg, s, rec.source)
+        return [event] if event is not None else []
 
     def process_frame(self, ts_ns: int, linktype: int, data: bytes) -> list[Event]:
         self.stats.packets += 1
@@ -183,7 +214,9 @@ class Sensor:
             if seg.tcp_flags & TCP_FIN_RST:
                 self.streams.close(key)
 
-    def _event(self, ts_ns: int, seg: Segment, s: Sighting) -> Event | None:
+    def _event(
+        self, ts_ns: int, seg: Segment, s: Sighting, source: str | None = None
+    ) -> Event | None:
         self.stats.sightings += 1
         matcher = self.rules.matcher
         hit_name, ind = s.name, matcher.match_name(s.name, s.kind, s.path)
@@ -198,9 +231,9 @@ class Sensor:
                 self.stats.excluded += 1
             if not self.observations:
                 return None
-            return self._build(ts_ns, seg, s.kind, hit_name, None, s)
+            return self._build(ts_ns, seg, s.kind, hit_name, None, s, source)
         self.stats.hits += 1
-        event = self._build(ts_ns, seg, s.kind, hit_name, ind, s)
+        event = self._build(ts_ns, seg, s.kind, hit_name, ind, s, source)
         if s.kind in ("dns_query", "dns_answer"):
             resolver = seg.dst if s.kind == "dns_query" else seg.src
             if resolver in PUBLIC_RESOLVERS:
@@ -226,6 +259,7 @@ class Sensor:
         name: str,
         ind: Indicator | None,
         s: Sighting | None,
+        source: str | None = None,
     ) -> Event:
         src, dst = _ip(seg.src), _ip(seg.dst)
         transport = "tcp" if seg.proto == PROTO_TCP else "udp"
@@ -248,20 +282,25 @@ class Sensor:
             query=query,
             answers=s.answers if s is not None else (),
             extra=dict(s.extra) if s is not None else {},
-            packet_id=make_packet_id(
+            # a peer's log record carries no packet bytes: no identity that tells two
+            # packets of one flow apart, so none (counted as reported)
+            packet_id=None
+            if source is not None
+            else make_packet_id(
                 seg.src, seg.dst, seg.proto, seg.sport, seg.dport, seg.seq, seg.payload, kind, name
             ),
+            source=source,
         )
         return self._allowlist(event) if ind is not None else event
 
-    def _flow_event(self, ts_ns: int, seg: Segment) -> Event | None:
+    def _flow_event(self, ts_ns: int, seg: Segment, source: str | None = None) -> Event | None:
         """A flow start to watched address space or to a DNS-attributed address."""
         found = self.flows.flow_start(seg, ts_ns, self.rules.matcher)
         if found is None:
             return None
         name, ind = found
         self.stats.hits += 1
-        event = self._build(ts_ns, seg, "ip_flow", name or _ip(seg.dst), ind, None)
+        event = self._build(ts_ns, seg, "ip_flow", name or _ip(seg.dst), ind, None, source)
         if name is not None:
             event.extra["attributed_by"] = "dns"
         return event

@@ -24,15 +24,16 @@ from kaspwatch.bus.spooling_publisher import SpoolingPublisher
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, format_ts
 from sensor.pipeline import Sensor
 from sensor.rules.ruleset import Reloader
-from sensor.sources.base import Frame, Source
+from sensor.sources.base import Frame, PeerRecord, Source
 
 log = logging.getLogger("kaspwatch")
 BATCH = 512
 
 
-def _batches(frames: Iterator[Frame | None]) -> list[Frame] | None:
-    """Up to BATCH frames, fewer if the source goes quiet; None when it is exhausted."""
-    out: list[Frame] = []
+def _batches(frames: Iterator[Frame | PeerRecord | None]) -> list[Frame | PeerRecord] | None:
+    """Up to BATCH frames (or peer records), fewer if the source goes quiet; None when it
+    is exhausted."""
+    out: list[Frame | PeerRecord] = []
     for frame in islice(frames, BATCH):
         if frame is None:
             return out
@@ -111,7 +112,7 @@ async def run_sensor(
             if reloader is not None and reloader.maybe_reload():
                 sensor.rules = reloader.rules  # whole-set swap between batches
             for frame in batch:
-                for ev in sensor.process_frame(*frame):
+                for ev in sensor.process_item(frame):
                     fut = await publisher.send(topic, ev.to_json(), ev.host.encode())
                     pending.add(fut)
                     fut.add_done_callback(done)

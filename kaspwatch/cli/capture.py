@@ -1,4 +1,5 @@
-"""Where ``sense`` and ``run`` read packets from: capture files or live interfaces."""
+"""Where ``sense`` and ``run`` read packets from: capture files or live interfaces; or a
+peer sensor's logs (``--eve``, ``--zeek``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import sys
 
 from kaspwatch.cli.process import Stopper, drop_privileges
+from sensor.peers import open_peers
 from sensor.pipeline import Sensor
 from sensor.sources import CaptureFiles
 from sensor.sources.base import CaptureError, Source
@@ -16,11 +18,17 @@ log = logging.getLogger("kaspwatch")
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one of these or --eve/--zeek: open_sources
     src.add_argument(
         "--pcap", metavar="FILE", nargs="+", help="pcap/pcapng file(s), gzip ok, - for stdin"
     )
     src.add_argument("--interface", metavar="IF", nargs="+", help="live capture interface(s)")
+    add_peer_options(p)
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="--eve/--zeek FILE: keep reading as the file grows, across rotation (tail -F)",
+    )
     p.add_argument(
         "--user",
         metavar="NAME",
@@ -41,6 +49,39 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_peer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eve",
+        metavar="FILE",
+        nargs="+",
+        help="Suricata EVE JSON file(s) (gzip ok, - for stdin) or kafka://HOST:PORT/TOPIC",
+    )
+    p.add_argument(
+        "--zeek",
+        metavar="DIR|FILE",
+        nargs="+",
+        help="Zeek log folder(s) or dns/ssl/http/quic/conn.log file(s), TSV or JSON, gzip ok, "
+        "- for stdin",
+    )
+
+
+def _open_peers(args: argparse.Namespace) -> list[Source]:
+    """--eve/--zeek: every file opened (a missing one named) before anything runs."""
+    specs = [("eve", p) for p in args.eve or []] + [("zeek", p) for p in args.zeek or []]
+    # a topic has no end: the sensor follows it (scan reads it to its end instead)
+    follow = args.follow or any(p.startswith("kafka://") for _, p in specs)
+    sources: list[Source] = list(
+        open_peers(
+            specs,
+            follow=follow,
+            group=f"kaspwatch-peers-{args.sensor}",
+            security=getattr(args, "kafka", None),
+        )
+    )
+    log.info("reading %s%s", ", ".join(p for _, p in specs), " (following)" if follow else "")
+    return sources
+
+
 def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
     """Live interfaces are opened here, so a bad one fails before anything runs. Files
     are opened one at a time as they are read (``CaptureFiles``): a bad one costs only
@@ -48,6 +89,12 @@ def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
     with ``scan``), its watched networks taken from the rules loaded at start: a reload's
     new networks still match every flow start (SYNs and UDP always pass), only flows
     already under way are not widened."""
+    if args.eve or args.zeek:
+        if args.pcap or args.interface:
+            raise CaptureError("give --pcap, --interface or --eve/--zeek, not several")
+        return _open_peers(args)
+    if not (args.pcap or args.interface):
+        raise CaptureError("give --pcap FILE…, --interface IF… or --eve/--zeek FILE…")
     if args.pcap:
         return [CaptureFiles(args.pcap, prefilter=True, cidrs=sensor.rules.matcher.cidrs())]
     bpf = BPF_FILTER if args.bpf is None else args.bpf
@@ -68,6 +115,8 @@ def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
 def counts_word(sources: list[Source]) -> str:
     """What the sensor's packet count counts: libpcap skips the rest of a file uncounted."""
     words = {s.counts for s in sources}
+    if "records" in words:
+        return "packets and peer records" if len(words) > 1 else "peer records"
     return "packets past the prefilter" if "packets past the prefilter" in words else "packets"
 
 

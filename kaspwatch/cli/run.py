@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     s = sensor.stats
     log.info(
         "%d %s, %d hits, %d alerts (%d suppressed), %d decode errors",
-        s.packets,
+        s.packets + s.records,
         counts_word(sources),
         s.hits,
         engine.alerts,

@@ -8,9 +8,11 @@ import sys
 import time
 from typing import TextIO
 
+from kaspwatch.cli.capture import add_peer_options
 from kaspwatch.cli.options import add_sensor_options, build_sensor
 from kaspwatch.event import Event
 from kaspwatch.table import print_table
+from sensor.peers import open_peer
 from sensor.pipeline import Sensor
 from sensor.sources import open_capture
 from sensor.sources.base import CaptureError, FileSource
@@ -22,8 +24,9 @@ TABLE_COLUMNS = ("ts", "kind", "name", "src", "dst", "indicator", "category", "s
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "pcap", nargs="+", metavar="PCAP", help="pcap/pcapng file(s), gzip ok, - for stdin"
+        "pcap", nargs="*", metavar="PCAP", help="pcap/pcapng file(s), gzip ok, - for stdin"
     )
+    add_peer_options(p)
     p.add_argument(
         "--observations", action="store_true", help="also print names that matched nothing"
     )
@@ -38,8 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not (args.pcap or args.eve or args.zeek):
+        print("kaspwatch scan: error: give capture files, --eve or --zeek", file=sys.stderr)
+        return 2
     sensor, _ = build_sensor(args, observations=args.observations)
-    warnings, errors = scan(args.pcap, sensor, args.format, prefilter=not args.no_prefilter)
+    peers = [("eve", p) for p in args.eve or []] + [("zeek", p) for p in args.zeek or []]
+    warnings, errors = scan(
+        args.pcap, sensor, args.format, prefilter=not args.no_prefilter, peers=peers
+    )
     for warning in warnings:
         log.warning("%s", warning)
     for error in errors:
@@ -90,6 +99,7 @@ def scan(
     fmt: str,
     out: TextIO | None = None,
     prefilter: bool = True,
+    peers: list[tuple[str, str]] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Scan every capture in turn; return (warnings, errors).
 
@@ -97,13 +107,22 @@ def scan(
     (``sensor.sources.prefilter``) so only packets that can carry a name or start a watched flow
     reach Python. A file that cannot be read
     (or breaks off corrupt) is an error naming it; the scan goes on with the next file
-    and keeps every event already printed.
+    and keeps every event already printed. ``peers``: (``eve`` | ``zeek``, path or
+    ``kafka://HOST:PORT/TOPIC``) read after the captures, through the same matcher; their
+    bad lines are warnings (file:line), a missing one an error.
     """
     out = out or sys.stdout
     progress = Progress(sys.stderr, sys.stderr.isatty())
     warnings: list[str] = []
     errors: list[str] = []
     rows: list[tuple[str, ...]] = []
+
+    def emit(ev: Event) -> None:
+        if fmt == "table":
+            rows.append(format_row(ev))
+        else:
+            out.write(ev.to_json().decode() + "\n")
+
     for path in paths:
         try:
             with open_capture(path, prefilter, sensor.rules.matcher.cidrs()) as cap:
@@ -112,10 +131,7 @@ def scan(
                 for frame in cap:
                     n += 1
                     for ev in sensor.process_frame(*frame):
-                        if fmt == "table":
-                            rows.append(format_row(ev))
-                        else:
-                            out.write(ev.to_json().decode() + "\n")
+                        emit(ev)
                     if not n & 0x3FFF:
                         progress.update(cap, n, started)
                 progress.update(cap, n, started, final=True)
@@ -126,6 +142,19 @@ def scan(
                     warnings.append(cap.stats.note)
                 elif n == 0 and cap.counts == "packets":  # past a prefilter, 0 is no news
                     warnings.append(f"{path}: capture holds no packets")
+        except CaptureError as exc:
+            errors.append(str(exc))
+    for fmt_name, spec in peers or []:
+        try:
+            for source in open_peer(spec, fmt_name):
+                for record in source:
+                    if record is not None:
+                        for ev in sensor.process_record(record):
+                            emit(ev)
+                if source.bad:
+                    warnings.append(source.summary())
+                else:
+                    log.debug("%s", source.summary())
         except CaptureError as exc:
             errors.append(str(exc))
     if fmt == "table":

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "sensor %s: %d %s, %d hits, %d published, %d publish failures, %d decode errors, "
         "%d kernel drops; spool: %d spooled, %d replayed, %d dropped, %d waiting",
         args.sensor,
-        s.packets,
+        s.packets + s.records,
         counts_word(sources),
         s.hits,
         publish.acknowledged,

@@ -1,6 +1,7 @@
 """What every capture source is: frames in, counters out.
 
-A source yields ``Frame`` tuples ``(ts_ns, linktype, data)``, and ``None`` when a live
+A source yields ``Frame`` tuples ``(ts_ns, linktype, data)`` (a peer sensor's log:
+``PeerRecord``), and ``None`` when a live
 reader has caught up with the wire (so the sensor sends a partial batch at once). The
 sensor, the publish loop and the commands see every source through ``Source``: the pure
 pcap/pcapng reader (``pcapfile``), the libpcap prefilter (``prefilter``) and AF_PACKET
@@ -9,11 +10,36 @@ live capture (``live``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Final, Protocol
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
 Frame = tuple[int, int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A name (or a flow start) another sensor already decoded, from one line of its log:
+    what ``Sensor.process_record`` matches instead of a frame. ``kind`` is an event kind;
+    ``ip_flow`` is a flow start (``name`` empty), matched against the prefixes and the
+    DNS attribution like a SYN. ``chain``/``answers``/``ttl``/``path``/``extra`` mean what
+    they mean on ``sensor.decode.Sighting``; ``source`` names the log ("suricata-eve")."""
+
+    ts_ns: int
+    kind: str
+    name: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    transport: str  # "tcp" or "udp"
+    source: str
+    chain: tuple[str, ...] = ()
+    answers: tuple[str, ...] = ()
+    ttl: int = 0
+    path: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
 
 LINKTYPE_ETHERNET: Final = 1
 
@@ -43,7 +69,7 @@ class Source(Protocol):
     stats: ReadStats
     live: bool  # a live reader drains what the kernel holds after ``stop``; a file just ends
 
-    def __iter__(self) -> Iterator[Frame | None]: ...
+    def __iter__(self) -> Iterator[Frame | PeerRecord | None]: ...
 
     def kernel_drops(self) -> int: ...
 

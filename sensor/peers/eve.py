@@ -1,0 +1,211 @@
+"""Suricata EVE JSON -> ``PeerRecord``: dns (v2 and v3), tls, http, quic, flow.
+
+One EVE line is one JSON object. What becomes a record:
+
+- ``dns``: v3 (Suricata 8's default) ``request``/``response`` with ``queries`` and
+  ``answers``; v2 ``query``/``answer`` with ``rrname`` (and Suricata 4's one record per
+  ``answer`` line). An answer's CNAME records give the chain, its A/AAAA records the
+  addresses (for DNS attribution of later flows). v2 logs an answer in the flow's
+  direction (client -> resolver): it is turned round, as v3 and the wire have it.
+- ``tls`` ``sni``; ``quic`` ``sni``; ``http`` ``hostname`` with ``url`` (matched by path,
+  absolute-form marked ``proxy_form``) and ``CONNECT`` (``http_connect`` on the URL's
+  authority). The user agent has no place in the event contract and is not read.
+- ``flow``: a TCP or UDP flow start (its ``flow.start`` time) for the prefixes and the
+  DNS attribution.
+- ``fileinfo`` (libmagic's ``magic``) and ``dhcp`` (host name, MAC): the event contract
+  has no place for either yet; they are skipped, as are ``alert``, ``stats``, ``anomaly``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from typing import Any, Final
+
+from sensor.decode import host_name, normalise_name
+from sensor.decode.http import strip_port
+from sensor.sources.base import PeerRecord
+
+SOURCE: Final = "suricata-eve"
+DNS_PORTS: Final = frozenset({53, 5353, 5355})
+TRANSPORTS: Final = {"TCP": "tcp", "UDP": "udp"}
+SKIPPED: Final = frozenset({"alert", "stats", "anomaly", "fileinfo", "dhcp", "netflow", "drop"})
+ADDRESS_TYPES: Final = frozenset({"A", "AAAA"})
+
+
+class PeerLineError(ValueError):
+    """One line of a peer log cannot be read. Counted with its place, never fatal."""
+
+
+def parse_ts(text: Any) -> int:
+    """EVE's ``2016-05-24T23:27:01.960780+0000`` -> epoch ns."""
+    if not isinstance(text, str):
+        raise PeerLineError("no timestamp")
+    try:
+        dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise PeerLineError(f"bad timestamp {text[:40]!r}") from None
+    if dt.tzinfo is None:
+        raise PeerLineError(f"timestamp {text[:40]!r} has no time zone")
+    return (int(dt.timestamp()) * 1_000_000 + dt.microsecond) * 1000
+
+
+def _addr(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    try:
+        return str(ipaddress.ip_address(str(value)))  # Suricata writes IPv6 uncompressed
+    except ValueError:
+        raise PeerLineError(f"{key} {str(value)[:60]!r} is not an address") from None
+
+
+def _port(doc: dict[str, Any], key: str) -> int:
+    value = doc.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise PeerLineError(f"{key} {str(value)[:20]!r} is not a port")
+    return value
+
+
+def eve_records(doc: Any) -> list[PeerRecord]:
+    """The records one EVE object holds ([] for event types that name nothing)."""
+    if not isinstance(doc, dict):
+        raise PeerLineError("not a JSON object")
+    etype = doc.get("event_type")
+    if not isinstance(etype, str):
+        raise PeerLineError("no event_type")
+    if etype in SKIPPED:
+        return []
+    reader = _READERS.get(etype)
+    if reader is None:
+        return []
+    transport = TRANSPORTS.get(str(doc.get("proto", "")).upper())
+    if transport is None:
+        return []  # ICMP, SCTP...: nothing the sensor reads either
+    body = doc.get(etype)
+    if not isinstance(body, dict):
+        raise PeerLineError(f"{etype} record without its {etype!r} object")
+    where = (_addr(doc, "src_ip"), _port(doc, "src_port"), _addr(doc, "dest_ip"))
+    ends = (*where, _port(doc, "dest_port"), transport)
+    return reader(doc, body, ends)
+
+
+_Ends = tuple[str, int, str, int, str]
+
+
+def _record(ts: int, kind: str, name: str, ends: _Ends, **kw: Any) -> PeerRecord:
+    src, sport, dst, dport, transport = ends
+    return PeerRecord(ts, kind, name, src, sport, dst, dport, transport, SOURCE, **kw)
+
+
+def _dns(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRecord]:
+    ts = parse_ts(doc.get("timestamp"))
+    dtype = body.get("type")
+    if dtype in ("request", "query"):
+        return [_record(ts, "dns_query", q, ends) for q in _questions(body)]
+    if dtype not in ("response", "answer"):
+        return []
+    src, sport, dst, dport, transport = ends
+    if dport in DNS_PORTS and sport not in DNS_PORTS:  # v2: the flow's direction
+        ends = (dst, dport, src, sport, transport)
+    answers = body.get("answers")
+    if answers is None and "rdata" in body:  # Suricata 4 (v1): one answer record a line
+        answers = [body]
+    if answers is None:
+        answers = []
+    if not isinstance(answers, list):
+        raise PeerLineError("dns answers is not a list")
+    cnames: dict[str, str] = {}
+    addrs: dict[str, list[str]] = {}
+    ttls: dict[str, int] = {}
+    for rr in answers:
+        if not isinstance(rr, dict):
+            raise PeerLineError("dns answer is not an object")
+        owner = normalise_name(str(rr.get("rrname", "")))
+        rtype, rdata = rr.get("rrtype"), rr.get("rdata")
+        if owner is None or not isinstance(rdata, str):
+            continue
+        if rtype == "CNAME":
+            target = normalise_name(rdata)
+            if target is not None:
+                cnames.setdefault(owner, target)
+        elif rtype in ADDRESS_TYPES:
+            try:
+                addrs.setdefault(owner, []).append(str(ipaddress.ip_address(rdata)))
+            except ValueError:
+                continue
+            ttl = rr.get("ttl", 0)
+            ttl = ttl if isinstance(ttl, int) else 0
+            ttls[owner] = min(ttls.get(owner, ttl), ttl)
+    out = []
+    for q in _questions(body):
+        chain: list[str] = []
+        seen, cur = {q}, q
+        while cur in cnames and len(chain) < 16:
+            cur = cnames[cur]
+            if cur in seen:
+                break
+            seen.add(cur)
+            chain.append(cur)
+        found = tuple(addrs.get(cur, ()))
+        out.append(
+            _record(
+                ts, "dns_answer", q, ends, chain=tuple(chain), answers=found, ttl=ttls.get(cur, 0)
+            )
+        )
+    return out
+
+
+def _questions(body: dict[str, Any]) -> list[str]:
+    """v3: every ``queries[].rrname``; v2: ``rrname``. Names that are no host name are
+    dropped, as the capture path drops them."""
+    queries = body.get("queries")
+    if isinstance(queries, list):
+        raw = [q.get("rrname") for q in queries if isinstance(q, dict)]
+    else:
+        raw = [body.get("rrname")]
+    names = [normalise_name(r) for r in raw if isinstance(r, str)]
+    return [n for n in names if n is not None]
+
+
+def _tls(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRecord]:
+    sni = body.get("sni")
+    name = host_name(sni) if isinstance(sni, str) else None
+    if name is None:
+        return []
+    kind = "quic_sni" if doc.get("event_type") == "quic" else "tls_sni"
+    return [_record(parse_ts(doc.get("timestamp")), kind, name, ends)]
+
+
+def _http(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRecord]:
+    ts = parse_ts(doc.get("timestamp"))
+    url = body.get("url")
+    url = url if isinstance(url, str) else None
+    if body.get("http_method") == "CONNECT":
+        target = url or body.get("hostname")
+        name = host_name(strip_port(target)) if isinstance(target, str) else None
+        return [_record(ts, "http_connect", name, ends)] if name else []
+    extra: dict[str, Any] = {}
+    path = url
+    authority = None
+    if url is not None and (url[:7].lower() == "http://" or url[:8].lower() == "https://"):
+        extra["proxy_form"] = True
+        rest = url.split("//", 1)[1]
+        slash = rest.find("/")
+        authority, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    raw = body.get("hostname")
+    if not isinstance(raw, str):
+        raw = authority
+    name = host_name(strip_port(raw.rsplit("@", 1)[-1])) if raw else None
+    if name is None:
+        return []
+    return [_record(ts, "http_host", name, ends, path=path, extra=extra)]
+
+
+def _flow(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRecord]:
+    start = body.get("start", doc.get("timestamp"))
+    return [_record(parse_ts(start), "ip_flow", "", ends)]
+
+
+_READERS: Final = {"dns": _dns, "tls": _tls, "quic": _tls, "http": _http, "flow": _flow}
