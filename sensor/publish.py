@@ -42,8 +42,8 @@ def _batches(frames: Iterator[Frame | PeerRecord | None]) -> list[Frame | PeerRe
 
 
 async def _next_batch(
-    source: Source, frames: Iterator[Frame | None], stop: threading.Event | None
-) -> list[Frame] | None:
+    source: Source, frames: Iterator[Frame | PeerRecord | None], stop: threading.Event | None
+) -> list[Frame | PeerRecord] | None:
     """The next batch, read off the event loop. A reader waiting for input (a quiet
     stdin pipe, a live wire) is told to stop as soon as ``stop`` is set, so a signal ends
     it within a moment, not when more packets come."""

@@ -29,8 +29,8 @@ from sensor.peers.follow import Follower
 from sensor.pipeline import Sensor
 from sensor.rules.match import Matcher
 from tests import cliprocs
-from tests.conftest import CORPUS, SAMPLE
 from tests.kafkautil import create_topics, producer, read_topic
+from tests.testenv import CORPUS, SAMPLE
 
 PEERS = Path(__file__).parent / "peer-output"
 EVE_DIRS = ("suricata-8.0.6", "suricata-8.0.6-dns-v2")
