@@ -184,7 +184,13 @@ async def test_sink_failure_traceback_only_with_verbose(
     caplog.set_level(logging.DEBUG, logger="kaspwatch.alerts")  # a test before may have set it
     await deliver_through_the_loop(url, monkeypatch)
     [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warning.exc_info  # -v: the traceback is there, on the same record
+    alerts = logging.getLogger("kaspwatch.alerts")
+    assert warning.exc_info, (  # -v: the traceback is there, on the same record
+        logging.root.manager.disable,
+        alerts.level,
+        alerts.getEffectiveLevel(),
+        alerts.disabled,
+    )
 
 
 # ---------------------------------------------------------------- typos create nothing
