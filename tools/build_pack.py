@@ -4,7 +4,8 @@
 Usage:
     python3 tools/build_pack.py [--reference PATH] [--out PATH]
 
-Defaults: --reference <repo>/../shared/reference/kaspersky-endpoints.yaml,
+Defaults: --reference <repo>/tools/reference/kaspersky-endpoints.yaml (a copy of the
+shared reference kept in the repository, so the pack can be rebuilt from a checkout),
 --out <repo>/sensor/packs/kaspersky.yaml.
 
 Every decision about a reference row is made in this file. The script fails if
@@ -30,7 +31,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_REF = REPO.parent / "shared" / "reference" / "kaspersky-endpoints.yaml"
+DEFAULT_REF = REPO / "tools" / "reference" / "kaspersky-endpoints.yaml"
 DEFAULT_OUT = REPO / "sensor" / "packs" / "kaspersky.yaml"
 
 SCHEMA = "kaspwatch-indicator-pack/1"
@@ -726,13 +727,16 @@ def emit(b, ref_path):
 
 
 def display_path(path):
-    """The reference path as printed in the pack: relative to the repo's parent
-    (e.g. shared/reference/kaspersky-endpoints.yaml), so the output does not depend on
-    where the repo is checked out. Paths outside the repo's parent are shown as given."""
-    try:
-        return path.resolve().relative_to(REPO.parent).as_posix()
-    except ValueError:
-        return str(path)
+    """The reference path as printed in the pack: relative to the repository (e.g.
+    tools/reference/kaspersky-endpoints.yaml), else to the repo's parent (e.g.
+    shared/reference/...), so the output does not depend on where the repo is checked
+    out. Paths outside both are shown as given."""
+    for base in (REPO, REPO.parent):
+        try:
+            return path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return str(path)
 
 
 def main():
