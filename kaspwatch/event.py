@@ -24,8 +24,12 @@ HEARTBEAT_FIELDS: Final = (
 )  # fmt: skip
 
 KINDS: Final = frozenset(
-    {"dns_query", "dns_answer", "tls_sni", "quic_sni", "http_host", "http_connect", "ip_flow"}
-)
+    {
+        "dns_query", "dns_answer", "tls_sni", "quic_sni", "http_host", "http_connect", "ip_flow",
+        "http_request",  # content signal: an updater's request path or User-Agent
+        "file_magic",  # content signal: an update file's first bytes in an HTTP answer
+    }
+)  # fmt: skip
 TRANSPORTS: Final = frozenset({"udp", "tcp"})
 CATEGORIES: Final = (
     "update",

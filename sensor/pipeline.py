@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kaspwatch.event import Event, format_ts, make_event_id
+from sensor.content import ContentWatch, content_hit
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
@@ -31,6 +32,7 @@ TCP_FIN_RST: Final = 0x05
 TCP_SYN: Final = 0x02
 TCP_SYN_ACK: Final = 0x12
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
+CONTENT_KINDS: Final = frozenset({"http_request", "file_magic"})
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Sensor:
         self.streams = StreamTable()
         self.quic = QuicInitialTracker()
         self.flows = FlowWatch()
+        self.content = ContentWatch()
 
     def evictions(self) -> dict[str, int]:
         """Entries each bounded state table has had to evict."""
@@ -81,6 +84,7 @@ class Sensor:
             "quic_connections": self.quic.evicted,
             "quic_keys": self.quic.keys_evicted,
             "flows": self.flows.evicted,
+            "http_responses": self.content.evicted,
         }
 
     def process(self, frames: Iterable[Frame]) -> Iterator[Event]:
@@ -136,9 +140,16 @@ class Sensor:
         if first < 0:
             if flags & TCP_FIN_RST:
                 self.streams.close(key)
+                self.content.close(key)
             return True
+        if sport == 80 and dport >= 1024:  # an HTTP answer: read only when one is followed
+            return key not in self.content
         return (
-            first not in STREAM_STARTS and sport != 53 and dport != 53 and key not in self.streams
+            first not in STREAM_STARTS
+            and sport != 53
+            and dport != 53
+            and key not in self.streams
+            and key not in self.content  # an HTTP answer being read (sensor/content.py)
         )
 
     def _bug(self, exc: Exception) -> None:
@@ -178,13 +189,21 @@ class Sensor:
         try:
             if not payload:
                 return []
-            return self.streams.feed(key, seg.seq, payload, 53 in (seg.sport, seg.dport))
+            if key in self.content:
+                return self.content.response(key, seg.seq, payload)
+            found = self.streams.feed(key, seg.seq, payload, 53 in (seg.sport, seg.dport))
+            if found and self.rules.matcher.reads_content:
+                return self.content.requests(key, found, self.rules.matcher)
+            return found
         finally:
             if seg.tcp_flags & TCP_FIN_RST:
                 self.streams.close(key)
+                self.content.close(key)
 
     def _event(self, ts_ns: int, seg: Segment, s: Sighting) -> Event | None:
         self.stats.sightings += 1
+        if s.kind in CONTENT_KINDS:
+            return self._content_event(ts_ns, seg, s)
         matcher = self.rules.matcher
         hit_name, ind = s.name, matcher.match_name(s.name, s.kind, s.path)
         if ind is None:
@@ -208,6 +227,17 @@ class Sensor:
             if s.answers:
                 self.flows.attribute(s.answers, hit_name, ind, s.ttl, ts_ns)
         return event
+
+    def _content_event(self, ts_ns: int, seg: Segment, s: Sighting) -> Event | None:
+        """A request path or User-Agent of an updater, or an update file's magic."""
+        found = content_hit(self.rules.matcher, s)
+        if found is None:
+            return None
+        ind, extra = found
+        self.stats.hits += 1
+        if s.kind == "file_magic":  # published as the request's flow: the host is the client
+            seg = seg._replace(src=seg.dst, dst=seg.src, sport=seg.dport, dport=seg.sport)
+        return self._build(ts_ns, seg, s.kind, s.name, ind, s._replace(extra=extra))
 
     def _allowlist(self, event: Event) -> Event:
         """Mark a hit a sanctioned exception covers: counted downstream, never alerted."""

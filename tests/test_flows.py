@@ -105,7 +105,7 @@ def test_stdin_capture(capfd) -> None:  # type: ignore[no-untyped-def]
         proc = subprocess.run(
             [*KASPWATCH, "scan", "-"], stdin=fh, capture_output=True, text=True, timeout=60
         )
-    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 19
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 20
 
 
 def test_a_decoder_bug_is_counted_and_logged_and_the_sensor_goes_on(  # type: ignore[no-untyped-def]

@@ -164,7 +164,7 @@ networks:
 @pytest.fixture(scope="module")
 def events() -> list[Event]:
     sample = scan_sample()
-    assert len(sample) == 19 and all(e.indicator is not None for e in sample)
+    assert len(sample) == 20 and all(e.indicator is not None for e in sample)
     return sample + SYNTHETIC
 
 
@@ -879,7 +879,7 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
         timeout=60,
         env=env,
     )
-    assert sense.returncode == 0 and "19 published" in sense.stderr, sense.stderr
+    assert sense.returncode == 0 and "20 published" in sense.stderr, sense.stderr
 
     live = f"sqlite:///{tmp_path / 'live.sqlite'}"
     store = subprocess.Popen(
@@ -905,7 +905,7 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
         hosts = None
         while time.monotonic() < deadline:
             hosts = _hosts_json(live)
-            if hosts and sum(h["count"] for h in hosts) == 19:
+            if hosts and sum(h["count"] for h in hosts) == 20:
                 break
             assert store.poll() is None, store.communicate()[1]
             await asyncio.sleep(0.3)
@@ -920,7 +920,7 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
             store.kill()
             store.wait(10)
     assert store.returncode == 0, err
-    assert "19 hits stored" in err and "Traceback" not in err
+    assert "20 hits stored" in err and "Traceback" not in err
 
     # rebuild: a fresh group replays the topic from the beginning into a fresh store
     rebuilt = f"sqlite:///{tmp_path / 'rebuilt.sqlite'}"
@@ -944,7 +944,7 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
     )
     assert proc.returncode == 0, proc.stderr
     assert "rebuilding" in proc.stderr and "kaspwatch-store-rebuild-" in proc.stderr
-    assert "19 hits stored" in proc.stderr
+    assert "20 hits stored" in proc.stderr
     assert _hosts_json(rebuilt) == _hosts_json(live)
     assert snapshot(rebuilt) == snapshot(live)
 

@@ -132,6 +132,19 @@ class Builder:
         })
         self.groups[-1][1].append(item)
 
+    def content(self, id_, pattern, match, severity, confidence, sources, description,
+                with_path_signal=False):
+        """A content signal (request path, User-Agent, body magic): not a reference row
+        (the reference lists names and addresses); its sources are the documents in
+        tools/reference/real-traffic-notes.md, written out here."""
+        where = {"path": "http_path", "user_agent": "http_user_agent", "magic": "http_body"}
+        item = {"id": id_, "pattern": pattern, "match": match, "where": [where[match]]}
+        if with_path_signal:
+            item["with_path_signal"] = True
+        item.update({"category": "update", "severity": severity, "confidence": confidence,
+                     "sources": list(sources), "description": description})
+        self.groups[-1][1].append(item)
+
     def nym(self, ref, reason):
         r = self.row(ref)
         self.not_yet.append({"pattern": ref, "reason": reason, "sources": self.sources(r)})
@@ -232,6 +245,8 @@ def build(b):
           "any hit still points to a Kaspersky product.")
 
     # --------------------------------------------------------------- telemetry
+    content_signals(b)
+
     b.group("telemetry (KSN, injected script)")
     ksn_geo = {
         "file": "Kaspersky Security Network (KSN) file-reputation host (by name); blocking it in "
@@ -653,6 +668,62 @@ def build(b):
     b.check_all_placed()
 
 
+ZEEK_PACKAGE = (
+    "Zeek package initconf/detect-kaspersky (LBNL, 2018): scripts/kaspersky_urls.zeek (~190 "
+    "updater paths: /index/u1313g.xml.klz, /updates/<component>/<component>-1313g.xml.dif, "
+    "/bases/av/kdb/i386/*.kdc, /diffs/bases/..., /updaters/...) and its test trace of a real "
+    "updater (plain HTTP/1.0 to a bare IPv4 Host, no DNS, no TLS); "
+    "tools/reference/real-traffic-notes.md section 1")
+PROXY_PLUGIN = (
+    "C++ cache/rewrite plugin 'Kaspersky updates plugin - last check: 2012-07-10' rewriting "
+    "dnl-NN.geo.kaspersky.com/bases/... and /diffs/... paths (public source code; repository "
+    "not recorded); tools/reference/real-traffic-notes.md section 1")
+GIGAMON = (
+    "Gigamon blog 'Finding Kaspersky traffic' (2017-10-06): User-Agent '@hEKzPRNa0lItsGIjysY', "
+    "matched with 'User-Agent:\\s*@\\w*'; tools/reference/real-traffic-notes.md section 1")
+ZEEK_MAGIC = (
+    "zeek/zeek scripts/base/frameworks/files/magic/general.sig: ^KLZF application/x-kaspavdb, "
+    "^KLD2 application/x-kaspavupdate, ^DIFF application/bindiff ('mostly kaspersky'); the "
+    "captured updater responses start with KLD2 and KLZF (initconf/detect-kaspersky trace)")
+SDK_UA = (
+    "https://support.kaspersky.com/scanengine/218188 (Scan Engine/KAV SDK updates send an "
+    "encrypted User-Agent; integrators update from their own mirrors)")
+
+
+def content_signals(b):
+    """Updates that name nothing: matched whatever the Host (a name, a bare address, a
+    proxy's absolute-form target)."""
+    b.group("update: content signals (request path, User-Agent, file magic; no name needed)")
+    b.content("kw-content-update-index", r"/index/u[0-9]{4}[a-z]?\.xml\.(klz|dif)$", "path",
+              "high", "high", [ZEEK_PACKAGE],
+              "Request for a Kaspersky update index (/index/uNNNNg.xml.klz|dif), whatever the "
+              "Host: a Kaspersky updater, or an OEM engine updating from its vendor's mirror.")
+    b.content("kw-content-update-updaters", r"/updaters/[^/]+\.(klz|dif)$", "path",
+              "high", "high", [ZEEK_PACKAGE],
+              "Request for the Kaspersky updater's own index (/updaters/updater.xml.dif|klz), as "
+              "in the only public capture of a real updater (HTTP/1.0 to a bare address).")
+    b.content("kw-content-update-files",
+              r"/(updates|bases|diffs)/([^/?]+/)+[^/?]+\.(kdc|klz|klzu|dif)$", "path",
+              "high", "medium", [ZEEK_PACKAGE, PROXY_PLUGIN],
+              "Request for Kaspersky update files (/updates/<component>/..., /bases/..., "
+              "/diffs/... ending in .kdc, .klz, .klzu or .dif), whatever the Host.")
+    b.content("kw-content-updater-agent", r"[*@][A-Za-z0-9+/=_-]{12,}", "user_agent",
+              "medium", "low", [ZEEK_PACKAGE, GIGAMON, SDK_UA],
+              "User-Agent that is one opaque token starting with '*' or '@', as Kaspersky "
+              "updaters send: a weaker signal than the path; confirm with the path or the "
+              "file magic.")
+    b.content("kw-content-magic-klzf", "KLZF", "magic", "high", "high", [ZEEK_MAGIC],
+              "An HTTP response body starting with KLZF (Kaspersky anti-virus database "
+              "container): the host downloaded a Kaspersky update, whatever it asked for.")
+    b.content("kw-content-magic-kld2", "KLD2", "magic", "high", "high", [ZEEK_MAGIC],
+              "An HTTP response body starting with KLD2 (Kaspersky update container): the "
+              "host downloaded a Kaspersky update, whatever it asked for.")
+    b.content("kw-content-magic-diff", "DIFF", "magic", "high", "medium", [ZEEK_MAGIC],
+              "An HTTP response body starting with DIFF (Kaspersky binary diff of a database) "
+              "to a request for an updater path; alone, DIFF is too common to count.",
+              with_path_signal=True)
+
+
 # ----------------------------------------------------------------- emitting
 def q(s):
     return json.dumps(s, ensure_ascii=False)
@@ -686,6 +757,8 @@ def emit(b, ref_path):
             w(f"    where: [{', '.join(it['where'])}]")
             if "path_prefix" in it:
                 w(f"    path_prefix: {q(it['path_prefix'])}")
+            if it.get("with_path_signal"):
+                w("    with_path_signal: true")
             w(f"    category: {it['category']}")
             w(f"    severity: {it['severity']}")
             w(f"    confidence: {it['confidence']}")
