@@ -225,7 +225,7 @@ class Sensor:
             if resolver in PUBLIC_RESOLVERS:
                 event.extra["resolver_bypass"] = True
             if s.answers:
-                self.flows.attribute(s.answers, hit_name, ind, s.ttl, ts_ns)
+                self.flows.attribute(s.answers, hit_name, ind, s.ttl, ts_ns, (s.name,))
         return event
 
     def _content_event(self, ts_ns: int, seg: Segment, s: Sighting) -> Event | None:
@@ -279,7 +279,21 @@ class Sensor:
             answers=s.answers if s is not None else (),
             extra=dict(s.extra) if s is not None else {},
         )
-        return self._allowlist(event) if ind is not None else event
+        if ind is None:
+            return event
+        event.extra["backed_by"] = self._backed_by(ts_ns, seg, kind, name)
+        return self._allowlist(event)
+
+    def _backed_by(self, ts_ns: int, seg: Segment, kind: str, name: str) -> str:
+        """What backs a hit: ``dns`` when a DNS answer the sensor saw pointed the name at
+        the destination (a DNS hit is a lookup itself), ``prefix`` when the destination
+        is in a Kaspersky prefix, else ``none`` (a name sent to an address nothing ties
+        to it: a VPN's decoy SNI looks so)."""
+        if kind in ("dns_query", "dns_answer"):
+            return "dns"
+        if self.flows.attributed(seg.dst, name, ts_ns):
+            return "dns"
+        return "prefix" if self.rules.matcher.match_ip(seg.dst) is not None else "none"
 
     def _flow_event(self, ts_ns: int, seg: Segment) -> Event | None:
         """A flow start to watched address space or to a DNS-attributed address."""
