@@ -59,6 +59,15 @@ UNVERIFIED_AEGIS = (
 )
 
 
+# evidence role of an indicator (the pack schema's closed list): what a hit says about the
+# host. Derived from the category unless a placement says otherwise.
+EVIDENCE_BY_CATEGORY = {
+    "update": "install", "telemetry": "install", "activation": "install",
+    "management": "management", "oem": "oem", "portal": "portal",
+    "infrastructure": "infrastructure",
+}
+
+
 class Builder:
     def __init__(self, ref):
         self.ref = ref
@@ -102,7 +111,7 @@ class Builder:
         self.groups.append((comment, []))
 
     def ind(self, id_, pattern, match, category, severity, ref, description,
-            confidence=None, where=None, path_prefix=None):
+            confidence=None, where=None, path_prefix=None, evidence=None):
         refs = [ref] if isinstance(ref, str) else list(ref)
         rows = [self.row(p) for p in refs]
         if confidence is None:
@@ -127,6 +136,7 @@ class Builder:
             "category": category,
             "severity": severity,
             "confidence": confidence,
+            "evidence": evidence or EVIDENCE_BY_CATEGORY[category],
             "sources": self.sources(*rows),
             "description": description,
         })
@@ -142,8 +152,17 @@ class Builder:
         if with_path_signal:
             item["with_path_signal"] = True
         item.update({"category": "update", "severity": severity, "confidence": confidence,
-                     "sources": list(sources), "description": description})
+                     "evidence": "install", "sources": list(sources),
+                     "description": description})
         self.groups[-1][1].append(item)
+
+    def sourced(self, id_, pattern, match, category, severity, confidence, evidence, sources,
+                description):
+        """A name indicator the reference does not list, with its sources written here."""
+        self.groups[-1][1].append({
+            "id": id_, "pattern": pattern, "match": match, "where": NAMES,
+            "category": category, "severity": severity, "confidence": confidence,
+            "evidence": evidence, "sources": list(sources), "description": description})
 
     def nym(self, ref, reason):
         r = self.row(ref)
@@ -332,20 +351,25 @@ def build(b):
           "telemetry.kaspersky.com",
           UNVERIFIED_AEGIS.format(label="telemetry") +
           " If real, a hit suggests a Kaspersky product sending telemetry.")
-    inject = ("Strong product-presence indicator: the product's web-traffic proxy injects this "
-              "script into pages, so requests come from a machine running Kaspersky. Caveat: a "
-              "page saved with the script tag baked in can make a clean browser request it; "
-              "confirm on the source host.")
-    b.ind("kw-telemetry-kis-scr-gc", "gc.kis.v2.scr.kaspersky-labs.com", "exact", "telemetry",
-          "high", "gc.kis.v2.scr.kaspersky-labs.com",
+    # web-AV script tags: on an install the product answers these requests locally, so
+    # on the wire they come from pages saved with the tag (real-traffic-notes.md section 2)
+    inject = ("Web artefact, not an install: Kaspersky's web protection injects this script "
+              "into pages and answers the request locally on a real install; pages saved "
+              "with the tag baked in (dozens in public repositories) make every visitor's "
+              "browser fetch it, with the page as Referer. Alone it never means Kaspersky "
+              "runs on the host (ids keep their old 'telemetry' names for allowlists).")
+    b.ind("kw-telemetry-kis-scr-gc", "gc.kis.v2.scr.kaspersky-labs.com", "exact", "portal",
+          "low", "gc.kis.v2.scr.kaspersky-labs.com",
           "Host of the script Kaspersky injects into web pages ('Inject script into web "
-          "traffic'), also over wss://. " + inject)
-    b.ind("kw-telemetry-kis-scr-ff", "ff.kis.v2.scr.kaspersky-labs.com", "exact", "telemetry",
-          "high", "ff.kis.v2.scr.kaspersky-labs.com",
-          "Injected-script host, ff. prefix (same mechanism as gc.). " + inject)
-    b.ind("kw-telemetry-kis-scr-me", "me.kis.v2.scr.kaspersky-labs.com", "exact", "telemetry",
-          "high", "me.kis.v2.scr.kaspersky-labs.com",
-          "Injected-script host, me. prefix (same mechanism as gc.; single source). " + inject)
+          "traffic'), also over wss://. " + inject, evidence="web")
+    b.ind("kw-telemetry-kis-scr-ff", "ff.kis.v2.scr.kaspersky-labs.com", "exact", "portal",
+          "low", "ff.kis.v2.scr.kaspersky-labs.com",
+          "Injected-script host, ff. prefix (same mechanism as gc.). " + inject,
+          evidence="web")
+    b.ind("kw-telemetry-kis-scr-me", "me.kis.v2.scr.kaspersky-labs.com", "exact", "portal",
+          "low", "me.kis.v2.scr.kaspersky-labs.com",
+          "Injected-script host, me. prefix (same mechanism as gc.; single source). " + inject,
+          evidence="web")
     b.ind("kw-telemetry-ksn-zone", "ksn.kaspersky-labs.com", "suffix", "telemetry", "high",
           "*.ksn.kaspersky-labs.com",
           "ksn.kaspersky-labs.com and every name below it (dc1*, mdr seen). A hit means a "
@@ -354,9 +378,15 @@ def build(b):
           "*.geoksn.kaspersky.com",
           "geoksn.kaspersky.com and every name below it, the newer KSN zone (from China it "
           "resolves into 119.255.133.0/24). A hit means a running Kaspersky product using KSN.")
-    b.ind("kw-telemetry-kis-scr-zone", "kis.v2.scr.kaspersky-labs.com", "suffix", "telemetry",
-          "high", "*.kis.v2.scr.kaspersky-labs.com",
-          "kis.v2.scr.kaspersky-labs.com and every name below it (gc., ff., me. seen). " + inject)
+    b.ind("kw-telemetry-kis-scr-zone", "kis.v2.scr.kaspersky-labs.com", "suffix", "portal",
+          "low", "*.kis.v2.scr.kaspersky-labs.com",
+          "kis.v2.scr.kaspersky-labs.com and every name below it (gc., ff., me. seen). " + inject,
+          evidence="web")
+    b.sourced("kw-web-fraud-prevention", "fp.kaspersky-labs.com", "suffix", "portal", "low",
+              "medium", "web", FRAUD_PREVENTION,
+              "Kaspersky Fraud Prevention, embedded by banks and other sites (e.g. "
+              "ru.fp.kaspersky-labs.com, w-NNNNN.fp.kaspersky-labs.com): their customers' "
+              "browsers call it. Web artefact: not a Kaspersky install on the host.")
 
     # -------------------------------------------------------------- activation
     b.group("activation")
@@ -471,7 +501,8 @@ def build(b):
           "the Kaspersky boot-time scanner.")
     b.ind("kw-portal-content", "content.kaspersky-labs.com", "exact", "portal", "low",
           "content.kaspersky-labs.com",
-          "Kaspersky web content and images host (single source). " + web)
+          "Kaspersky web content and images host (single source); reseller shops show "
+          "product images from it. " + web, evidence="web")
     b.ind("kw-portal-media", "media.kaspersky.com", "exact", "portal", "low",
           "media.kaspersky.com",
           "Kaspersky web media host (single source). " + web)
@@ -668,6 +699,17 @@ def build(b):
     b.check_all_placed()
 
 
+FRAUD_PREVENTION = [
+    "https://blog.kaspersky.com/cloud-vs-fraud/6650/ (Kaspersky Fraud Prevention Cloud, "
+    "2017-03-14: analyses data from banks' web and mobile channels)",
+    "https://pdfcoffee.com/kaspersky-fraud-prevention-automated-analytics-en-pdf-pdf-free.html "
+    "(Kaspersky Fraud Prevention datasheet: session, device and behaviour analysis in the "
+    "customer's browser; kfp.kaspersky.com)",
+    "Public client code calling https://w-22900.fp.kaspersky-labs.com/oxwdsq?cid=22900 (pass.rzd.ru "
+    "ticket clients) and https://ru.fp.kaspersky-labs.com/oxwdsq, and test-automation "
+    "blacklists of '.*ru.fp.kaspersky-labs.com.*' (public source code; repositories not "
+    "recorded); tools/reference/real-traffic-notes.md section 2",
+]
 ZEEK_PACKAGE = (
     "Zeek package initconf/detect-kaspersky (LBNL, 2018): scripts/kaspersky_urls.zeek (~190 "
     "updater paths: /index/u1313g.xml.klz, /updates/<component>/<component>-1313g.xml.dif, "
@@ -762,6 +804,7 @@ def emit(b, ref_path):
             w(f"    category: {it['category']}")
             w(f"    severity: {it['severity']}")
             w(f"    confidence: {it['confidence']}")
+            w(f"    evidence: {it.get('evidence') or EVIDENCE_BY_CATEGORY[it['category']]}")
             w("    sources:")
             for s in it["sources"]:
                 w(f"      - {q(s)}")

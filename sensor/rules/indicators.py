@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from kaspwatch.event import CATEGORIES, SEVERITIES, IndicatorRef
+from kaspwatch.event import CATEGORIES, EVIDENCE, EVIDENCE_BY_CATEGORY, SEVERITIES, IndicatorRef
 from kaspwatch.yamlfile import YamlError, load_yaml
 
 __all__ = ["PackError", "load_pack"]
@@ -48,6 +48,7 @@ class Indicator:
     category: str
     severity: str
     confidence: str
+    evidence: str  # what a hit says about the host (kaspwatch.event.EVIDENCE)
     sources: tuple[str, ...]
     description: str
     ref: IndicatorRef = field(compare=False, repr=False)
@@ -155,6 +156,11 @@ def _indicator(where: str, item: object, pack_name: str) -> Indicator:
     category = _require(where, item, "category", CATEGORIES)
     severity = _require(where, item, "severity", SEVERITIES)
     confidence = _require(where, item, "confidence", CONFIDENCES)
+    evidence = (
+        _require(where, item, "evidence", EVIDENCE)
+        if "evidence" in item
+        else EVIDENCE_BY_CATEGORY[category]
+    )
     sources = item.get("sources")
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
         raise PackError(f"{where}:{line}: sources must be a non-empty list of strings")
@@ -177,9 +183,10 @@ def _indicator(where: str, item: object, pack_name: str) -> Indicator:
         category=category,
         severity=severity,
         confidence=confidence,
+        evidence=evidence,
         sources=tuple(sources),
         description=" ".join(description.split()),
-        ref=IndicatorRef(ind_id, pattern, match, category, severity, confidence),
+        ref=IndicatorRef(ind_id, pattern, match, category, severity, confidence, evidence),
         path_prefix=path_prefix,
         pack=pack_name,
         with_path_signal=with_path,
