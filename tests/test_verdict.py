@@ -3,11 +3,18 @@ alert at most low and say why, and later evidence raises them once (``confirmed`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from consumers.alerts.engine import AlertEngine
 from consumers.alerts.state import AlertState
-from consumers.alerts.verdict import Verdicts, classify
+from consumers.store import queries
+from consumers.store.backends import open_backend
+from consumers.store.store import open_store
+from consumers.verdict import Verdicts, classify
+from kaspwatch.cli import main
 from kaspwatch.event import Event, IndicatorRef, format_ts, make_event_id
 
 KSN = IndicatorRef(
@@ -107,3 +114,47 @@ def test_verdict_keeps_the_strongest_and_its_evidence() -> None:
     assert got.evidence == ("dns_answer s07.upd.kaspersky.com [kw-update-snn] backed_by dns",)
     assert classify(hit(0, "dns_query", "canary.kaspwatch.invalid", IndicatorRef(
         "c", "c", "exact", "canary", "info", "high"))) is None  # fmt: skip
+
+
+# --- the store and its queries ----------------------------------------------------------
+
+
+def _on(host: str, ev: Event) -> Event:
+    from dataclasses import replace
+
+    if ev.kind == "dns_answer":
+        return replace(ev, dst_ip=host, event_id=ev.event_id + host)
+    return replace(ev, src_ip=host, event_id=ev.event_id + host)
+
+
+def test_store_keeps_verdicts_and_after_ban_lists_installs_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/store.sqlite"
+    web = hit(0, "http_host", "gc.kis.v2.scr.kaspersky-labs.com", WEBAV, backed_by="dns")
+    req = hit(5, "http_request", "198.51.100.7", PATH, backed_by="none", path="/updaters/u.klz")
+    store = open_store(url)
+    try:
+        store.ingest([_on("10.9.0.1", web), _on("10.9.0.2", DECOY), _on("10.9.0.3", req)])
+        # a later batch raises the decoy host: DNS-backed update traffic
+        store.ingest([_on("10.9.0.2", UPDATE_DNS)])
+    finally:
+        store.close()
+    b = open_backend(url, readonly=True)
+    try:
+        every = {r["host"]: r["verdict"] for r in queries.hosts(b).rows}
+        assert every == {"10.9.0.1": "web-artefact", "10.9.0.2": "installed",
+                         "10.9.0.3": "installed"}  # fmt: skip
+        default = queries.after_ban(b)
+        assert [r["host"] for r in default.rows] == ["10.9.0.2", "10.9.0.3"]
+        assert "1 more host" in default.note and "--all-verdicts" in default.note
+        assert len(queries.after_ban(b, every_verdict=True).rows) == 3
+        timeline = queries.host_timeline(b, "10.9.0.3")
+        assert timeline.to_json()["verdict"]["verdict"] == "installed"
+    finally:
+        b.close()
+    assert main(["query", "after-ban", "--db", url, "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert "10.9.0.1" not in out and "--all-verdicts" in err
+    assert main(["query", "after-ban", "--all-verdicts", "--db", url, "--format", "csv"]) == 0
+    assert "10.9.0.1" in capsys.readouterr().out

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from consumers.alerts.verdict import Verdict, Verdicts
 from consumers.assets import UNKNOWN, Asset, AssetMap
+from consumers.verdict import Verdict, Verdicts
 from kaspwatch.event import CATEGORIES, SEVERITIES, Event, parse_ts
 
 ASCENDING: Final = tuple(reversed(SEVERITIES))  # info first: a raise is a step up

@@ -11,7 +11,8 @@ Times are integer microseconds since the epoch (UTC), the same in both databases
 - Materialised aggregates, updated in the transaction that inserts the hits and only for
   hits that were new (a replay changes nothing), each key once per batch:
   ``hosts`` (one row per host: what ``query hosts`` and ``after-ban`` read, a few thousand
-  rows scanned whole; sensors and categories seen as bounded JSON lists),
+  rows scanned whole; sensors and categories seen as bounded JSON lists; the host's
+  verdict, its confidence and evidence lines, merged batch by batch),
   ``host_category`` (the same per (host, category), for ``--category``) and
   ``host_names`` (who contacted which name: the latest indicator and category, first/last
   seen, count), all keyed by host first, and ``pdns`` (passive DNS of watched names: name
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 HIT_COLUMNS: Final = (
     "event_id",
@@ -102,7 +103,10 @@ _TABLES: Final = (
         count {i} NOT NULL,
         allowlisted {i} NOT NULL,
         categories {t} NOT NULL,
-        sensors {t} NOT NULL
+        sensors {t} NOT NULL,
+        verdict {t} NOT NULL DEFAULT '',
+        verdict_confidence {t} NOT NULL DEFAULT '',
+        evidence {t} NOT NULL DEFAULT '[]'
     ){clustered}""",
     """CREATE TABLE IF NOT EXISTS host_names (
         host {t} NOT NULL,
@@ -149,6 +153,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "FROM host_category_v1",
         "DROP TABLE host_names_v1",
         "DROP TABLE host_category_v1",
+    ),
+    # 2 → 3: each host's verdict (consumers/verdict.py), its confidence and evidence lines
+    # (JSON). Hosts stored before have none ('' reads "unknown": never hidden by after-ban)
+    2: (
+        "ALTER TABLE hosts ADD COLUMN verdict TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE hosts ADD COLUMN verdict_confidence TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE hosts ADD COLUMN evidence TEXT NOT NULL DEFAULT '[]'",
     ),
 }
 

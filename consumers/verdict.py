@@ -93,6 +93,34 @@ def classify(event: Event) -> tuple[str, str, str] | None:
     return _STRONG_ROLE.get(role, "installed"), confidence, line
 
 
+# evidence lines, strongest kind first: a download, an updater request, a connection, DNS
+_KIND_ORDER: Final = {"file_magic": 0, "http_request": 1, "ip_flow": 3, "dns_query": 4,
+                      "dns_answer": 4}  # fmt: skip
+
+
+def _line_order(line: str) -> tuple[int, str]:
+    return _KIND_ORDER.get(line.split(" ", 1)[0], 2), line
+
+
+def merge(
+    old: Verdict | None, found: list[tuple[str, str, str]], bound: int = MAX_EVIDENCE
+) -> Verdict | None:
+    """A stored verdict with new hits' classifications added: the strongest verdict wins;
+    at the same verdict the best confidence and the evidence lines gathered, the first
+    ``bound`` in sorted order, so a store fed the same hits in any batches agrees."""
+    best = old
+    for verdict, confidence, line in found:
+        if best is None or _RANK[verdict] > _RANK[best.verdict]:
+            best = Verdict(verdict, confidence, (line,))
+        elif verdict == best.verdict:
+            conf = max(best.confidence, confidence, key=_CONF.__getitem__)
+            lines = best.evidence
+            if line not in lines:
+                lines = tuple(sorted((*lines, line), key=_line_order)[:bound])
+            best = Verdict(verdict, conf, lines)
+    return best
+
+
 class Verdicts:
     def __init__(self, max_hosts: int = MAX_HOSTS) -> None:
         self.max_hosts = max_hosts
