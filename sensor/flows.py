@@ -74,8 +74,8 @@ class FlowWatch:
                 self._named.pop(key, None)
                 self._named[key] = expires
                 if len(self._named) > self.max_attributions:
-                    self._named.popitem(last=False)
-                    self.evicted += 1
+                    self._named.popitem(last=False)  # bounded like the table above; its
+                    # evictions follow that table's, so they are not counted twice
 
     def attributed(self, addr: bytes, name: str, ts_ns: int) -> bool:
         """Whether a DNS answer the sensor saw (for any client: at the edge it sees the
