@@ -927,7 +927,7 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
             assert store.poll() is None, store.communicate()[1]
             await asyncio.sleep(0.3)
         assert hosts is not None and [(h["host"], h["count"]) for h in hosts] == [
-            ("10.77.0.2", 17),
+            ("10.77.0.2", 18),
             ("fd77::2", 2),
         ]
         store.send_signal(signal.SIGTERM)
