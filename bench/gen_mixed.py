@@ -12,6 +12,11 @@ sessions the way a busy uplink looks:
   key share) split over two segments, a third of those with the SNI in the second
   segment; a few TLS servers on port 8443;
 - HTTP/1.1 GETs with a Host header, and a proxy CONNECT followed by the tunnelled hello;
+  downloads answer with a response head in a segment of its own, then the body;
+- Kaspersky updater flows (``UPDATER_SHARE`` of the HTTP sessions): HTTP/1.0 GETs of
+  updater paths (``/index/u1313g.xml.klz``, ``/updaters/updater.xml.dif``...) with the
+  destination address as Host and an opaque User-Agent, answered by a head segment and a
+  body segment starting with ``KLZF``/``KLD2`` (what the content signals read; no name);
 - DNS over UDP (a few per cent of the packets): queries in 0x20 mixed case, answers
   echoing it, some with CNAME chains from an innocent name into a Kaspersky one;
 - QUIC v1: a client Initial properly protected (RFC 9001 keys, AES-GCM, header protection)
@@ -26,6 +31,7 @@ assembled with ``struct``: a million packets take a few seconds.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import random
 import struct
@@ -42,6 +48,15 @@ from sensor.rules.indicators import expand_range, load_pack
 
 SESSIONS_IN_FLIGHT = 48
 KASPERSKY_SHARE = 0.02
+UPDATER_SHARE = 0.03  # of the HTTP sessions
+UPDATER_PATHS = (
+    "/index/u1313g.xml.klz",
+    "/updaters/updater.xml.dif",
+    "/updaters/updater.xml.klz",
+    "/bases/av/kdb/i386/kdb-i386-0607g.xml.klz",
+    "/diffs/bases/av/kdb/i386/kdb-i386-0607g.xml.dif",
+)
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 MAC_CLIENT, MAC_SERVER = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 ETH4 = MAC_SERVER + MAC_CLIENT + b"\x08\x00"
 ETH6 = MAC_SERVER + MAC_CLIENT + b"\x86\xdd"
@@ -342,6 +357,19 @@ class Mix:
             self.counts["tls_hello"] += 1
             self.counts["tls_hello_split"] += len(flight) > mss
             self.counts["tls_sni_in_2nd_segment"] += sni_late
+        elif rng.random() < UPDATER_SHARE:  # names nothing: the IP is the Host
+            host = (
+                str(ipaddress.ip_address(srv.src))
+                if not v6
+                else f"[{ipaddress.ip_address(srv.src)}]"
+            )
+            token = rng.choice("*@") + "".join(rng.choice(B64) for _ in range(58))
+            flight = (
+                f"GET {rng.choice(UPDATER_PATHS)} HTTP/1.0\r\nHost: {host}\r\n"
+                f"User-Agent: {token}\r\n\r\n"
+            ).encode()
+            kind = "updater"
+            self.counts["updater_flow"] += 1
         else:
             path = (
                 f"/{rng.choice(('index.html', 'api/v1/items', 'static/app.js', 'update/list.xml'))}"
@@ -354,17 +382,28 @@ class Mix:
             self.counts["http_get"] += 1
         for off in range(0, len(flight), mss):
             chunk = flight[off : off + mss]
-            if off + mss >= len(flight):
+            if off + mss >= len(flight) and kind != "updater":
                 self.note(kind, name, kasp)
             yield tcp_frame(cli, cseq, sseq, PSH_ACK, chunk)
             cseq += len(chunk)
-        up = rng.random() < self.upload_share
+        up = kind != "updater" and rng.random() < self.upload_share
+        if app == "http" and not connect and not up:  # the response head, then the body
+            head = (
+                b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/octet-stream"
+                b"\r\nContent-Length: 1048576\r\n\r\n"
+            )
+            yield tcp_frame(srv, sseq, cseq, PSH_ACK, head)
+            sseq += len(head)
         sender, receiver = (cli, srv) if up else (srv, cli)
         seq, ack = (cseq, sseq) if up else (sseq, cseq)
         data = rng.randbytes(mss)
+        if kind == "updater":
+            data = rng.choice((b"KLZF", b"KLD2")) + data[4:]
         for i in range(rng.randrange(8, 160)):
             yield tcp_frame(sender, seq, ack, ACK if i % 4 else PSH_ACK, data)
             seq += mss
+            if i == 0 and kind == "updater":
+                data = rng.randbytes(mss)
             if i % 2:
                 yield tcp_frame(receiver, ack, seq, ACK)
         if up:

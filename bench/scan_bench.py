@@ -109,8 +109,19 @@ def capture(
     return path, json.loads(sidecar.read_text())
 
 
+CONTENT_KINDS = ("http_request", "file_magic")  # content signals: named by Host or address
+
+
 def kaspwatch_names(ndjson: str) -> set[str]:
-    return {json.loads(line)["name"].lower() for line in ndjson.splitlines() if line}
+    """The names of kaspwatch's name hits (content signals are counted apart: tshark reads
+    no paths or magic, and their name is often an address)."""
+    events = [json.loads(line) for line in ndjson.splitlines() if line]
+    return {e["name"].lower() for e in events if e["kind"] not in CONTENT_KINDS}
+
+
+def content_hits(ndjson: str) -> dict[str, int]:
+    kinds = [json.loads(line)["kind"] for line in ndjson.splitlines() if line]
+    return {k: kinds.count(k) for k in CONTENT_KINDS}
 
 
 def tshark_names(fields: str, matcher: Matcher) -> tuple[set[str], int]:
@@ -237,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  tshark found, kaspwatch did not: {sorted(ts_names - kw_names) or 'none'}",
         f"  kaspwatch found, tshark did not: {sorted(kw_names - ts_names) or 'none'}",
         f"  in the file, found by neither: {sorted(expected - kw_names - ts_names) or 'none'}",
+        f"updater flows in the file: {info['counts'].get('updater_flow', 0)}; kaspwatch's "  # type: ignore[attr-defined]
+        f"content hits: {content_hits(timings['kaspwatch'].output)}",
     ]
     results: dict[str, object] = {
         "packets": packets,

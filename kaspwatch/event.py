@@ -24,8 +24,12 @@ HEARTBEAT_FIELDS: Final = (
 )  # fmt: skip
 
 KINDS: Final = frozenset(
-    {"dns_query", "dns_answer", "tls_sni", "quic_sni", "http_host", "http_connect", "ip_flow"}
-)
+    {
+        "dns_query", "dns_answer", "tls_sni", "quic_sni", "http_host", "http_connect", "ip_flow",
+        "http_request",  # content signal: an updater's request path or User-Agent
+        "file_magic",  # content signal: an update file's first bytes in an HTTP answer
+    }
+)  # fmt: skip
 TRANSPORTS: Final = frozenset({"udp", "tcp"})
 CATEGORIES: Final = (
     "update",
@@ -38,6 +42,20 @@ CATEGORIES: Final = (
     "canary",  # the self-test indicator: proves the pipeline, never a finding
 )
 SEVERITIES: Final = ("critical", "high", "medium", "low", "info")
+# what a hit says about the host (an indicator's ``evidence``): a product installed there,
+# a management server, an OEM engine, a web artefact (a page's script tag, a bank's fraud
+# prevention, shop images), someone browsing a Kaspersky site, Kaspersky infrastructure
+EVIDENCE: Final = ("install", "management", "oem", "web", "portal", "infrastructure", "canary")
+EVIDENCE_BY_CATEGORY: Final = {
+    "update": "install",
+    "telemetry": "install",
+    "activation": "install",
+    "management": "management",
+    "oem": "oem",
+    "portal": "portal",
+    "infrastructure": "infrastructure",
+    "canary": "canary",
+}
 
 
 class EventError(ValueError):
@@ -54,9 +72,15 @@ class IndicatorRef:
     category: str
     severity: str
     confidence: str
+    evidence: str = ""  # optional on the bus: older sensors send none (see ``role``)
+
+    @property
+    def role(self) -> str:
+        """The evidence role, derived from the category when the sensor sent none."""
+        return self.evidence or EVIDENCE_BY_CATEGORY.get(self.category, "infrastructure")
 
     def to_dict(self) -> dict[str, str]:
-        return {
+        out = {
             "id": self.id,
             "pattern": self.pattern,
             "match": self.match,
@@ -64,6 +88,9 @@ class IndicatorRef:
             "severity": self.severity,
             "confidence": self.confidence,
         }
+        if self.evidence:
+            out["evidence"] = self.evidence
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +266,10 @@ def event_from_json(raw: bytes) -> Event:
         if not isinstance(ind, dict):
             raise EventError("field 'indicator' is not an object or null")
         try:
-            ref = IndicatorRef(**{k: str(ind[k]) for k in IndicatorRef.__slots__})
+            ref = IndicatorRef(
+                **{k: str(ind[k]) for k in IndicatorRef.__slots__ if k != "evidence"},
+                evidence=str(ind.get("evidence") or ""),
+            )
         except KeyError as exc:
             raise EventError(f"indicator lacks {exc}") from None
         # the schema's enums: these become metric labels, so nothing else may pass
@@ -247,6 +277,8 @@ def event_from_json(raw: bytes) -> Event:
             raise EventError(f"unknown indicator category {ref.category!r}")
         if ref.severity not in SEVERITIES:
             raise EventError(f"unknown indicator severity {ref.severity!r}")
+        if ref.evidence and ref.evidence not in EVIDENCE:
+            raise EventError(f"unknown indicator evidence {ref.evidence!r}")
     answers = doc.get("answers") or []
     packet_id = doc.get("packet_id")
     if packet_id is not None and not isinstance(packet_id, str):

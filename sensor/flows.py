@@ -37,15 +37,26 @@ class FlowWatch:
         self.max_udp_flows = max_udp_flows
         self._attr: OrderedDict[bytes, Attribution] = OrderedDict()
         self._udp: OrderedDict[tuple[bytes, bytes, int], None] = OrderedDict()
+        # (address, name) -> expiry: every name a DNS answer pointed at an address (the
+        # table above keeps only the latest per address), for a hit's ``backed_by``
+        self._named: OrderedDict[tuple[bytes, str], int] = OrderedDict()
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._attr)
 
     def attribute(
-        self, addresses: tuple[str, ...], name: str, ind: Indicator, ttl: int, ts_ns: int
+        self,
+        addresses: tuple[str, ...],
+        name: str,
+        ind: Indicator,
+        ttl: int,
+        ts_ns: int,
+        also: tuple[str, ...] = (),
     ) -> None:
-        """Remember that these addresses serve a watched name, for ``ttl`` seconds."""
+        """Remember that these addresses serve a watched name (and the names in ``also``:
+        the name asked, when the watched one came through a CNAME chain), for ``ttl``
+        seconds."""
         ttl = min(max(ttl, MIN_TTL_S), MAX_TTL_S)
         expires = ts_ns + ttl * 1_000_000_000
         for text in addresses:
@@ -58,6 +69,19 @@ class FlowWatch:
             if len(self._attr) > self.max_attributions:
                 self._attr.popitem(last=False)
                 self.evicted += 1
+            for named in {name, *also}:
+                key = (packed, named)
+                self._named.pop(key, None)
+                self._named[key] = expires
+                if len(self._named) > self.max_attributions:
+                    self._named.popitem(last=False)  # bounded like the table above; its
+                    # evictions follow that table's, so they are not counted twice
+
+    def attributed(self, addr: bytes, name: str, ts_ns: int) -> bool:
+        """Whether a DNS answer the sensor saw (for any client: at the edge it sees the
+        resolver's upstream answers) pointed ``name`` at ``addr`` within its TTL."""
+        expires = self._named.get((addr, name))
+        return expires is not None and expires >= ts_ns
 
     def flow_start(
         self, seg: Segment, ts_ns: int, matcher: Matcher

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
+from sensor.content import ContentWatch, content_hit
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
@@ -35,6 +36,7 @@ TCP_FIN_RST: Final = 0x05
 TCP_SYN: Final = 0x02
 TCP_SYN_ACK: Final = 0x12
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
+CONTENT_KINDS: Final = frozenset({"http_request", "file_magic"})
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Sensor:
         self.streams = StreamTable()
         self.quic = QuicInitialTracker()
         self.flows = FlowWatch()
+        self.content = ContentWatch()
 
     def evictions(self) -> dict[str, int]:
         """Entries each bounded state table has had to evict."""
@@ -86,6 +89,7 @@ class Sensor:
             "quic_connections": self.quic.evicted,
             "quic_keys": self.quic.keys_evicted,
             "flows": self.flows.evicted,
+            "http_responses": self.content.evicted,
         }
 
     def process(self, frames: Iterable[Frame]) -> Iterator[Event]:
@@ -167,9 +171,16 @@ class Sensor:
         if first < 0:
             if flags & TCP_FIN_RST:
                 self.streams.close(key)
+                self.content.close(key)
             return True
+        if sport == 80 and dport >= 1024:  # an HTTP answer: read only when one is followed
+            return key not in self.content
         return (
-            first not in STREAM_STARTS and sport != 53 and dport != 53 and key not in self.streams
+            first not in STREAM_STARTS
+            and sport != 53
+            and dport != 53
+            and key not in self.streams
+            and key not in self.content  # an HTTP answer being read (sensor/content.py)
         )
 
     def _bug(self, exc: Exception) -> None:
@@ -209,15 +220,23 @@ class Sensor:
         try:
             if not payload:
                 return []
-            return self.streams.feed(key, seg.seq, payload, 53 in (seg.sport, seg.dport))
+            if key in self.content:
+                return self.content.response(key, seg.seq, payload)
+            found = self.streams.feed(key, seg.seq, payload, 53 in (seg.sport, seg.dport))
+            if found and self.rules.matcher.reads_content:
+                return self.content.requests(key, found, self.rules.matcher)
+            return found
         finally:
             if seg.tcp_flags & TCP_FIN_RST:
                 self.streams.close(key)
+                self.content.close(key)
 
     def _event(
         self, ts_ns: int, seg: Segment, s: Sighting, source: str | None = None
     ) -> Event | None:
         self.stats.sightings += 1
+        if s.kind in CONTENT_KINDS:
+            return self._content_event(ts_ns, seg, s)
         matcher = self.rules.matcher
         hit_name, ind = s.name, matcher.match_name(s.name, s.kind, s.path)
         if ind is None:
@@ -239,8 +258,19 @@ class Sensor:
             if resolver in PUBLIC_RESOLVERS:
                 event.extra["resolver_bypass"] = True
             if s.answers:
-                self.flows.attribute(s.answers, hit_name, ind, s.ttl, ts_ns)
+                self.flows.attribute(s.answers, hit_name, ind, s.ttl, ts_ns, (s.name,))
         return event
+
+    def _content_event(self, ts_ns: int, seg: Segment, s: Sighting) -> Event | None:
+        """A request path or User-Agent of an updater, or an update file's magic."""
+        found = content_hit(self.rules.matcher, s)
+        if found is None:
+            return None
+        ind, extra = found
+        self.stats.hits += 1
+        if s.kind == "file_magic":  # published as the request's flow: the host is the client
+            seg = seg._replace(src=seg.dst, dst=seg.src, sport=seg.dport, dport=seg.sport)
+        return self._build(ts_ns, seg, s.kind, s.name, ind, s._replace(extra=extra))
 
     def _allowlist(self, event: Event) -> Event:
         """Mark a hit a sanctioned exception covers: counted downstream, never alerted."""
@@ -291,7 +321,21 @@ class Sensor:
             ),
             source=source,
         )
-        return self._allowlist(event) if ind is not None else event
+        if ind is None:
+            return event
+        event.extra["backed_by"] = self._backed_by(ts_ns, seg, kind, name)
+        return self._allowlist(event)
+
+    def _backed_by(self, ts_ns: int, seg: Segment, kind: str, name: str) -> str:
+        """What backs a hit: ``dns`` when a DNS answer the sensor saw pointed the name at
+        the destination (a DNS hit is a lookup itself), ``prefix`` when the destination
+        is in a Kaspersky prefix, else ``none`` (a name sent to an address nothing ties
+        to it: a VPN's decoy SNI looks so)."""
+        if kind in ("dns_query", "dns_answer"):
+            return "dns"
+        if self.flows.attributed(seg.dst, name, ts_ns):
+            return "dns"
+        return "prefix" if self.rules.matcher.match_ip(seg.dst) is not None else "none"
 
     def _flow_event(self, ts_ns: int, seg: Segment, source: str | None = None) -> Event | None:
         """A flow start to watched address space or to a DNS-attributed address."""

@@ -13,7 +13,7 @@
 # env:   KASPWATCH_FAULT_RATE     hits/s the sensor is fed    (default 2000; CI test: 1000)
 #        KASPWATCH_FAULT_BEFORE_S published before the kill  (default 10;   CI test: 2)
 #        KASPWATCH_FAULT_AFTER_S  streamed after failover    (default 30;   CI test: 2)
-#        KASPWATCH_CRASH_CLIENTS  store crash: x19 hits       (default 3000; CI test: 600)
+#        KASPWATCH_CRASH_CLIENTS  store crash: x20 hits       (default 3000; CI test: 600)
 #        KASPWATCH_CRASH_KILLS    store kills per run         (default 3;    CI test: 1)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -29,11 +29,13 @@ EXPECTED_HITS = {
     ("tls_sni", "dnl-05.geo.kaspersky.com", "update"),
     ("http_host", "downloads.kaspersky-labs.com", "update"),
     ("http_host", "cm.k.kaspersky-labs.com", "update"),
+    # content signal: the request path is an updater's (/bases/av/kdb/i386/dailyc.kdc)
+    ("http_request", "downloads.kaspersky-labs.com", "update"),
     # flows to 10.77.0.1 after DNS pointed watched names at it: attributed to the last one
     ("ip_flow", "dnl-11.geo.kaspersky.com", "update"),
 }
 SAMPLE_PACKETS = 114
-HIT_COUNT = 19  # the 15 name hits above and 4 attributed flows (2 TLS, 2 HTTP connections)
+HIT_COUNT = 20  # the 15 name hits and 1 updater path above, 4 attributed flows (2 TLS, 2 HTTP)
 LOOKALIKES = {"notkaspersky.com", "kaspersky.com.evil.example", "mykaspersky-labs.com.example"}
 BENIGN = {"www.example.org", "updates.example.com", "av-updates.example.net"}
 

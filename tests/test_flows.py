@@ -105,7 +105,7 @@ def test_stdin_capture(capfd) -> None:  # type: ignore[no-untyped-def]
         proc = subprocess.run(
             [*KASPWATCH, "scan", "-"], stdin=fh, capture_output=True, text=True, timeout=60
         )
-    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 19
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 20
 
 
 def test_a_decoder_bug_is_counted_and_logged_and_the_sensor_goes_on(  # type: ignore[no-untyped-def]
@@ -135,3 +135,35 @@ def test_a_decoder_bug_is_counted_and_logged_and_the_sensor_goes_on(  # type: ig
     assert "boom" not in caplog.text
     with pytest.raises(IndexError):
         Sensor(matcher, "t", strict=True).process_frame(1, 1, bad)
+
+
+def test_backed_by_says_what_ties_a_name_to_its_destination(matcher) -> None:  # type: ignore[no-untyped-def]
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+    hello = first_frame(str(SAMPLE), lambda d: b"s01\x2eupd" in d or b"s01.upd" in d)
+    sensor = Sensor(matcher, "t")
+
+    def backing(frame: bytes) -> list[tuple[str, str, str]]:
+        return [(e.kind, e.name, e.extra["backed_by"]) for e in sensor.process_frame(5, 1, frame)]
+
+    sni = ("tls_sni", "s01.upd.kaspersky.com")
+    # a name no DNS answer tied to the address: what a VPN's decoy SNI looks like
+    assert backing(hello) == [(*sni, "none")]
+    assert backing(readdress(hello, dst="77.74.177.9")) == [(*sni, "prefix")]
+    answer = bytes(
+        Ether()
+        / IP(src="10.77.0.53", dst="10.77.0.2")
+        / UDP(sport=53, dport=40000)
+        / DNS(
+            id=7, qr=1, rd=1, ra=1,
+            qd=DNSQR(qname="s01.upd.kaspersky.com"),
+            an=DNSRR(rrname="s01.upd.kaspersky.com", rdata="10.77.0.1", ttl=300),
+        )
+    )  # fmt: skip
+    assert backing(answer) == [("dns_answer", "s01.upd.kaspersky.com", "dns")]
+    assert backing(hello) == [(*sni, "dns")]
+    # the answer went to one client; another client's connection is backed too (an edge
+    # sensor sees the resolver's upstream answers, not each client's)
+    assert backing(readdress(hello, src="10.77.0.9")) == [(*sni, "dns")]
+    # a different name to the same address is not
+    assert sensor.flows.attributed(bytes([10, 77, 0, 1]), "ds.kaspersky.com", 5) is False

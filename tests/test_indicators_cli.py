@@ -50,7 +50,9 @@ def test_check_reports_every_broken_file_as_file_line(
     lines = err.splitlines()
     assert lines[0].startswith(f"{syntax}:7: YAML syntax")
     assert (
-        lines[1] == f"{schema}:5: match 'fuzzy' is not one of exact, suffix, wildcard, range, cidr"
+        lines[1]
+        == f"{schema}:5: match 'fuzzy' is not one of exact, suffix, wildcard, range, cidr, path, "
+        "user_agent, magic"
     )
     assert lines[2] == f"{broad}:5: pattern 'co.uk' covers a public suffix; too broad"
     assert f"{good}: ok" in out

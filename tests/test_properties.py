@@ -75,7 +75,9 @@ def test_tls_arbitrary_bytes(data: bytes) -> None:
 
 @given(st.binary(max_size=600))
 def test_http_arbitrary_bytes(data: bytes) -> None:
-    assert all(s.kind in ("http_host", "http_connect") for s in decode_http_request(data))
+    assert all(
+        s.kind in ("http_host", "http_connect", "http_request") for s in decode_http_request(data)
+    )
 
 
 @given(st.binary(max_size=1500), st.sampled_from([0x00000001, 0x6B3343CF]))

@@ -164,7 +164,7 @@ networks:
 @pytest.fixture(scope="module")
 def events() -> list[Event]:
     sample = scan_sample()
-    assert len(sample) == 19 and all(e.indicator is not None for e in sample)
+    assert len(sample) == 20 and all(e.indicator is not None for e in sample)
     return sample + SYNTHETIC
 
 
@@ -240,7 +240,7 @@ def snapshot(url: str) -> dict[str, Any]:
 def test_replaying_the_same_hits_changes_no_count(fresh_url: str, events: list[Event]) -> None:
     ingest_in_batches(fresh_url, events, 5)
     first = snapshot(fresh_url)
-    assert len(first["hits"]) == len(events) == 28
+    assert len(first["hits"]) == len(events) == 29
     store = open_store(fresh_url)
     try:
         assert store.ingest(events) == 0  # the whole set again, one batch
@@ -251,7 +251,7 @@ def test_replaying_the_same_hits_changes_no_count(fresh_url: str, events: list[E
     ingest_in_batches(fresh_url, events, 1)  # and one by one
     assert snapshot(fresh_url) == first
     hosts = {r[0]: r for r in open_backend(fresh_url, readonly=True).query("SELECT * FROM hosts")}
-    assert int(hosts["10.77.0.2"][3]) == 17  # count
+    assert int(hosts["10.77.0.2"][3]) == 18  # count
     assert int(hosts["10.1.0.9"][4]) == 1  # allowlisted
 
 
@@ -301,6 +301,9 @@ def _as_schema_1(url: str) -> None:
             f"count {integer} NOT NULL, allowlisted {integer} NOT NULL, sensors {text} NOT NULL, "
             f"names {text} NOT NULL, PRIMARY KEY (host, indicator_id)){clustered}",
             "INSERT INTO host_indicator VALUES ('10.1.0.5', 'kw-x', 'update', 1, 2, 3, 0, '[]', '[]')",
+            "ALTER TABLE hosts DROP COLUMN verdict",  # schema 3's
+            "ALTER TABLE hosts DROP COLUMN verdict_confidence",
+            "ALTER TABLE hosts DROP COLUMN evidence",
             "UPDATE meta SET value = '1' WHERE key = 'schema'",
         ):
             b.query(stmt)
@@ -327,7 +330,11 @@ def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
         assert store.ingest(events) == 0  # every hit is still known: nothing counts twice
     finally:
         store.close()
-    assert snapshot(fresh_url) == before
+    after = snapshot(fresh_url)
+    # hosts stored before verdicts have none ('': after-ban still lists them); all else kept
+    assert {r[-3:] for r in after["hosts"]} == {("", "", "[]")}
+    assert [r[:-3] for r in after.pop("hosts")] == [r[:-3] for r in before.pop("hosts")]
+    assert after == before
     b = open_backend(fresh_url, readonly=True)
     try:
         assert b.query("SELECT value FROM meta WHERE key = 'schema'") == [("3",)]
@@ -530,10 +537,19 @@ def test_hosts(db: Backend) -> None:
         "host": "10.77.0.2",
         "first_seen": "2026-11-27T18:44:03.397779Z",
         "last_seen": "2026-11-27T18:44:03.733609Z",
-        "count": 17,
+        "count": 18,
         "allowlisted": 0,
         "categories": ["telemetry", "update"],
         "sensors": ["e2e"],
+        "verdict": "installed",
+        "verdict_confidence": "high",
+        "evidence": [  # the strongest kinds first, then in order: the same in any batches
+            "http_request downloads.kaspersky-labs.com [kw-content-update-files] backed_by none",
+            "ip_flow dnl-11.geo.kaspersky.com [kw-update-dnl-nn-geo] backed_by dns",
+            "dns_answer dnl-03.geo.kaspersky.com [kw-update-dnl-nn-geo] backed_by dns",
+            "dns_answer dnl-11.geo.kaspersky.com [kw-update-dnl-nn-geo] backed_by dns",
+            "dns_answer ds.kaspersky.com [kw-update-ds] backed_by dns",
+        ],
     }
     row = next(r for r in result.rows if r["host"] == "10.2.0.7")
     assert row["categories"] == ["activation", "infrastructure", "update"]
@@ -579,7 +595,7 @@ def test_after_ban(db: Backend) -> None:
 
 def test_host_timeline(db: Backend) -> None:
     result = queries.host_timeline(db, "10.77.0.2")
-    assert len(result.rows) == 17
+    assert len(result.rows) == 18
     assert [r["ts"] for r in result.rows] == sorted(r["ts"] for r in result.rows)
     first = result.rows[0]
     assert (first["kind"], first["name"], first["peer"]) == (
@@ -711,10 +727,11 @@ def test_cli_formats_parse(
     assert (
         rows[3]["site"] == "plant-b" and rows[3]["categories"] == "activation infrastructure update"
     )
-    code, out, _ = run_cli(capsys, "query", "host", "10.77.0.2", "--db", url)
+    code, out, err = run_cli(capsys, "query", "host", "10.77.0.2", "--db", url)
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:4] == ["TS", "SENSOR", "KIND", "NAME"]
-    assert len(lines) == 18 and "dnl-03.geo.kaspersky.com" in lines[1]
+    assert len(lines) == 19 and "dnl-03.geo.kaspersky.com" in lines[1]
+    assert err.startswith("kaspwatch: verdict installed (high): http_request ")
     code, out, _ = run_cli(
         capsys, "query", "name", "*.geo.kaspersky.com", "--db", url, "--format", "csv"
     )
@@ -955,7 +972,7 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
         timeout=60,
         env=env,
     )
-    assert sense.returncode == 0 and "19 published" in sense.stderr, sense.stderr
+    assert sense.returncode == 0 and "20 published" in sense.stderr, sense.stderr
 
     live = f"sqlite:///{tmp_path / 'live.sqlite'}"
     store = subprocess.Popen(
@@ -981,12 +998,12 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
         hosts = None
         while time.monotonic() < deadline:
             hosts = _hosts_json(live)
-            if hosts and sum(h["count"] for h in hosts) == 19:
+            if hosts and sum(h["count"] for h in hosts) == 20:
                 break
             assert store.poll() is None, store.communicate()[1]
             await asyncio.sleep(0.3)
         assert hosts is not None and [(h["host"], h["count"]) for h in hosts] == [
-            ("10.77.0.2", 17),
+            ("10.77.0.2", 18),
             ("fd77::2", 2),
         ]
         store.send_signal(signal.SIGTERM)
@@ -996,7 +1013,7 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
             store.kill()
             store.wait(10)
     assert store.returncode == 0, err
-    assert "19 hits stored" in err and "Traceback" not in err
+    assert "20 hits stored" in err and "Traceback" not in err
 
     # rebuild: a fresh group replays the topic from the beginning into a fresh store
     rebuilt = f"sqlite:///{tmp_path / 'rebuilt.sqlite'}"
@@ -1020,7 +1037,7 @@ async def test_store_and_rebuild_through_kafka(kafka_bootstrap: str, tmp_path: P
     )
     assert proc.returncode == 0, proc.stderr
     assert "rebuilding" in proc.stderr and "kaspwatch-store-rebuild-" in proc.stderr
-    assert "19 hits stored" in proc.stderr
+    assert "20 hits stored" in proc.stderr
     assert _hosts_json(rebuilt) == _hosts_json(live)
     assert snapshot(rebuilt) == snapshot(live)
 

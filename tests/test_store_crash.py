@@ -43,7 +43,7 @@ procs = cliprocs.procs  # fixtures
 sample_hits = hitstream.sample_hits
 postgres_url = postgres.postgres_url
 
-# the sample's 19 hits from 600 client pairs: 11 400 hits, 1 200 hosts (soak/fault.sh: more)
+# the sample's 20 hits from 600 client pairs: 12 000 hits, 1 200 hosts (soak/fault.sh: more)
 CLIENTS = int(os.environ.get("KASPWATCH_CRASH_CLIENTS", "600"))
 KILLS = int(os.environ.get("KASPWATCH_CRASH_KILLS", "1"))  # kill, restart, kill the restart...
 PER_TICK = 200  # hits produced every 0.1 s while the store consumes

@@ -58,6 +58,15 @@ UNVERIFIED_AEGIS = (
 )
 
 
+# evidence role of an indicator (the pack schema's closed list): what a hit says about the
+# host. Derived from the category unless a placement says otherwise.
+EVIDENCE_BY_CATEGORY = {
+    "update": "install", "telemetry": "install", "activation": "install",
+    "management": "management", "oem": "oem", "portal": "portal",
+    "infrastructure": "infrastructure",
+}
+
+
 class Builder:
     def __init__(self, ref):
         self.ref = ref
@@ -101,7 +110,7 @@ class Builder:
         self.groups.append((comment, []))
 
     def ind(self, id_, pattern, match, category, severity, ref, description,
-            confidence=None, where=None, path_prefix=None):
+            confidence=None, where=None, path_prefix=None, evidence=None):
         refs = [ref] if isinstance(ref, str) else list(ref)
         rows = [self.row(p) for p in refs]
         if confidence is None:
@@ -126,10 +135,33 @@ class Builder:
             "category": category,
             "severity": severity,
             "confidence": confidence,
+            "evidence": evidence or EVIDENCE_BY_CATEGORY[category],
             "sources": self.sources(*rows),
             "description": description,
         })
         self.groups[-1][1].append(item)
+
+    def content(self, id_, pattern, match, severity, confidence, sources, description,
+                with_path_signal=False):
+        """A content signal (request path, User-Agent, body magic): not a reference row
+        (the reference lists names and addresses); its sources are the documents in
+        tools/reference/real-traffic-notes.md, written out here."""
+        where = {"path": "http_path", "user_agent": "http_user_agent", "magic": "http_body"}
+        item = {"id": id_, "pattern": pattern, "match": match, "where": [where[match]]}
+        if with_path_signal:
+            item["with_path_signal"] = True
+        item.update({"category": "update", "severity": severity, "confidence": confidence,
+                     "evidence": "install", "sources": list(sources),
+                     "description": description})
+        self.groups[-1][1].append(item)
+
+    def sourced(self, id_, pattern, match, category, severity, confidence, evidence, sources,
+                description):
+        """A name indicator the reference does not list, with its sources written here."""
+        self.groups[-1][1].append({
+            "id": id_, "pattern": pattern, "match": match, "where": NAMES,
+            "category": category, "severity": severity, "confidence": confidence,
+            "evidence": evidence, "sources": list(sources), "description": description})
 
     def nym(self, ref, reason):
         r = self.row(ref)
@@ -231,6 +263,8 @@ def build(b):
           "any hit still points to a Kaspersky product.")
 
     # --------------------------------------------------------------- telemetry
+    content_signals(b)
+
     b.group("telemetry (KSN, injected script)")
     ksn_geo = {
         "file": "Kaspersky Security Network (KSN) file-reputation host (by name); blocking it in "
@@ -316,20 +350,25 @@ def build(b):
           "telemetry.kaspersky.com",
           UNVERIFIED_AEGIS.format(label="telemetry") +
           " If real, a hit suggests a Kaspersky product sending telemetry.")
-    inject = ("Strong product-presence indicator: the product's web-traffic proxy injects this "
-              "script into pages, so requests come from a machine running Kaspersky. Caveat: a "
-              "page saved with the script tag baked in can make a clean browser request it; "
-              "confirm on the source host.")
-    b.ind("kw-telemetry-kis-scr-gc", "gc.kis.v2.scr.kaspersky-labs.com", "exact", "telemetry",
-          "high", "gc.kis.v2.scr.kaspersky-labs.com",
+    # web-AV script tags: on an install the product answers these requests locally, so
+    # on the wire they come from pages saved with the tag (real-traffic-notes.md section 2)
+    inject = ("Web artefact, not an install: Kaspersky's web protection injects this script "
+              "into pages and answers the request locally on a real install; pages saved "
+              "with the tag baked in (dozens in public repositories) make every visitor's "
+              "browser fetch it, with the page as Referer. Alone it never means Kaspersky "
+              "runs on the host (ids keep their old 'telemetry' names for allowlists).")
+    b.ind("kw-telemetry-kis-scr-gc", "gc.kis.v2.scr.kaspersky-labs.com", "exact", "portal",
+          "low", "gc.kis.v2.scr.kaspersky-labs.com",
           "Host of the script Kaspersky injects into web pages ('Inject script into web "
-          "traffic'), also over wss://. " + inject)
-    b.ind("kw-telemetry-kis-scr-ff", "ff.kis.v2.scr.kaspersky-labs.com", "exact", "telemetry",
-          "high", "ff.kis.v2.scr.kaspersky-labs.com",
-          "Injected-script host, ff. prefix (same mechanism as gc.). " + inject)
-    b.ind("kw-telemetry-kis-scr-me", "me.kis.v2.scr.kaspersky-labs.com", "exact", "telemetry",
-          "high", "me.kis.v2.scr.kaspersky-labs.com",
-          "Injected-script host, me. prefix (same mechanism as gc.; single source). " + inject)
+          "traffic'), also over wss://. " + inject, evidence="web")
+    b.ind("kw-telemetry-kis-scr-ff", "ff.kis.v2.scr.kaspersky-labs.com", "exact", "portal",
+          "low", "ff.kis.v2.scr.kaspersky-labs.com",
+          "Injected-script host, ff. prefix (same mechanism as gc.). " + inject,
+          evidence="web")
+    b.ind("kw-telemetry-kis-scr-me", "me.kis.v2.scr.kaspersky-labs.com", "exact", "portal",
+          "low", "me.kis.v2.scr.kaspersky-labs.com",
+          "Injected-script host, me. prefix (same mechanism as gc.; single source). " + inject,
+          evidence="web")
     b.ind("kw-telemetry-ksn-zone", "ksn.kaspersky-labs.com", "suffix", "telemetry", "high",
           "*.ksn.kaspersky-labs.com",
           "ksn.kaspersky-labs.com and every name below it (dc1*, mdr seen). A hit means a "
@@ -338,9 +377,15 @@ def build(b):
           "*.geoksn.kaspersky.com",
           "geoksn.kaspersky.com and every name below it, the newer KSN zone (from China it "
           "resolves into 119.255.133.0/24). A hit means a running Kaspersky product using KSN.")
-    b.ind("kw-telemetry-kis-scr-zone", "kis.v2.scr.kaspersky-labs.com", "suffix", "telemetry",
-          "high", "*.kis.v2.scr.kaspersky-labs.com",
-          "kis.v2.scr.kaspersky-labs.com and every name below it (gc., ff., me. seen). " + inject)
+    b.ind("kw-telemetry-kis-scr-zone", "kis.v2.scr.kaspersky-labs.com", "suffix", "portal",
+          "low", "*.kis.v2.scr.kaspersky-labs.com",
+          "kis.v2.scr.kaspersky-labs.com and every name below it (gc., ff., me. seen). " + inject,
+          evidence="web")
+    b.sourced("kw-web-fraud-prevention", "fp.kaspersky-labs.com", "suffix", "portal", "low",
+              "medium", "web", FRAUD_PREVENTION,
+              "Kaspersky Fraud Prevention, embedded by banks and other sites (e.g. "
+              "ru.fp.kaspersky-labs.com, w-NNNNN.fp.kaspersky-labs.com): their customers' "
+              "browsers call it. Web artefact: not a Kaspersky install on the host.")
 
     # -------------------------------------------------------------- activation
     b.group("activation")
@@ -455,7 +500,8 @@ def build(b):
           "the Kaspersky boot-time scanner.")
     b.ind("kw-portal-content", "content.kaspersky-labs.com", "exact", "portal", "low",
           "content.kaspersky-labs.com",
-          "Kaspersky web content and images host (single source). " + web)
+          "Kaspersky web content and images host (single source); reseller shops show "
+          "product images from it. " + web, evidence="web")
     b.ind("kw-portal-media", "media.kaspersky.com", "exact", "portal", "low",
           "media.kaspersky.com",
           "Kaspersky web media host (single source). " + web)
@@ -652,6 +698,73 @@ def build(b):
     b.check_all_placed()
 
 
+FRAUD_PREVENTION = [
+    "https://blog.kaspersky.com/cloud-vs-fraud/6650/ (Kaspersky Fraud Prevention Cloud, "
+    "2017-03-14: analyses data from banks' web and mobile channels)",
+    "https://pdfcoffee.com/kaspersky-fraud-prevention-automated-analytics-en-pdf-pdf-free.html "
+    "(Kaspersky Fraud Prevention datasheet: session, device and behaviour analysis in the "
+    "customer's browser; kfp.kaspersky.com)",
+    "Public client code calling https://w-22900.fp.kaspersky-labs.com/oxwdsq?cid=22900 (pass.rzd.ru "
+    "ticket clients) and https://ru.fp.kaspersky-labs.com/oxwdsq, and test-automation "
+    "blacklists of '.*ru.fp.kaspersky-labs.com.*' (public source code; repositories not "
+    "recorded); tools/reference/real-traffic-notes.md section 2",
+]
+ZEEK_PACKAGE = (
+    "Zeek package initconf/detect-kaspersky (LBNL, 2018): scripts/kaspersky_urls.zeek (~190 "
+    "updater paths: /index/u1313g.xml.klz, /updates/<component>/<component>-1313g.xml.dif, "
+    "/bases/av/kdb/i386/*.kdc, /diffs/bases/..., /updaters/...) and its test trace of a real "
+    "updater (plain HTTP/1.0 to a bare IPv4 Host, no DNS, no TLS); "
+    "tools/reference/real-traffic-notes.md section 1")
+PROXY_PLUGIN = (
+    "C++ cache/rewrite plugin 'Kaspersky updates plugin - last check: 2012-07-10' rewriting "
+    "dnl-NN.geo.kaspersky.com/bases/... and /diffs/... paths (public source code; repository "
+    "not recorded); tools/reference/real-traffic-notes.md section 1")
+GIGAMON = (
+    "Gigamon blog 'Finding Kaspersky traffic' (2017-10-06): User-Agent '@hEKzPRNa0lItsGIjysY', "
+    "matched with 'User-Agent:\\s*@\\w*'; tools/reference/real-traffic-notes.md section 1")
+ZEEK_MAGIC = (
+    "zeek/zeek scripts/base/frameworks/files/magic/general.sig: ^KLZF application/x-kaspavdb, "
+    "^KLD2 application/x-kaspavupdate, ^DIFF application/bindiff ('mostly kaspersky'); the "
+    "captured updater responses start with KLD2 and KLZF (initconf/detect-kaspersky trace)")
+SDK_UA = (
+    "https://support.kaspersky.com/scanengine/218188 (Scan Engine/KAV SDK updates send an "
+    "encrypted User-Agent; integrators update from their own mirrors)")
+
+
+def content_signals(b):
+    """Updates that name nothing: matched whatever the Host (a name, a bare address, a
+    proxy's absolute-form target)."""
+    b.group("update: content signals (request path, User-Agent, file magic; no name needed)")
+    b.content("kw-content-update-index", r"/index/u[0-9]{4}[a-z]?\.xml\.(klz|dif)$", "path",
+              "high", "high", [ZEEK_PACKAGE],
+              "Request for a Kaspersky update index (/index/uNNNNg.xml.klz|dif), whatever the "
+              "Host: a Kaspersky updater, or an OEM engine updating from its vendor's mirror.")
+    b.content("kw-content-update-updaters", r"/updaters/[^/]+\.(klz|dif)$", "path",
+              "high", "high", [ZEEK_PACKAGE],
+              "Request for the Kaspersky updater's own index (/updaters/updater.xml.dif|klz), as "
+              "in the only public capture of a real updater (HTTP/1.0 to a bare address).")
+    b.content("kw-content-update-files",
+              r"/(updates|bases|diffs)/([^/?]+/)+[^/?]+\.(kdc|klz|klzu|dif)$", "path",
+              "high", "medium", [ZEEK_PACKAGE, PROXY_PLUGIN],
+              "Request for Kaspersky update files (/updates/<component>/..., /bases/..., "
+              "/diffs/... ending in .kdc, .klz, .klzu or .dif), whatever the Host.")
+    b.content("kw-content-updater-agent", r"[*@][A-Za-z0-9+/=_-]{12,}", "user_agent",
+              "medium", "low", [ZEEK_PACKAGE, GIGAMON, SDK_UA],
+              "User-Agent that is one opaque token starting with '*' or '@', as Kaspersky "
+              "updaters send: a weaker signal than the path; confirm with the path or the "
+              "file magic.")
+    b.content("kw-content-magic-klzf", "KLZF", "magic", "high", "high", [ZEEK_MAGIC],
+              "An HTTP response body starting with KLZF (Kaspersky anti-virus database "
+              "container): the host downloaded a Kaspersky update, whatever it asked for.")
+    b.content("kw-content-magic-kld2", "KLD2", "magic", "high", "high", [ZEEK_MAGIC],
+              "An HTTP response body starting with KLD2 (Kaspersky update container): the "
+              "host downloaded a Kaspersky update, whatever it asked for.")
+    b.content("kw-content-magic-diff", "DIFF", "magic", "high", "medium", [ZEEK_MAGIC],
+              "An HTTP response body starting with DIFF (Kaspersky binary diff of a database) "
+              "to a request for an updater path; alone, DIFF is too common to count.",
+              with_path_signal=True)
+
+
 # ----------------------------------------------------------------- emitting
 def q(s):
     return json.dumps(s, ensure_ascii=False)
@@ -685,9 +798,12 @@ def emit(b, ref_path):
             w(f"    where: [{', '.join(it['where'])}]")
             if "path_prefix" in it:
                 w(f"    path_prefix: {q(it['path_prefix'])}")
+            if it.get("with_path_signal"):
+                w("    with_path_signal: true")
             w(f"    category: {it['category']}")
             w(f"    severity: {it['severity']}")
             w(f"    confidence: {it['confidence']}")
+            w(f"    evidence: {it.get('evidence') or EVIDENCE_BY_CATEGORY[it['category']]}")
             w("    sources:")
             for s in it["sources"]:
                 w(f"      - {q(s)}")

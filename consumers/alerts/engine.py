@@ -7,7 +7,15 @@ working around DNS enforcement). Severity starts at the indicator's, rises one s
 ``sustained`` and ``resolver_bypass``, and one more when the host sits in an OT zone.
 
 A packet several sensors report (the same ``packet_id``) is one hit: the copies after
-the first count for nothing. Windows run on event time, so replaying a capture or the topic gives the same alerts;
+the first count for nothing.
+
+Each hit also feeds the host's verdict (``verdict.py``). While a host's verdict is
+``web-artefact`` or ``unverified-name`` its alerts are at most ``low`` and say why; the
+window remembers that (``capped``). When later evidence makes the verdict ``installed``,
+``management`` or ``oem-engine``, a ``confirmed`` alert raises it at the confirming
+indicator's severity, once per window.
+
+Windows run on event time, so replaying a capture or the topic gives the same alerts;
 alert ids derive from the window's first event, so a replay re-sends the same id.
 """
 
@@ -20,11 +28,14 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from consumers.assets import UNKNOWN, Asset, AssetMap
-from kaspwatch.event import SEVERITIES, Event, parse_ts
+from consumers.verdict import Verdict, Verdicts
+from kaspwatch.event import CATEGORIES, SEVERITIES, Event, parse_ts
 
 ASCENDING: Final = tuple(reversed(SEVERITIES))  # info first: a raise is a step up
 SEVERITY_RANK: Final = {s: i for i, s in enumerate(ASCENDING)}
-STAGES: Final = ("first_contact", "sustained", "resolver_bypass")
+STAGES: Final = ("first_contact", "sustained", "resolver_bypass", "confirmed")
+CAPPED: Final = "capped"  # a window mark (not a stage): an alert of it was held at low
+WEAK_CEILING: Final = "low"
 SUSTAINED_HITS: Final = 5
 SUSTAINED_SPAN: Final = timedelta(minutes=5)
 MAX_WINDOWS: Final = 200_000  # (host, category) windows kept in memory
@@ -60,6 +71,9 @@ class Alert:
     hits: int
     first_seen: str
     status: str = "firing"
+    verdict: Verdict | None = None  # the host's verdict when the alert was raised
+    capped: bool = False  # held at low: the verdict is a web artefact or an unverified name
+    confirms: tuple[str, ...] = ()  # confirmed: the categories whose low alerts it raises
 
     @property
     def category(self) -> str:
@@ -102,6 +116,20 @@ class Alert:
         }
         if ev.query:
             doc["query"] = ev.query
+        v = self.verdict
+        if v is not None:
+            doc["verdict"] = v.verdict
+            doc["verdict_confidence"] = v.confidence
+            doc["evidence"] = list(v.evidence)
+            if self.capped:
+                doc["verdict_reason"] = f"at most low: {v.reason}"
+                doc["summary"] += f"; verdict {v.verdict}, held at low: {v.reason}"
+            elif self.confirms:
+                doc["confirms"] = list(self.confirms)
+                doc["summary"] += (
+                    f"; verdict now {v.verdict} ({v.confidence}): raises the earlier low "
+                    f"{', '.join(self.confirms)} alerts"
+                )
         return doc
 
     def to_json(self) -> bytes:
@@ -112,6 +140,7 @@ _STAGE_TEXT: Final = {
     "first_contact": "contacted",
     "sustained": "keeps contacting",
     "resolver_bypass": "bypassed internal DNS (public resolver) to reach",
+    "confirmed": "is confirmed running Kaspersky by",
 }
 
 
@@ -137,6 +166,7 @@ class AlertEngine:
         self.suppressed = 0
         self.allowlisted = 0
         self.repeats = 0  # hits of a packet already counted (another sensor's copy)
+        self.verdicts = Verdicts(max_windows)
 
     def feed(self, event: Event) -> list[Alert]:
         """Alerts this hit raises (none, or one per stage it reaches first)."""
@@ -146,6 +176,7 @@ class AlertEngine:
         if event.extra.get("allowlisted"):
             self.allowlisted += 1  # a sanctioned exception: counted, never alerted
             return []
+        before, verdict = self.verdicts.feed(event)
         key = (event.host, ind.category)
         ts = parse_ts(event.ts)
         if self.newest is None or ts > self.newest:
@@ -172,6 +203,12 @@ class AlertEngine:
             reached.append("sustained")
         if event.extra.get("resolver_bypass"):
             reached.append("resolver_bypass")
+        capped = verdict is not None and not verdict.strong
+        confirms: tuple[str, ...] = ()
+        if verdict is not None and verdict.strong and (before is None or not before.strong):
+            confirms = self._confirms(event.host, ind.category)  # rose: raise low alerts
+            if confirms:
+                reached.append("confirmed")
         new = [stage for stage in reached if stage not in win.stages]
         if not new:
             self.suppressed += 1
@@ -180,7 +217,12 @@ class AlertEngine:
         out = []
         for stage in new:
             win.stages.add(stage)
-            steps = (stage != "first_contact") + asset.is_ot
+            steps = (stage not in ("first_contact", "confirmed")) + asset.is_ot
+            severity = raise_severity(ind.severity, steps)
+            if capped and SEVERITY_RANK[severity] > SEVERITY_RANK[WEAK_CEILING]:
+                severity = WEAK_CEILING
+            if capped:
+                win.stages.add(CAPPED)
             digest = hashlib.blake2b(
                 f"{event.host}|{ind.category}|{stage}|{win.first_event}".encode(), digest_size=16
             ).hexdigest()
@@ -189,14 +231,30 @@ class AlertEngine:
                     alert_id=digest,
                     event=event,
                     stage=stage,
-                    severity=raise_severity(ind.severity, steps),
+                    severity=severity,
                     asset=asset,
                     hits=win.hits,
                     first_seen=win.start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    verdict=verdict,
+                    capped=capped,
+                    confirms=confirms if stage == "confirmed" else (),
                 )
             )
         self.alerts += len(out)
         return out
+
+    def _confirms(self, host: str, current: str) -> tuple[str, ...]:
+        """The categories whose windows hold an alert kept at low for this host, marked
+        confirmed so that they are raised once (the mark is saved with the windows); the
+        current event's window gets its stage from ``feed``."""
+        found = []
+        for category in CATEGORIES:
+            win = self.windows.get((host, category))
+            if win is not None and CAPPED in win.stages and "confirmed" not in win.stages:
+                if category != current:
+                    win.stages.add("confirmed")
+                found.append(category)
+        return tuple(found)
 
 
 def render_json(alert: Alert) -> str:

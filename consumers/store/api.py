@@ -6,6 +6,7 @@
     GET /v1/names/{pattern}?exact=1        who contacted it (zone, *.zone or exact name)
     GET /v1/dns/{pattern}?exact=1          passive DNS: answers, first and last seen
     GET /v1/after-ban?date=YYYY-MM-DD      hosts active on or after the date (2024-09-29)
+                                           running Kaspersky (``all_verdicts=1``: every host)
 
 Answers are ``{"query", "count", "results": [rows...], "note"?}`` with the same rows as
 ``kaspwatch query --format json``. ``category`` and ``site`` repeat or take commas.
@@ -224,8 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
                     day = date.fromisoformat(day_text) if day_text else queries.BAN_DATE
                 except ValueError:
                     raise BadRequest(f"date {day_text!r}: expected YYYY-MM-DD") from None
+                every = (_one(params, "all_verdicts") or "").lower() in ("1", "true", "yes")
                 return queries.after_ban(
-                    b, day, _many(params, "category"), _many(params, "site"), assets
+                    b, day, _many(params, "category"), _many(params, "site"), assets, every
                 )
         return None
 

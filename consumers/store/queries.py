@@ -40,9 +40,11 @@ class Result:
     table: tuple[str, ...]  # the fields a terminal table shows
     rows: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""  # one line for stderr: why nothing was found, or that rows were cut
+    about: dict[str, Any] = field(default_factory=dict)  # of the whole answer (a verdict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"query": self.query, "count": len(self.rows), "results": self.rows}
+        out.update(self.about)
         if self.note:
             out["note"] = self.note
         return out
@@ -144,7 +146,26 @@ HOST_COLUMNS: Final = (
     "allowlisted",
     "categories",
     "sensors",
+    "verdict",
+    "verdict_confidence",
+    "evidence",
 )
+# what ``after-ban`` lists unless asked for every verdict: installs, embedded engines, and
+# hosts stored before verdicts existed ('')
+AFTER_BAN_VERDICTS: Final = frozenset({"installed", "oem-engine", ""})
+
+
+def _verdicts(b: Backend, hosts: Sequence[str]) -> dict[str, tuple[str, str, list[str]]]:
+    out = {}
+    for i in range(0, len(hosts), 500):
+        chunk = list(hosts[i : i + 500])
+        sql = (
+            "SELECT host, verdict, verdict_confidence, evidence FROM hosts "  # noqa: S608
+            f"WHERE host IN ({_marks(chunk)})"
+        )
+        for host, verdict, conf, evidence in b.query(sql, chunk):
+            out[host] = (verdict, conf, json.loads(evidence or "[]"))
+    return out
 
 
 def hosts(
@@ -156,7 +177,9 @@ def hosts(
     assets: AssetMap | None = None,
     query: str = "hosts",
 ) -> Result:
-    """Every host with hits: first/last seen, count, categories, sensors.
+    """Every host with hits: first/last seen, count, categories, sensors, and its verdict
+    (``consumers/verdict.py``) with its confidence and evidence ('' for hosts stored
+    before verdicts).
 
     ``since``/``until`` keep hosts whose activity span overlaps the window (last seen ≥
     since, first seen ≤ until); with ``categories`` the span, count and categories are
@@ -204,6 +227,8 @@ def hosts(
         ]
     found.sort(key=_host_order)
     fmt = us_to_ts
+    verdicts = _verdicts(b, [f[0] for f in found])
+    unknown: tuple[str, str, list[str]] = ("", "", [])
     # the counts are integers as stored (INTEGER/BIGINT columns, or Python sums of them)
     out: list[dict[str, Any]] = [
         {
@@ -214,6 +239,9 @@ def hosts(
             "allowlisted": allow,
             "categories": cats_seen,
             "sensors": sensors_seen,
+            "verdict": verdicts.get(host, unknown)[0],
+            "verdict_confidence": verdicts.get(host, unknown)[1],
+            "evidence": verdicts.get(host, unknown)[2],
         }
         for host, first, last, count, allow, cats_seen, sensors_seen in found
     ]
@@ -226,7 +254,8 @@ def hosts(
                 with_site.append({"host": row["host"], "site": site} | row)
         out = with_site
     columns = HOST_COLUMNS if assets is not None else tuple(c for c in HOST_COLUMNS if c != "site")
-    return Result(query, columns, columns, out, "" if out else "no host matches")
+    table = tuple(c for c in columns if c != "evidence")
+    return Result(query, columns, table, out, "" if out else "no host matches")
 
 
 def after_ban(
@@ -235,11 +264,24 @@ def after_ban(
     categories: Sequence[str] = (),
     sites: Sequence[str] = (),
     assets: AssetMap | None = None,
+    every_verdict: bool = False,
 ) -> Result:
-    """Hosts with a hit on or after ``day`` (UTC): the compliance list."""
+    """Hosts with a hit on or after ``day`` (UTC): the compliance list. Only hosts whose
+    verdict is an install or an embedded engine (or unknown: stored before verdicts),
+    unless ``every_verdict``: web artefacts and unverified names run no Kaspersky code."""
     since = parse_time(day.isoformat())
     result = hosts(b, since, None, categories, sites, assets, query="after-ban")
-    if not result.rows:
+    left = 0
+    if not every_verdict:
+        kept = [r for r in result.rows if r["verdict"] in AFTER_BAN_VERDICTS]
+        left = len(result.rows) - len(kept)
+        result.rows = kept
+    if left:
+        result.note = (
+            f"{left} more host(s) with only web artefacts, unverified names or management "
+            "traffic left out; --all-verdicts lists them"
+        )
+    elif not result.rows:
         result.note = f"no host active on or after {day.isoformat()}"
     return result
 
@@ -352,7 +394,12 @@ def host_timeline(
             note = f"no hits of {ip} in that window"
         else:
             note = f"no hits for {ip}"
-    return Result("host", TIMELINE_COLUMNS, TIMELINE_TABLE, rows, note)
+    result = Result("host", TIMELINE_COLUMNS, TIMELINE_TABLE, rows, note)
+    found = _verdicts(b, [ip]).get(ip)
+    if found is not None and found[0]:
+        verdict, conf, evidence = found
+        result.about = {"verdict": {"verdict": verdict, "confidence": conf, "evidence": evidence}}
+    return result
 
 
 # ---------------------------------------------------------------------------- names

@@ -17,6 +17,7 @@ from operator import itemgetter
 from typing import Any, Final, NamedTuple, TypeVar
 
 from consumers.store.names import reverse_name
+from consumers.verdict import VERDICTS, Verdict, merge
 from kaspwatch.event import Event
 
 MAX_SENSORS: Final = 16
@@ -184,6 +185,8 @@ class Deltas:
     # first_us, last_us, count)
     host_names: list[HostNameRow] = field(default_factory=list)
     pdns: dict[tuple[str, str], Agg] = field(default_factory=dict)  # (name, answer)
+    # host -> what its new hits say of it (consumers.verdict.classify), in time order
+    verdicts: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
 
 _K = TypeVar("_K")
@@ -294,3 +297,18 @@ def merge_set(old_json: str | None, new: set[str], bound: int) -> str:
     if new.issubset(old) or len(old) >= bound:
         return old_json  # nothing to add (the common case): keep the stored text
     return dumps_set(bounded_union(old, new, bound))
+
+
+def merge_verdict(stored: Sequence[Any], found: list[tuple[str, str, str]]) -> tuple[str, str, str]:
+    """(verdict, confidence, evidence JSON) of a host row after a batch: the stored ones
+    ('' for none yet, or a store from before verdicts) with the batch's added."""
+    text, conf, evidence = (*stored, None, None, None)[:3]
+    old = (
+        Verdict(text, conf or "low", tuple(json.loads(evidence or "[]")))
+        if text in VERDICTS
+        else None
+    )
+    new = merge(old, found)
+    if new is None:
+        return "", "", "[]"
+    return new.verdict, new.confidence, json.dumps(list(new.evidence))

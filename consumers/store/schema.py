@@ -11,7 +11,8 @@ Times are integer microseconds since the epoch (UTC), the same in both databases
 - Materialised aggregates, updated in the transaction that inserts the hits and only for
   hits that were new (a replay changes nothing), each key once per batch:
   ``hosts`` (one row per host: what ``query hosts`` and ``after-ban`` read, a few thousand
-  rows scanned whole; sensors and categories seen as bounded JSON lists),
+  rows scanned whole; sensors and categories seen as bounded JSON lists; the host's
+  verdict, its confidence and evidence lines, merged batch by batch),
   ``host_category`` (the same per (host, category), for ``--category``) and
   ``host_names`` (who contacted which name: the latest indicator and category, first/last
   seen, count), all keyed by host first, and ``pdns`` (passive DNS of watched names: name
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 HIT_COLUMNS: Final = (
     "event_id",
@@ -106,7 +107,10 @@ _TABLES: Final = (
         count {i} NOT NULL,
         allowlisted {i} NOT NULL,
         categories {t} NOT NULL,
-        sensors {t} NOT NULL
+        sensors {t} NOT NULL,
+        verdict {t} NOT NULL DEFAULT '',
+        verdict_confidence {t} NOT NULL DEFAULT '',
+        evidence {t} NOT NULL DEFAULT '[]'
     ){clustered}""",
     """CREATE TABLE IF NOT EXISTS host_names (
         host {t} NOT NULL,
@@ -141,7 +145,8 @@ INDEX_NAMES: Final = ("hits_host_ts",)
 # transaction. 1 → 2 keeps every count: host_names and host_category are copied into
 # their host-first layout; host_indicator (read by no query) and the names lists of
 # host_category (idem) go. 2 → 3 adds ``packets`` (hits stored before carry no packet
-# identity and keep their counts). ``{clustered}`` and the types are filled in as for
+# identity and keep their counts); 3 → 4 adds the hosts' verdict columns. ``{clustered}``
+# and the types are filled in as for
 # ``tables``.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
@@ -161,6 +166,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "DROP TABLE host_category_v1",
     ),
     2: ("{packets}",),
+    # 3 → 4: each host's verdict (consumers/verdict.py), its confidence and evidence lines
+    # (JSON). Hosts stored before have none ('' reads "unknown": never hidden by after-ban)
+    3: (
+        "ALTER TABLE hosts ADD COLUMN verdict TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE hosts ADD COLUMN verdict_confidence TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE hosts ADD COLUMN evidence TEXT NOT NULL DEFAULT '[]'",
+    ),
 }
 
 

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
+from consumers import verdict
 from consumers.store import rollup, schema
 from consumers.store.backends import open_backend
 from consumers.store.base import Backend
@@ -92,6 +93,7 @@ class Store:
         cutoff = self.cutoff_us()
         rows: dict[str, rollup.HitRow] = {}
         packet_ids: dict[str, str] = {}  # event id -> packet id, for the hits carrying one
+        found: dict[str, tuple[str, str, str]] = {}  # event id -> what it says of its host
         n = 0
         for ev in events:
             n += 1
@@ -104,6 +106,8 @@ class Store:
             rows[ev.event_id] = row
             if ev.packet_id is not None:
                 packet_ids[ev.event_id] = ev.packet_id
+            if not row.allowlisted and (c := verdict.classify(ev)) is not None:
+                found[ev.event_id] = c
         self.stats.events += n
         if not rows:
             return 0
@@ -114,7 +118,11 @@ class Store:
             new = [r for r in rows.values() if r.event_id in new_ids]
             counted, repeats = self._first_sightings(new, packet_ids)
             if new:
-                self._aggregate(rollup.deltas(counted, repeats))
+                d = rollup.deltas(counted, repeats)
+                for r in new:
+                    if r.event_id in found:
+                        d.verdicts.setdefault(r.host, []).append(found[r.event_id])
+                self._aggregate(d)
             b.commit()
         except BaseException:
             b.rollback()
@@ -184,8 +192,10 @@ class Store:
         b = self.backend
         hosts = sorted(d.hosts)
         merge_counts, merge_set = rollup.merge_counts, rollup.merge_set
-        old = self._existing("hosts", "", "sensors, categories", hosts)
-        none: tuple[None, ...] = (None, None)
+        old = self._existing(
+            "hosts", "", "sensors, categories, verdict, verdict_confidence, evidence", hosts
+        )
+        none: tuple[None, ...] = (None, None, None, None, None)
         rows: list[tuple[object, ...]] = []
         for h in hosts:
             agg = d.hosts[h]
@@ -196,18 +206,21 @@ class Store:
                     *merge_counts(counts, agg),
                     merge_set(sets[0], agg.sensors, rollup.MAX_SENSORS),
                     merge_set(sets[1], agg.names, rollup.MAX_CATEGORIES),
+                    *rollup.merge_verdict(sets[2:], d.verdicts.get(h, [])),
                 )
             )
         b.executemany(
-            "INSERT INTO hosts (host, first_us, last_us, count, allowlisted, sensors, categories) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO hosts (host, first_us, last_us, count, allowlisted, sensors, categories, "
+            "verdict, verdict_confidence, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (host) DO UPDATE SET "
             "first_us = excluded.first_us, last_us = excluded.last_us, count = excluded.count, "
             "allowlisted = excluded.allowlisted, sensors = excluded.sensors, "
-            "categories = excluded.categories",
+            "categories = excluded.categories, verdict = excluded.verdict, "
+            "verdict_confidence = excluded.verdict_confidence, evidence = excluded.evidence",
             rows,
         )
         old = self._existing("host_category", "category", "sensors", hosts)
+        none = (None,)
         rows = []
         for (h, cat), agg in sorted(d.host_category.items()):
             counts, sets = old.get((h, cat), (None, none))

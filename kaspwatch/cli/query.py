@@ -69,6 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _query_opts(h, window=False)
     h = q.add_parser("after-ban", help="hosts active on or after 2024-09-29 (or --date)")
     h.add_argument("--date", type=_day, default=None, metavar="YYYY-MM-DD")
+    h.add_argument(
+        "--all-verdicts",
+        action="store_true",
+        help="also hosts whose verdict is web-artefact, unverified-name or management "
+        "(default: installed and oem-engine only)",
+    )
     _query_opts(h, window=False)
     _filter_opts(h)
 
@@ -105,11 +111,17 @@ def run(args: argparse.Namespace) -> int:
                 args.category or (),
                 args.site or (),
                 assets,
+                every_verdict=args.all_verdicts,
             )
     finally:
         backend.close()
     render(result, args.format, sys.stdout)
     sys.stdout.flush()
+    verdict = result.about.get("verdict")
+    if verdict and args.format == "table":  # the other formats are rows only
+        lines = "; ".join(verdict["evidence"])
+        print(f"kaspwatch: verdict {verdict['verdict']} ({verdict['confidence']}): {lines}",
+              file=sys.stderr)  # fmt: skip
     if result.note:
         print(f"kaspwatch: {result.note}", file=sys.stderr)
     return 0 if result.rows else 1

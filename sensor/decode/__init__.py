@@ -30,6 +30,7 @@ class Sighting(NamedTuple):
     extra: Mapping[str, Any] = NO_EXTRA
     path: str | None = None  # HTTP request path: matched by path_prefix, never published
     ttl: int = 0  # DNS answer: smallest TTL of the address records
+    user_agent: str | None = None  # HTTP request: read by the content signals
 
 
 def normalise_name(raw: str) -> str | None:

@@ -9,6 +9,7 @@ from sensor.decode import Sighting, host_name
 
 _REQUEST_LINE: Final = re.compile(rb"([A-Z][A-Z_-]{0,19}) (\S{1,8192}) HTTP/1\.[0-9]\r?\n")
 _HOST: Final = re.compile(rb"\r?\nhost[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_USER_AGENT: Final = re.compile(rb"\nuser-agent[ \t]*:[ \t]*([^\r\n]{1,512})", re.IGNORECASE)
 _METHOD_START: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -49,10 +50,12 @@ def decode_http_request(payload: bytes) -> list[Sighting]:
     extra = {"proxy_form": True} if proxy_form else {}
     h = _HOST.search(head, m.end() - 2)
     name = _name(h.group(1)) if h is not None else (_name(authority) if proxy_form else None)
-    if name is None:
-        return []
     text_path = path.decode("ascii", "replace")
-    return [Sighting("http_host", name, extra=extra, path=text_path)]
+    ua = _USER_AGENT.search(head, m.end() - 2)
+    agent = ua.group(1).decode("latin-1").strip() if ua is not None else None
+    if name is None:  # HTTP/1.0 with no Host (an updater to a bare address): content only
+        return [Sighting("http_request", "", path=text_path, user_agent=agent)]
+    return [Sighting("http_host", name, extra=extra, path=text_path, user_agent=agent)]
 
 
 def _split_target(target: bytes) -> tuple[bytes, bytes]:

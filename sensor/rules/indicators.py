@@ -12,15 +12,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from kaspwatch.event import CATEGORIES, SEVERITIES, IndicatorRef
+from kaspwatch.event import CATEGORIES, EVIDENCE, EVIDENCE_BY_CATEGORY, SEVERITIES, IndicatorRef
 from kaspwatch.yamlfile import YamlError, load_yaml
 
 __all__ = ["PackError", "load_pack"]
 
 PACK_SCHEMA: Final = "kaspwatch-indicator-pack/1"
-MATCH_KINDS: Final = ("exact", "suffix", "wildcard", "range", "cidr")
+MATCH_KINDS: Final = ("exact", "suffix", "wildcard", "range", "cidr", "path", "user_agent", "magic")
 CONFIDENCES: Final = ("high", "medium", "low")
-WHERES: Final = ("dns", "sni", "http", "ip")
+WHERES: Final = ("dns", "sni", "http", "ip", "http_path", "http_user_agent", "http_body")
+# content signals: the match kind, the one place it is read, and what its pattern is
+CONTENT_WHERE: Final = {"path": "http_path", "user_agent": "http_user_agent", "magic": "http_body"}
+MAX_CONTENT_PATTERN: Final = 300
 _ID: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
 _LABEL: Final = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _RANGE: Final = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -45,11 +48,13 @@ class Indicator:
     category: str
     severity: str
     confidence: str
+    evidence: str  # what a hit says about the host (kaspwatch.event.EVIDENCE)
     sources: tuple[str, ...]
     description: str
     ref: IndicatorRef = field(compare=False, repr=False)
     path_prefix: str | None = None  # HTTP only: the request path must start with this
     pack: str = ""  # name of the pack it came from
+    with_path_signal: bool = False  # magic only: counts only after a path signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +138,29 @@ def _indicator(where: str, item: object, pack_name: str) -> Indicator:
     match = _require(where, item, "match", MATCH_KINDS)
     pattern = _require(where, item, "pattern")
     check_pattern(pattern, match, f"{where}:{line}")
-    default_where = ["ip"] if match == "cidr" else ["dns", "sni", "http"]
+    content = CONTENT_WHERE.get(match)
+    default_where = [content] if content else ["ip"] if match == "cidr" else ["dns", "sni", "http"]
     wheres = item.get("where", default_where)
     if not isinstance(wheres, list) or not wheres or any(w not in WHERES for w in wheres):
         raise PackError(f"{where}:{line}: where must be a list drawn from {', '.join(WHERES)}")
     if (match == "cidr") != (wheres == ["ip"]):
         raise PackError(f"{where}:{line}: cidr indicators match where [ip], and only they do")
+    if (wheres != [content]) if content else any(w in CONTENT_WHERE.values() for w in wheres):
+        raise PackError(
+            f"{where}:{line}: match {match} reads where [{content or 'dns, sni, http'}]: "
+            "path -> [http_path], user_agent -> [http_user_agent], magic -> [http_body]"
+        )
+    with_path = item.get("with_path_signal", False)
+    if not isinstance(with_path, bool) or (with_path and match != "magic"):
+        raise PackError(f"{where}:{line}: with_path_signal is true or false, on magic indicators")
     category = _require(where, item, "category", CATEGORIES)
     severity = _require(where, item, "severity", SEVERITIES)
     confidence = _require(where, item, "confidence", CONFIDENCES)
+    evidence = (
+        _require(where, item, "evidence", EVIDENCE)
+        if "evidence" in item
+        else EVIDENCE_BY_CATEGORY[category]
+    )
     sources = item.get("sources")
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
         raise PackError(f"{where}:{line}: sources must be a non-empty list of strings")
@@ -154,7 +173,8 @@ def _indicator(where: str, item: object, pack_name: str) -> Indicator:
             f"{where}:{line}: path_prefix must be a string starting with '/', "
             "on an indicator whose where is [http]"
         )
-    pattern = pattern.lower()
+    if content is None:
+        pattern = pattern.lower()
     return Indicator(
         id=ind_id,
         pattern=pattern,
@@ -163,11 +183,13 @@ def _indicator(where: str, item: object, pack_name: str) -> Indicator:
         category=category,
         severity=severity,
         confidence=confidence,
+        evidence=evidence,
         sources=tuple(sources),
         description=" ".join(description.split()),
-        ref=IndicatorRef(ind_id, pattern, match, category, severity, confidence),
+        ref=IndicatorRef(ind_id, pattern, match, category, severity, confidence, evidence),
         path_prefix=path_prefix,
         pack=pack_name,
+        with_path_signal=with_path,
     )
 
 
@@ -182,6 +204,9 @@ def _exclusion(where: str, item: object) -> Exclusion:
 
 def check_pattern(pattern: str, match: str, place: str) -> None:
     """Refuse patterns that are malformed or would match far more than Kaspersky."""
+    if match in CONTENT_WHERE:
+        check_content_pattern(pattern, match, place)
+        return
     if match == "cidr":
         try:
             net = ipaddress.ip_network(pattern, strict=True)
@@ -229,6 +254,24 @@ def check_pattern(pattern: str, match: str, place: str) -> None:
             raise PackError(f"{place}: pattern {pattern!r} has a bad label {first!r}")
     elif not _LABEL.match(first):
         raise PackError(f"{place}: pattern {pattern!r} has a bad label {first!r}")
+
+
+def check_content_pattern(pattern: str, match: str, place: str) -> None:
+    """A ``magic`` is 4 printable ASCII bytes; a ``path`` or ``user_agent`` pattern is a
+    regular expression (searched in the request path without its query, case-insensitive;
+    matched against the whole User-Agent) that must compile and cannot match everything."""
+    if match == "magic":
+        if len(pattern) != 4 or not pattern.isascii() or not pattern.isprintable():
+            raise PackError(f"{place}: magic {pattern!r} must be 4 printable ASCII characters")
+        return
+    if len(pattern) > MAX_CONTENT_PATTERN:
+        raise PackError(f"{place}: {match} pattern longer than {MAX_CONTENT_PATTERN} characters")
+    try:
+        rx = re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise PackError(f"{place}: {match} pattern {pattern!r} is not a regex: {exc}") from None
+    if rx.search("") is not None or rx.search("/") is not None:
+        raise PackError(f"{place}: {match} pattern {pattern!r} matches an empty or root value")
 
 
 def expand_range(pattern: str) -> list[str]:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
-from sensor.rules.indicators import Indicator, Pack, expand_range
+from sensor.rules.indicators import CONTENT_WHERE, Indicator, Pack, expand_range
 
 KIND_WHERE: Final = {
     "dns_query": "dns",
@@ -24,6 +24,8 @@ KIND_WHERE: Final = {
     "http_host": "http",
     "http_connect": "http",
     "ip_flow": "ip",
+    "http_request": "http_path",
+    "file_magic": "http_body",
 }
 
 
@@ -55,6 +57,10 @@ class Matcher:
         self._wild: dict[str, list[tuple[re.Pattern[str], Indicator]]] = defaultdict(list)
         # prefix length -> {network int: indicators}, per address family
         self._nets: dict[int, dict[int, dict[int, list[Indicator]]]] = {4: {}, 6: {}}
+        # content signals, in pack order: (compiled pattern or None for magic, indicator)
+        self._content: dict[str, list[tuple[re.Pattern[str] | None, Indicator]]] = {
+            m: [] for m in CONTENT_WHERE
+        }
         self._excl_exact: set[str] = set()
         self._excl_suffix: set[str] = set()
         self.indicators: dict[str, Indicator] = {}
@@ -66,6 +72,8 @@ class Matcher:
                     continue  # overridden by a later layer
                 self.indicators[ind.id] = ind
                 self._add(ind)
+        # whether any pack has a content signal (path, User-Agent, body magic)
+        self.reads_content = any(self._content.values())
         self._v4_lens = sorted(self._nets[4], reverse=True)
         self._v6_lens = sorted(self._nets[6], reverse=True)
         self._has_exclusions = bool(self._excl_exact or self._excl_suffix)
@@ -78,7 +86,10 @@ class Matcher:
         return "+".join(f"{p.name}@{p.version}" for p in self.packs)
 
     def _add(self, ind: Indicator) -> None:
-        if ind.match == "exact":
+        if ind.match in CONTENT_WHERE:
+            rx = None if ind.match == "magic" else re.compile(ind.pattern, re.IGNORECASE)
+            self._content[ind.match].append((rx, ind))
+        elif ind.match == "exact":
             self._exact[ind.pattern].append(ind)
         elif ind.match == "range":
             for name in expand_range(ind.pattern):
@@ -93,6 +104,28 @@ class Matcher:
             net = ipaddress.ip_network(ind.pattern)
             by_len = self._nets[net.version].setdefault(net.prefixlen, {})
             by_len.setdefault(int(net.network_address), []).append(ind)
+
+    def match_request(self, path: str | None, user_agent: str | None) -> Indicator | None:
+        """The first path indicator the request path (without its query) fits, else the
+        first User-Agent indicator the whole User-Agent fits: the path is the stronger."""
+        if path:
+            bare = path.split("?", 1)[0]
+            for rx, ind in self._content["path"]:
+                if rx is not None and rx.search(bare):
+                    return ind
+        if user_agent:
+            for rx, ind in self._content["user_agent"]:
+                if rx is not None and rx.fullmatch(user_agent):
+                    return ind
+        return None
+
+    def match_magic(self, magic: bytes, path_signal: bool) -> Indicator | None:
+        """The indicator for a response body's first four bytes; one that asks for a path
+        signal (``DIFF``) counts only when the request path was one."""
+        for _rx, ind in self._content["magic"]:
+            if ind.pattern.encode() == magic and (path_signal or not ind.with_path_signal):
+                return ind
+        return None
 
     def cidrs(self) -> list[str]:
         """Every watched network (``cidr`` indicators), for capture prefilters."""

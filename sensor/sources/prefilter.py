@@ -20,7 +20,11 @@ What passes (``prefilter_expression``), and why it loses nothing the sensor repo
 - TCP SYN/FIN/RST (flow starts for IP attribution, stream ends);
 - TCP segments with payload, except those from a well-known port (< 1024, not 53) to an
   ephemeral one: server-to-client data, which carries no ClientHello, request or query.
-  Continuations of a split ClientHello pass (no test of the first payload byte);
+  Continuations of a split ClientHello pass (no test of the first payload byte). Server
+  data from port 80 whose first byte is ``H``, ``K`` or ``D`` passes: an HTTP answer's
+  status line, and a body segment starting with an update file's magic (``KLZF``,
+  ``KLD2``, ``DIFF``), read by the content signals (``sensor.content.visible`` applies
+  the same rule, so both readers agree); other bulk from port 80 (99 % of it) stays in C;
 - anything to the pack's CIDRs (``ip_flow`` hits on any packet that starts a flow).
 
 libpcap's ``tcp[]``/``udp[]`` offsets work over IPv4 only, so IPv6 has its own ``ip6[]``
@@ -49,15 +53,27 @@ _PCAP_TSTAMP_PRECISION_NANO: Final = 1
 _PCAP_NETMASK_UNKNOWN: Final = 0xFFFFFFFF
 _PCAP_ERRBUF_SIZE: Final = 256
 
+
+def _answer_start(byte: str) -> str:
+    """``byte`` (a filter load) can start what the content signals read of an HTTP answer:
+    ``H`` (the status line), ``K`` (``KLZF``, ``KLD2``) or ``D`` (``DIFF``)."""
+    return f"({byte} = 0x48 or {byte} = 0x4b or {byte} = 0x44)"
+
+
+# server data (a well-known port, not 53, to an ephemeral one) is dropped, except from
+# port 80 when it can start an HTTP answer's head or an update file's body: the content
+# signals read those (sensor/content.py's ``visible`` is the same rule)
 _IPV4_TCP: Final = (
     "(ip and tcp and (tcp[13] & 7 != 0"
     " or ((ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) != 0"
-    " and not (tcp[0:2] < 1024 and tcp[0:2] != 53 and tcp[2:2] >= 1024))))"
+    " and not (tcp[0:2] < 1024 and tcp[0:2] != 53 and tcp[2:2] >= 1024"
+    f" and not (tcp[0:2] = 80 and {_answer_start('tcp[(tcp[12] & 0xf0) >> 2]')})))))"
 )
 _IPV6_TCP: Final = (
     "(ip6 and ip6[6] = 6 and (ip6[53] & 7 != 0"
     " or ((ip6[4:2] - ((ip6[52] & 0xf0) >> 2)) != 0"
-    " and not (ip6[40:2] < 1024 and ip6[40:2] != 53 and ip6[42:2] >= 1024))))"
+    " and not (ip6[40:2] < 1024 and ip6[40:2] != 53 and ip6[42:2] >= 1024"
+    f" and not (ip6[40:2] = 80 and {_answer_start('ip6[40 + ((ip6[52] & 0xf0) >> 2)]')})))))"
 )
 _IPV4_UDP: Final = "(ip and udp and not (udp port 443 and udp[8] & 0xc0 = 0x40))"
 _IPV6_UDP: Final = (
