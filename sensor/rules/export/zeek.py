@@ -74,7 +74,7 @@ def _intel(view: PackView, rows: list[tuple[str, str, Indicator]]) -> str:
 def _set(values: list[str]) -> str:
     if not values:
         return "set()"
-    return "{\n" + "".join(f'\t\t"{v}",\n' for v in values) + "\t}"
+    return "{\n" + ",\n".join(f'\t\t"{v}"' for v in values) + "\n\t}"
 
 
 def _script(view: PackView, intel_name: str) -> str:
@@ -86,8 +86,8 @@ def _script(view: PackView, intel_name: str) -> str:
     excl_zones = [e.pattern for e in view.exclusions if e.match == "suffix"]
     wild_table = "".join(
         f'\t\t["{w}"] = /^{re.escape(w).replace(chr(92) + "*", "[a-z0-9_-]*")}$/,\n' for w in wild
-    )
-    path_table = "".join(f'\t\t["{h}"] = "{p}",\n' for h, p in paths)
+    ).rstrip(",\n")
+    path_table = ",\n".join(f'\t\t["{h}"] = "{p}"' for h, p in paths)
     header = "".join(f"##! {h}".rstrip() + "\n" for h in view.header("zeek-intel script"))
     return f"""{header}##! Loads {intel_name} (next to this script) and adds what Intel's exact match lacks:
 ##! names under a watched zone, wildcard names, and path-limited HTTP indicators.
@@ -108,45 +108,37 @@ export {{
 	const excluded_zones: set[string] = {_set(excl_zones)} &redef;
 	## Wildcard indicators (their text is the Intel::DOMAIN item) and the names they cover.
 	const wildcards: table[string] of pattern = {{
-{wild_table}\t}} &redef;
+{wild_table}
+	}} &redef;
 	## HTTP indicators limited to a path: host -> path prefix (the item is host + prefix).
 	const paths: table[string] of string = {{
-{path_table}\t}} &redef;
+{path_table}
+	}} &redef;
 }}
-
-function is_excluded(labels: string_vec): bool
-	{{
-	local i = 0;
-	while ( i < |labels| )
-		{{
-		local zone = join_string_vec(labels[i:], ".");
-		if ( (i == 0 && zone in excluded) || zone in excluded_zones )
-			return T;
-		++i;
-		}}
-	return F;
-	}}
 
 function check(c: connection, name: string, where: Intel::Where)
 	{{
 	local labels = split_string(to_lower(name), /\\./);
-	if ( is_excluded(labels) )
-		return;
-	local full = join_string_vec(labels, ".");
-	for ( w, rx in wildcards )
-		if ( rx in full )
-			Intel::seen([$indicator=w, $indicator_type=Intel::DOMAIN, $conn=c, $where=where]);
-	local i = 1;  # the name itself is matched exactly by the Intel framework
-	while ( i < |labels| )
+	local zone = "";
+	local nearest = "";
+	local j = |labels|;
+	while ( j > 0 )  # from the top-level label down: zone grows to the whole name
 		{{
-		local zone = join_string_vec(labels[i:], ".");
-		if ( zone in zones )
-			{{
-			Intel::seen([$indicator=zone, $indicator_type=Intel::DOMAIN, $conn=c, $where=where]);
-			return;  # the nearest zone, as kaspwatch picks the most specific
-			}}
-		++i;
+		--j;
+		zone = (zone == "") ? labels[j] : labels[j] + "." + zone;
+		if ( zone in excluded_zones )
+			return;
+		if ( j > 0 && zone in zones )
+			nearest = zone;  # the longest, as kaspwatch picks the most specific
 		}}
+	if ( zone in excluded )
+		return;
+	for ( w, rx in wildcards )
+		if ( rx in zone )
+			Intel::seen([$indicator=w, $indicator_type=Intel::DOMAIN, $conn=c, $where=where]);
+	# the name itself is matched exactly by the Intel framework; report the zone it sits under
+	if ( nearest != "" )
+		Intel::seen([$indicator=nearest, $indicator_type=Intel::DOMAIN, $conn=c, $where=where]);
 	}}
 
 event dns_request(c: connection, msg: dns_msg, query: string, qtype: count, qclass: count)
