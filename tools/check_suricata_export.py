@@ -102,26 +102,28 @@ def main() -> int:
         for pcap in args.pcaps:
             logdir = Path(tmp) / Path(pcap).name
             logdir.mkdir()
-            res = run([*base, "-k", "none", "--runmode", "single", "-r", pcap, "-l", str(logdir)])
-            if res.returncode != 0:
-                print(f"FAIL: suricata -r {pcap} exit {res.returncode}: {res.stderr[-2000:]}")
-                failed = True
-                continue
-            alerts: dict[tuple[str, str], set[str]] = {}
-            for line in (logdir / "eve.json").read_text().splitlines():
-                ev = json.loads(line)
-                if ev.get("event_type") != "alert":
-                    continue
-                where = alert_name(ev)
-                meta = ev["alert"].get("metadata", {})
-                if where is not None:
-                    alerts.setdefault(where, set()).update(meta.get("kaspwatch_id", []))
             scan = run([kaspwatch, "scan", pcap])
             wanted = set()
             for line in scan.stdout.splitlines():
                 ev = json.loads(line)
                 if ev["kind"] in KINDS and ev.get("indicator"):
                     wanted.add((KINDS[ev["kind"]], ev["name"], ev["indicator"]["id"]))
+            res = run([*base, "-k", "none", "--runmode", "single", "-r", pcap, "-l", str(logdir)])
+            if res.returncode != 0:
+                # a capture Suricata cannot read (NFLOG, empty) fails the check only when
+                # kaspwatch finds something in it
+                verdict = "FAIL" if wanted else "skip (no kaspwatch hits)"
+                print(f"{verdict}: suricata -r {pcap} exit {res.returncode}: {res.stderr[-300:]}")
+                failed |= bool(wanted)
+                continue
+            alerts: dict[tuple[str, str], set[str]] = {}
+            for line in (logdir / "eve.json").read_text().splitlines():
+                ev = json.loads(line)
+                if ev.get("event_type") != "alert":
+                    continue
+                where = alert_name(ev) or ("ip", str(ev.get("dest_ip")))
+                meta = ev["alert"].get("metadata", {})
+                alerts.setdefault(where, set()).update(meta.get("kaspwatch_id", []))
             n_alerts = sum(1 for _ in alerts)
             print(
                 f"{pcap}: kaspwatch {len(wanted)} (kind, name) hits; suricata alerts on {n_alerts}"
