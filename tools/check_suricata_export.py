@@ -7,7 +7,9 @@
 2. ``suricata -T`` with only those rules: every rule must load (0 failed);
 3. for each capture (default samples/sample.pcap), ``suricata -r`` (``-k none --runmode single``,
    ``stream.midstream: true``) and ``kaspwatch scan``: every name kaspwatch finds in a DNS query,
-   TLS/QUIC SNI or HTTP Host must raise a Suricata alert for that name and indicator. (DNS answers
+   TLS/QUIC SNI or HTTP Host, and every flow to a Kaspersky prefix, must raise a Suricata
+   alert for that name (or address) and indicator. A generated capture of flows to Kaspersky
+   prefixes (ip-flows.pcap) is always checked too. (DNS answers
    and DNS-attributed flows are kaspwatch-only; the rules' header says so.)
 
 Exit 0 when all hold, 1 otherwise; prints what it ran and found. BIN defaults to $SURICATA, then
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import ipaddress
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -65,6 +69,27 @@ def alert_name(ev: dict) -> tuple[str, str] | None:  # type: ignore[type-arg]
     return None
 
 
+def ip_flows_pcap(path: Path) -> None:
+    """Handshakes to a Kaspersky IPv4 and IPv6 prefix and to an innocent address: no capture
+    at hand holds a flow to a Kaspersky prefix, so the IP rules are checked on this one."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gen_mixed import Endpoint, tcp_frame
+
+    frames = []
+    for v6, cli, srv in (
+        (False, "10.0.0.2", "91.198.230.7"),
+        (True, "fd00::2", "2a03:2480:8020::5"),
+        (False, "10.0.0.2", "93.184.215.14"),
+    ):
+        c, s = ipaddress.ip_address(cli).packed, ipaddress.ip_address(srv).packed
+        a, b = Endpoint(v6, c, s, 40000, 443, False), Endpoint(v6, s, c, 443, 40000, True)
+        frames += [tcp_frame(a, 1, 0, 0x02), tcp_frame(b, 100, 2, 0x12), tcp_frame(a, 2, 101, 0x10)]
+    with path.open("wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        for i, f in enumerate(frames):
+            out.write(struct.pack("<IIII", 1_700_000_000 + i, 0, len(f), len(f)) + f)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("pcaps", nargs="*", default=[str(ROOT / "samples" / "sample.pcap")])
@@ -99,8 +124,10 @@ def main() -> int:
             print(f"FAIL: suricata -T (exit {res.returncode}); {n_rules} rules exported")
             print("\n".join(ln for ln in out.splitlines() if "rror" in ln)[:4000])
             failed = True
-        for pcap in args.pcaps:
-            logdir = Path(tmp) / Path(pcap).name
+        flows = Path(tmp) / "ip-flows.pcap"
+        ip_flows_pcap(flows)
+        for pcap in [*args.pcaps, str(flows)]:
+            logdir = Path(tmp) / f"log-{Path(pcap).name}"
             logdir.mkdir()
             scan = run([kaspwatch, "scan", pcap])
             wanted = set()
@@ -108,6 +135,8 @@ def main() -> int:
                 ev = json.loads(line)
                 if ev["kind"] in KINDS and ev.get("indicator"):
                     wanted.add((KINDS[ev["kind"]], ev["name"], ev["indicator"]["id"]))
+                elif ev["kind"] == "ip_flow" and ev.get("indicator", {}).get("match") == "cidr":
+                    wanted.add(("ip", ev["dst_ip"], ev["indicator"]["id"]))  # a prefix hit
             res = run([*base, "-k", "none", "--runmode", "single", "-r", pcap, "-l", str(logdir)])
             if res.returncode != 0:
                 # a capture Suricata cannot read (NFLOG, empty) fails the check only when
@@ -121,7 +150,8 @@ def main() -> int:
                 ev = json.loads(line)
                 if ev.get("event_type") != "alert":
                     continue
-                where = alert_name(ev) or ("ip", str(ev.get("dest_ip")))
+                # EVE writes IPv6 addresses uncompressed; kaspwatch compressed
+                where = alert_name(ev) or ("ip", str(ipaddress.ip_address(ev["dest_ip"])))
                 meta = ev["alert"].get("metadata", {})
                 alerts.setdefault(where, set()).update(meta.get("kaspwatch_id", []))
             n_alerts = sum(1 for _ in alerts)
