@@ -29,6 +29,7 @@ from sensor.rules.export import FORMATS, export
 from sensor.rules.export.suricata import SID_BASE, SID_SPAN
 from sensor.rules.indicators import expand_range, load_pack, shipped_pack_paths
 from sensor.rules.match import Matcher
+from tests.conftest import KASPWATCH
 from tests.netns import need_tools, sh
 from tests.test_indicators_cli import ROW, site_pack
 
@@ -434,3 +435,44 @@ def test_cli_writes_the_files_and_refuses_a_bad_out(
     rc = main(["indicators", "export", "--format", "rpz", "--out", str(tmp_path / "no" / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--out" in err
+
+
+def test_cli_export_is_byte_identical_across_processes(tmp_path: Path) -> None:
+    """Different hash seeds (set and dict order) must not change a byte of any format."""
+    for fmt in sorted(FORMATS):
+        outs = []
+        for seed in ("1", "2"):
+            (tmp_path / seed / fmt).mkdir(parents=True)
+            out = tmp_path / seed / fmt / "export.out"
+            env = {**os.environ, "PYTHONHASHSEED": seed}
+            res = subprocess.run(
+                [*KASPWATCH, "indicators", "export", "--format", fmt, "--out", str(out)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert res.returncode == 0, res.stderr
+            outs.append(sorted((p.name, p.read_bytes()) for p in out.parent.iterdir()))
+        assert outs[0] == outs[1], fmt
+
+
+def test_cli_export_uses_site_packs_and_reports_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = site_pack(
+        tmp_path,
+        ROW.format(
+            id="site-mirror", pattern="avmirror.corp.example", match="suffix", category="update"
+        ),
+    )
+    argv = ["indicators", "export", "--format", "json", "--no-shipped-pack", "--pack", str(site)]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [i["id"] for i in doc["indicators"]] == ["site-mirror"]
+    assert doc["pack_version"] == "site@7"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema: kaspwatch-indicator-pack/1\nindicators: []\n")
+    rc = main(["indicators", "export", "--format", "csv", "--pack", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "bad.yaml" in err
