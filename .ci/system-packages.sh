@@ -25,6 +25,9 @@ have chromium || need+=(chromium)
 have tcpreplay || need+=(tcpreplay)
 have prometheus-alertmanager || need+=(prometheus-alertmanager)
 have promtool || need+=(prometheus)
+# kaspwatch indicators export --format rpz: the zone is loaded by real resolvers in tests
+have named-checkzone || need+=(bind9-utils)
+have unbound || need+=(unbound)
 # PostgreSQL server for the store tests: its binaries live in /usr/lib/postgresql/*/bin
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then

@@ -42,7 +42,7 @@ COMMANDS: dict[str, str] = {
     "alerts": "consume hits, raise alerts to every configured sink",
     "metrics": "consume hits and serve Prometheus metrics",
     "run": "embedded mode: sensor and consumers in one process",
-    "indicators": "check, explain and list indicator packs",
+    "indicators": "check, explain, list and export indicator packs",
     "store": "consume hits into the incident-response store",
     "query": "ask the store: hosts, host IP, name, dns, after-ban",
     "api": "serve the store's queries as a read-only HTTP JSON API",

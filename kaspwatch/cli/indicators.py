@@ -1,4 +1,5 @@
-"""``kaspwatch indicators check | explain | list``: trust, read and debug the packs."""
+"""``kaspwatch indicators check | explain | list | export``: trust, read, debug and hand out the
+packs."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import argparse
 import ipaddress
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from kaspwatch.cli.options import add_rule_options, rule_source
 from kaspwatch.table import print_table
 from sensor.decode import normalise_name
 from sensor.rules.allowlist import load_allowlist
+from sensor.rules.export import FORMATS, export
 from sensor.rules.indicators import Indicator, PackError, load_pack, shipped_pack_paths
 from sensor.rules.match import KIND_WHERE, Matcher
 
@@ -29,10 +32,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ls = isub.add_parser("list", help="every indicator with its fields")
     ls.add_argument("--format", choices=("table", "json"), default="table")
     add_rule_options(ls)
+    x = isub.add_parser(
+        "export", help="the packs as Suricata rules, Zeek intel, a DNS RPZ, CSV or JSON"
+    )
+    x.add_argument("--format", choices=tuple(FORMATS), required=True)
+    x.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write here (default stdout); zeek-intel also writes its script as FILE's .zeek",
+    )
+    x.add_argument(
+        "--rpz-action",
+        choices=("nxdomain", "nodata", "passthru"),
+        default="nxdomain",
+        help="rpz: block with NXDOMAIN or NODATA, or passthru to only log (default nxdomain)",
+    )
+    add_rule_options(x)
 
 
 def run(args: argparse.Namespace) -> int:
-    action = {"check": _check, "explain": _explain, "list": _list}[args.action]
+    action = {"check": _check, "explain": _explain, "list": _list, "export": _export}[args.action]
     return action(args)
 
 
@@ -192,4 +211,33 @@ def _list(args: argparse.Namespace) -> int:
         sys.stdout,
         ("id", "match", "pattern", "category", "severity", "confidence", "where", "pack"),
     )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    rules = rule_source(args).load()
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        print(
+            f"kaspwatch: error: --out {args.out}: give a file in an existing directory",
+            file=sys.stderr,
+        )
+        return 2
+    files = export(rules.matcher.packs, args.format, out.name if out else None, args.rpz_action)
+    (_, text), *companions = files.items()
+    if out is None:
+        sys.stdout.write(text)
+        for name, _ in companions:
+            print(f"kaspwatch: note: {name} is written only with --out", file=sys.stderr)
+        return 0
+    for name, body in files.items():
+        target = out.parent / name
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(body, encoding="utf-8")
+            tmp.replace(target)
+        except OSError as exc:
+            print(f"kaspwatch: error: --out {target}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"{target}: {args.format}, {body.count(chr(10))} lines", file=sys.stderr)
     return 0
