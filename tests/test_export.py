@@ -29,9 +29,9 @@ from sensor.rules.export import FORMATS, export
 from sensor.rules.export.suricata import SID_BASE, SID_SPAN
 from sensor.rules.indicators import expand_range, load_pack, shipped_pack_paths
 from sensor.rules.match import Matcher
-from tests.conftest import KASPWATCH
+from tests.factories import ROW, site_pack
 from tests.netns import need_tools, sh
-from tests.test_indicators_cli import ROW, site_pack
+from tests.testenv import KASPWATCH
 
 STICKY = {"dns.query": "dns_query", "tls.sni": "tls_sni", "quic.sni": "quic_sni"}
 STICKY["http.host"] = "http_host"
