@@ -15,7 +15,7 @@ import re
 import zlib
 from typing import Final
 
-from sensor.rules.export.view import PackView, network
+from sensor.rules.export.view import CONTENT, PackView, network
 from sensor.rules.indicators import Indicator, expand_range
 
 ORIGIN: Final = "rpz.kaspwatch."
@@ -83,7 +83,7 @@ def write(view: PackView, out_name: str, action: str = "nxdomain") -> dict[str, 
             body.append(f"; {ind.id} {ind.category}/{ind.severity} {ind.pattern}")
             entry(_trigger(ind), target)
             continue
-        if "dns" not in ind.where or ind.path_prefix:
+        if "dns" not in ind.where or ind.path_prefix or ind.match in CONTENT:
             left_out.append(f"- {ind.id} ({ind.pattern}): not a DNS indicator")
             continue
         if ind.match == "wildcard" or view.fully_excluded(ind):

@@ -17,7 +17,7 @@ import hashlib
 import re
 from typing import Final
 
-from sensor.rules.export.view import PackView, network, reference
+from sensor.rules.export.view import CONTENT, PackView, network, reference
 from sensor.rules.indicators import Exclusion, Indicator, expand_range
 
 SID_BASE: Final = 3_700_000_000
@@ -40,6 +40,9 @@ CANNOT: Final = [
     "  prefixes below; and an IP rule alerts once an hour per host pair, not once per flow.",
     "- HTTP CONNECT targets: http.host is the Host header, which a CONNECT may not carry.",
     "- the site allowlist (--allowlist): sanctioned exceptions stay in kaspwatch.",
+    "- content signals: the updater path is matched on http.uri (with its query string, where",
+    "  kaspwatch reads the path alone); the DIFF body magic counts only after an updater path",
+    "  request in kaspwatch and is left out here (listed below).",
 ]
 
 
@@ -98,6 +101,28 @@ def _tail(ind: Indicator, view: PackView, sid: int) -> str:
     return f"{_meta(ind, view)}{refs} priority:{PRIORITY[ind.severity]}; sid:{sid}; rev:1;)"
 
 
+def _pcre(pattern: str, anchored: bool) -> str:
+    body = pattern.replace("/", r"\/").replace('"', r"\x22").replace(";", r"\x3b")
+    return f'pcre:"/{"^" if anchored else ""}{body}{"$" if anchored else ""}/";'
+
+
+def _content(ind: Indicator, head: str) -> str | None:
+    """A rule for a content signal, up to its ``_tail``; None when Suricata cannot say it."""
+    if ind.match == "path":
+        return f'alert http any any -> any any (msg:"{head} (http.uri)"; http.uri; {_pcre(ind.pattern, False)}'
+    if ind.match == "user_agent":
+        return (
+            f'alert http any any -> any any (msg:"{head} (http.user_agent)"; '
+            f"http.user_agent; {_pcre(ind.pattern, True)}"
+        )
+    if ind.with_path_signal:
+        return None  # DIFF: only together with an updater path
+    return (
+        f'alert http any any -> any any (msg:"{head} (file.data)"; flow:to_client,established; '
+        f'file.data; content:"{ind.pattern}"; startswith;'
+    )
+
+
 def rules(view: PackView) -> tuple[list[str], list[str]]:
     """The rule lines, and the indicators left out (with why)."""
     out: list[str] = []
@@ -108,6 +133,13 @@ def rules(view: PackView) -> tuple[list[str], list[str]]:
             left_out.append(f"- {ind.id} ({ind.pattern}): every name is under a pack exclusion")
             continue
         head = f"kaspwatch {ind.category}/{ind.severity} {ind.id}: {ind.pattern}"
+        if ind.match in CONTENT:
+            rule = _content(ind, head)
+            if rule is None:
+                left_out.append(f"- {ind.id} ({ind.pattern}): only after an updater path request")
+            else:
+                out.append(rule + _tail(ind, view, _sid(ind.id, "http", used)))
+            continue
         if ind.match == "cidr":
             sid = _sid(ind.id, "ip", used)
             out.append(

@@ -6,11 +6,14 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from sensor.rules.indicators import Exclusion, Indicator, Pack, expand_range
 from sensor.rules.match import Matcher
 
 _URL = re.compile(r"https?://[^\s\"';,]+")
+
+CONTENT: Final = ("path", "user_agent", "magic")  # match types that name nothing
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,11 @@ class PackView:
         ]
 
     def names(self) -> list[Indicator]:
-        return [i for i in self.indicators if i.match != "cidr"]
+        return [i for i in self.indicators if i.match not in ("cidr", *CONTENT)]
+
+    def content(self) -> list[Indicator]:
+        """The content signals: an updater's request path or User-Agent, a body's magic."""
+        return [i for i in self.indicators if i.match in CONTENT]
 
     def cidrs(self) -> list[Indicator]:
         return [i for i in self.indicators if i.match == "cidr"]
@@ -54,7 +61,7 @@ class PackView:
         if ind.match in ("suffix", "wildcard"):
             zone = _zone(ind)
             return any(e.match == "suffix" and _covers(e, zone) for e in self.exclusions)
-        if ind.match == "cidr":
+        if ind.match == "cidr" or ind.match in CONTENT:
             return False
         names = expand_range(ind.pattern)
         return all(any(_covers(e, n) for e in self.exclusions) for n in names)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePath
 
-from sensor.rules.export.view import PackView, reference
+from sensor.rules.export.view import CONTENT, PackView, reference
 from sensor.rules.indicators import Indicator, expand_range
 
 FIELDS = ("indicator", "indicator_type", "meta.source", "meta.desc", "meta.url")
@@ -44,8 +44,8 @@ def _desc(ind: Indicator) -> str:
 def _rows(view: PackView) -> list[tuple[str, str, Indicator]]:
     rows: list[tuple[str, str, Indicator]] = []
     for ind in view.indicators:
-        if view.fully_excluded(ind):
-            continue
+        if view.fully_excluded(ind) or ind.match in CONTENT:
+            continue  # content signals: listed as left out in the header
         if ind.match == "cidr":
             kind = "Intel::ADDR" if ind.pattern.endswith(("/32", "/128")) else "Intel::SUBNET"
             rows.append((ind.pattern, kind, ind))
@@ -62,7 +62,13 @@ def _rows(view: PackView) -> list[tuple[str, str, Indicator]]:
 
 
 def _intel(view: PackView, rows: list[tuple[str, str, Indicator]]) -> str:
+    content = [f"- {i.id} ({i.match} {i.pattern})" for i in view.content()]
     head = [*view.header("zeek-intel"), f"items: {len(rows)}", "", *CANNOT]
+    if content:
+        head += [
+            "- content signals (an updater's request path or User-Agent, a body's magic):",
+            *content,
+        ]
     lines = [f"# {h}".rstrip() for h in head]
     lines.append("#fields\t" + "\t".join(FIELDS))
     for value, kind, ind in rows:
