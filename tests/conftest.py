@@ -100,3 +100,11 @@ settings.register_profile(
     "fuzz", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck)
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A server certificate for the live lab's names (tests/livelab.py)."""
+    from tests.livelab import make_cert  # the live tier only: openssl, namespaces
+
+    return make_cert(tmp_path_factory.mktemp("cert"))

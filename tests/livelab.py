@@ -296,10 +296,9 @@ def _only_veth(ns: str) -> str:
     return out.split(":")[1].strip().split("@")[0]
 
 
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def make_cert(d: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for every test name (the ``cert`` fixture of conftest)."""
     need_tools("openssl")
-    d = tmp_path_factory.mktemp("cert")
     crt, key = d / "server.crt", d / "server.key"
     sans = ",".join(f"DNS:{n}" for n in NAMES)
     args = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"

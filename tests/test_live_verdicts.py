@@ -24,10 +24,8 @@ from kaspwatch.event import event_from_json
 from sensor.pipeline import Sensor
 from sensor.rules.indicators import load_pack
 from sensor.rules.match import Matcher
-from tests.livelab import CURL, Lab, cert, lab, ok
+from tests.livelab import CURL, Lab, lab, ok
 from tests.netns import CLIENT_V4, SERVER_V4
-
-__all__ = ["cert"]  # the module-scoped certificate fixture, shared with the tool tests
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(60)]
 
