@@ -46,7 +46,11 @@ class EventError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class IndicatorRef:
-    """The part of an indicator an event carries: enough to act on without the pack."""
+    """The part of an indicator an event carries: enough to act on without the pack.
+
+    ``description``, ``remediation`` (what to do next) and ``sources`` are optional: the
+    sensor copies them from its pack so an alert consumer can guide the analyst without a
+    pack of its own; an older sensor leaves them out."""
 
     id: str
     pattern: str
@@ -54,8 +58,12 @@ class IndicatorRef:
     category: str
     severity: str
     confidence: str
+    description: str = ""
+    remediation: str = ""
+    sources: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, str]:
+    def core(self) -> dict[str, str]:
+        """The required fields: what identifies the indicator."""
         return {
             "id": self.id,
             "pattern": self.pattern,
@@ -64,6 +72,16 @@ class IndicatorRef:
             "severity": self.severity,
             "confidence": self.confidence,
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.core()
+        if self.description:
+            out["description"] = self.description
+        if self.remediation:
+            out["remediation"] = self.remediation
+        if self.sources:
+            out["sources"] = list(self.sources)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +225,7 @@ def event_from_json(raw: bytes) -> Event:
     if ind is not None:
         if not isinstance(ind, dict):
             raise EventError("field 'indicator' is not an object or null")
-        try:
-            ref = IndicatorRef(**{k: str(ind[k]) for k in IndicatorRef.__slots__})
-        except KeyError as exc:
-            raise EventError(f"indicator lacks {exc}") from None
+        ref = _indicator_ref(ind)
         # the schema's enums: these become metric labels, so nothing else may pass
         if ref.category not in CATEGORIES:
             raise EventError(f"unknown indicator category {ref.category!r}")
@@ -233,6 +248,26 @@ def event_from_json(raw: bytes) -> Event:
         answers=tuple(str(a) for a in answers),
         extra={k: v for k, v in doc.items() if k not in _CORE},
     )
+
+
+_REF_REQUIRED: Final = ("id", "pattern", "match", "category", "severity", "confidence")
+
+
+def _indicator_ref(ind: dict[str, Any]) -> IndicatorRef:
+    try:
+        core = {k: str(ind[k]) for k in _REF_REQUIRED}
+    except KeyError as exc:
+        raise EventError(f"indicator lacks {exc}") from None
+    texts = {}
+    for key in ("description", "remediation"):
+        value = ind.get(key, "")
+        if not isinstance(value, str):
+            raise EventError(f"indicator field {key!r} is not a string")
+        texts[key] = value
+    sources = ind.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        raise EventError("indicator field 'sources' is not a list of strings")
+    return IndicatorRef(**core, **texts, sources=tuple(sources))
 
 
 def heartbeat_from_json(raw: bytes) -> dict[str, Any]:

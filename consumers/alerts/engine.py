@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from consumers.alerts.links import Links
 from consumers.assets import UNKNOWN, Asset, AssetMap
 from kaspwatch.event import SEVERITIES, Event, parse_ts
 
@@ -54,6 +55,8 @@ class Alert:
     hits: int
     first_seen: str
     status: str = "firing"
+    runbook_url: str = ""
+    dashboard_url: str = ""
 
     @property
     def category(self) -> str:
@@ -77,7 +80,7 @@ class Alert:
             "severity": self.severity,
             "indicator_severity": ind.severity,
             "confidence": ind.confidence,
-            "indicator": ind.to_dict(),
+            "indicator": ind.core(),
             "name": ev.name,
             "kind": ev.kind,
             "dst_ip": ev.dst_ip,
@@ -96,6 +99,16 @@ class Alert:
         }
         if ev.query:
             doc["query"] = ev.query
+        # guidance: what the hit means, what to do next, where it is documented
+        for key, value in (
+            ("description", ind.description),
+            ("remediation", ind.remediation),
+            ("sources", list(ind.sources)),
+            ("runbook_url", self.runbook_url),
+            ("dashboard_url", self.dashboard_url),
+        ):
+            if value:
+                doc[key] = value
         return doc
 
     def to_json(self) -> bytes:
@@ -117,8 +130,10 @@ class AlertEngine:
         window_s: float = 3600.0,
         assets: AssetMap | None = None,
         max_windows: int = MAX_WINDOWS,
+        links: Links | None = None,
     ) -> None:
         self.window = timedelta(seconds=window_s)
+        self.links = links or Links()
         self.assets = assets or AssetMap([])
         # (host, category) -> window, oldest opened first; bounded: a flood of spoofed
         # sources must not grow it without end. An evicted window that was still open can
@@ -181,7 +196,11 @@ class AlertEngine:
                 )
             )
         self.alerts += len(out)
-        return out
+        return [self._linked(a) for a in out] if self.links else out
+
+    def _linked(self, alert: Alert) -> Alert:
+        runbook, dashboard = self.links.urls(alert)
+        return replace(alert, runbook_url=runbook, dashboard_url=dashboard)
 
 
 def render_json(alert: Alert) -> str:

@@ -12,6 +12,7 @@ from types import ModuleType
 
 from consumers.alerts.delivery import POLICIES, AlertDelivery
 from consumers.alerts.engine import Alert, AlertEngine
+from consumers.alerts.links import FIELDS, LinkError, Links, check_template
 from consumers.alerts.sinks import Sink, SinkOptionError, alertmanager, syslog, webhook
 from consumers.alerts.sinks.ocsf import KafkaTopicSink
 from consumers.alerts.sinks.stdout import StdoutSink
@@ -43,6 +44,14 @@ def add_alert_options(p: argparse.ArgumentParser, state_default: bool) -> None:
         help="SQLite file keeping suppression windows and deliveries across restarts"
         + (" (default: .kaspwatch/alerts-GROUP.sqlite)" if state_default else " (default: memory)"),
     )
+    for flag, what in (("--runbook-url", "runbook"), ("--dashboard-url", "dashboard")):
+        p.add_argument(
+            flag,
+            metavar="TEMPLATE",
+            help=f"link every alert to its {what}: an http(s) URL with placeholders "
+            f"{', '.join('{' + f + '}' for f in FIELDS[:4])}... (values percent-encoded)"
+            + ("; Alertmanager's generatorURL" if what == "dashboard" else ""),
+        )
     for sink in OPTIONAL_SINKS:
         sink.add_options(p)
     p.add_argument(
@@ -75,6 +84,17 @@ def build_sinks(
     return sinks
 
 
+def links_from_options(args: argparse.Namespace) -> Links:
+    """``--runbook-url`` / ``--dashboard-url``, checked (SinkOptionError naming the flag)."""
+    try:
+        return Links(
+            check_template(args.runbook_url, "--runbook-url") if args.runbook_url else None,
+            check_template(args.dashboard_url, "--dashboard-url") if args.dashboard_url else None,
+        )
+    except LinkError as exc:
+        raise SinkOptionError(str(exc)) from None
+
+
 def state_path(args: argparse.Namespace, group: str | None) -> str | None:
     """``--state``, whose folder must exist (a typo is an error, not a new empty state), or
     the default in the state directory, which is made when missing."""
@@ -97,7 +117,7 @@ def open_delivery(
 ) -> tuple[AlertDelivery, AssetMap]:
     assets = load_assets(args.assets)
     window = args.window or args.config_loaded.window or DEFAULT_WINDOW
-    engine = AlertEngine(window, assets)
+    engine = AlertEngine(window, assets, links=links_from_options(args))
     return AlertDelivery(
         engine, sinks, AlertState(state_path(args, group)), args.on_sink_failure
     ), assets

@@ -13,7 +13,12 @@ from consumers.alerts.resend import resend_firing
 from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
 from kaspwatch.bus import open_publisher, open_reader, open_subscriber
-from kaspwatch.cli.alerting import add_alert_options, build_sinks, open_delivery
+from kaspwatch.cli.alerting import (
+    add_alert_options,
+    build_sinks,
+    links_from_options,
+    open_delivery,
+)
 from kaspwatch.cli.kafka import add_kafka_options
 from kaspwatch.cli.options import add_bus_option, add_metrics_addr
 from kaspwatch.cli.process import Stopper
@@ -32,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    links_from_options(args)  # a bad template fails before any client exists
     metrics = HitMetrics()
 
     async def main() -> None:
