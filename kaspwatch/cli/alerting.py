@@ -76,7 +76,8 @@ def build_sinks(
         sinks.append(StdoutSink(render))
     if publisher is not None:
         topic = getattr(args, "alerts_topic", ALERTS_TOPIC)
-        sinks.append(KafkaTopicSink(publisher, topic, reader))
+        fmt = getattr(args, "alerts_format", "ocsf")
+        sinks.append(KafkaTopicSink(publisher, topic, reader, fmt))
     for module in OPTIONAL_SINKS:
         sink = module.from_options(args)
         if sink is not None:

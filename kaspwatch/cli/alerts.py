@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json
 from consumers.alerts.resend import resend_firing
+from consumers.alerts.sinks.ecs import render_ecs
 from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
 from kaspwatch.bus import open_publisher, open_reader, open_subscriber
@@ -29,7 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bus_option(p)
     p.add_argument("--group", default="kaspwatch-alerts", help="Kafka consumer group")
     p.add_argument("--topic", default=HITS_TOPIC)
-    p.add_argument("--alerts-topic", default=ALERTS_TOPIC, help="OCSF Detection Findings go here")
+    p.add_argument("--alerts-topic", default=ALERTS_TOPIC, help="alert records go here")
+    p.add_argument(
+        "--alerts-format",
+        choices=("ocsf", "ecs"),
+        default="ocsf",
+        help="records on the alerts topic: OCSF 1.3 Detection Finding (default) or ECS 8.11",
+    )
+    p.add_argument("--format", choices=("ndjson", "ecs"), default="ndjson", help="alerts on stdout")
     p.add_argument("--dead-letter-topic", default=DEAD_LETTER_TOPIC)
     add_metrics_addr(p, "serve this consumer's metrics (deliveries, sink failures, dead letters)")
     add_alert_options(p, state_default=True)
@@ -50,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         await publisher.start()
         await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
         reader = open_reader(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
-        sinks = build_sinks(args, publisher, render_json, reader)
+        render = render_ecs if args.format == "ecs" else render_json
+        sinks = build_sinks(args, publisher, render, reader)
         delivery, _ = open_delivery(args, sinks, args.group)
         metrics.registry.register(DeliveryCollector(delivery))
         if args.metrics_addr:

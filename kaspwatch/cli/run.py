@@ -12,6 +12,7 @@ from prometheus_client import start_http_server, write_to_textfile
 
 from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json, render_text
+from consumers.alerts.sinks.ecs import render_ecs
 from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
 from consumers.store import open_store
@@ -45,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write final metrics here (node_exporter textfile format)",
     )
     p.add_argument(
-        "--format", choices=("text", "ndjson"), default="text", help="alert output format"
+        "--format",
+        choices=("text", "ndjson", "ecs"),
+        default="text",
+        help="alert output format (ecs: Elastic Common Schema 8.11 documents, one a line)",
     )
 
 
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     sensor, reloader = build_sensor(args)
     sources = open_sources(args, sensor)
     publish = PublishStats()
-    render = render_text if args.format == "text" else render_json
+    render = {"text": render_text, "ndjson": render_json, "ecs": render_ecs}[args.format]
     delivery, assets = open_delivery(args, build_sinks(args, None, render), None)
     metrics = HitMetrics(assets=assets, known=known_pairs(sensor.rules.matcher.indicators.values()))
     register_sensor(metrics.registry, sensor, publish, reloader, sources)
