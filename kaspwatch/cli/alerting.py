@@ -12,6 +12,7 @@ from types import ModuleType
 
 from consumers.alerts.delivery import POLICIES, AlertDelivery
 from consumers.alerts.engine import Alert, AlertEngine
+from consumers.alerts.grouping import GROUP_WAIT_S
 from consumers.alerts.links import FIELDS, LinkError, Links, check_template
 from consumers.alerts.sinks import Sink, SinkOptionError, alertmanager, syslog, webhook
 from consumers.alerts.sinks.ocsf import KafkaTopicSink
@@ -52,6 +53,14 @@ def add_alert_options(p: argparse.ArgumentParser, state_default: bool) -> None:
             f"{', '.join('{' + f + '}' for f in FIELDS[:4])}... (values percent-encoded)"
             + ("; Alertmanager's generatorURL" if what == "dashboard" else ""),
         )
+    p.add_argument(
+        "--group-wait",
+        type=float,
+        default=GROUP_WAIT_S,
+        metavar="SECONDS",
+        help="webhook and syslog: one message per host listing its alerts of this long "
+        f"(default {GROUP_WAIT_S:g}; 0: every alert as it comes)",
+    )
     for sink in OPTIONAL_SINKS:
         sink.add_options(p)
     p.add_argument(
@@ -119,6 +128,7 @@ def open_delivery(
     assets = load_assets(args.assets)
     window = args.window or args.config_loaded.window or DEFAULT_WINDOW
     engine = AlertEngine(window, assets, links=links_from_options(args))
-    return AlertDelivery(
-        engine, sinks, AlertState(state_path(args, group)), args.on_sink_failure
-    ), assets
+    if not args.group_wait >= 0:
+        raise SinkOptionError(f"--group-wait {args.group_wait:g}: give 0 or more seconds")
+    state = AlertState(state_path(args, group))
+    return AlertDelivery(engine, sinks, state, args.on_sink_failure, args.group_wait), assets

@@ -9,7 +9,9 @@ from prometheus_client import start_http_server
 
 from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json
+from consumers.alerts.grouping import flush_every
 from consumers.alerts.resend import resend_firing
+from consumers.alerts.sinks import SinkOptionError
 from consumers.alerts.sinks.ecs import render_ecs
 from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
@@ -46,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     links_from_options(args)  # a bad template fails before any client exists
+    if not args.group_wait >= 0:
+        raise SinkOptionError(f"--group-wait {args.group_wait:g}: give 0 or more seconds")
     metrics = HitMetrics()
 
     async def main() -> None:
@@ -72,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
             await asyncio.gather(
                 consume(sub, [delivery], stopper.stop, dead),
                 resend_firing(delivery.sinks, stopper.stop),
+                flush_every(delivery.flush_groups, stopper.stop),
             )
+            await delivery.flush_groups(everything=True)  # stopping: send what is held
         finally:
             await sub.stop()
             for sink in delivery.sinks:

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
                 else []
             ),
         )
+        await delivery.flush_groups(everything=True)  # the capture ended: send what is held
         for sink in delivery.sinks:
             await sink.stop()
 

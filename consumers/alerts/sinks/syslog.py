@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import re
 import socket
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from consumers.alerts.engine import Alert
 from consumers.alerts.sinks import SinkError, SinkOptionError
 from consumers.alerts.sinks.endpoint import kaspersky_endpoint
+from consumers.alerts.sinks.group import group_summary
 from kaspwatch import __version__
 from kaspwatch.event import parse_ts
 
@@ -134,6 +135,49 @@ def cef_rfc3164(alert: Alert, hostname: str) -> str:
     return f"<{_pri(alert)}>{stamp} {hostname} kaspwatch: {cef(alert)}"
 
 
+def _group_pri(severity: str) -> int:
+    return FACILITY_LOCAL4 * 8 + PRI_SEVERITY.get(severity, 4)
+
+
+def group_message(docs: list[dict[str, Any]], fmt: str, hostname: str) -> str:
+    """One host's alerts as one syslog message: RFC 5424 with MSGID ``host_alerts`` and the
+    lists in structured data, or one CEF record (signature ``host-alerts``) listing them."""
+    g = group_summary(docs)
+    if fmt == "rfc5424":
+        params = {
+            "host": g["host"], "site": g["site"], "zone": g["zone"], "owner": g["owner"],
+            "criticality": g["criticality"], "severity": g["severity"], "count": g["count"],
+            "categories": ",".join(g["categories"]), "stages": ",".join(g["stages"]),
+            "names": ",".join(g["names"]), "indicators": ",".join(g["indicators"]),
+            "alert_ids": ",".join(g["alert_ids"]),
+        }  # fmt: skip
+        sd = "".join(f' {k}="{_sd_escape(_oneline(str(v)))}"' for k, v in params.items())
+        head = f"<{_group_pri(g['severity'])}>1 {g['last_ts']} {hostname} kaspwatch - host_alerts"
+        return f"{head} [{SD_ID}{sd}] {_oneline(g['summary'])}"
+    ext = {
+        "rt": str(int(parse_ts(g["last_ts"]).timestamp() * 1000)),
+        "src": g["host"],
+        "cs1Label": "categories", "cs1": ",".join(g["categories"]),
+        "cs2Label": "stages", "cs2": ",".join(g["stages"]),
+        "cs3Label": "site", "cs3": g["site"],
+        "cs4Label": "zone", "cs4": g["zone"],
+        "cs5Label": "owner", "cs5": g["owner"],
+        "cs6Label": "criticality", "cs6": g["criticality"],
+        "cn1Label": "alerts", "cn1": str(g["count"]),
+        "msg": ",".join(g["names"]),
+        "externalId": ",".join(g["alert_ids"]),
+    }  # fmt: skip
+    fields = ["kaspwatch", "kaspwatch", __version__, "host-alerts", g["summary"]]
+    sev = CEF_SEVERITY.get(g["severity"], 5)
+    extension = " ".join(f"{k}={_cef_ext(v)}" for k, v in ext.items())
+    record = "CEF:0|" + "|".join(_cef_head(h) for h in fields) + f"|{sev}|{extension}"
+    pri = _group_pri(g["severity"])
+    if fmt == "cef":
+        return f"<{pri}>1 {g['last_ts']} {hostname} kaspwatch - host_alerts - {record}"
+    ts = parse_ts(g["last_ts"])
+    return f"<{pri}>{ts:%b} {ts.day:2d} {ts:%H:%M:%S} {hostname} kaspwatch: {record}"
+
+
 def _local_hostname() -> str:
     return re.sub(r"[^\x21-\x7e]", "", socket.gethostname())[:255] or "-"
 
@@ -170,12 +214,18 @@ class SyslogSink:
     async def send(self, alerts: list[Alert]) -> None:
         if not alerts:
             return
-        msgs = [self.render(a).encode() for a in alerts]
+        await self._send([self.render(a).encode() for a in alerts])
+
+    async def _send(self, msgs: list[bytes]) -> None:
         async with self._lock:
             if self.proto == "udp":
                 await self._send_udp(msgs)
             else:
                 await self._send_tcp(b"".join(b"%d %s" % (len(m), m) for m in msgs))
+
+    async def send_group(self, docs: list[dict[str, Any]]) -> None:
+        """One host's alerts in one message."""
+        await self._send([group_message(docs, self.fmt, self.hostname).encode()])
 
     async def stop(self) -> None:
         if self._udp is not None:
