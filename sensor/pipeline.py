@@ -13,11 +13,13 @@ from typing import Final
 
 from kaspwatch.event import Event, format_ts, make_event_id
 from sensor.decode import DecodeError, Sighting
+from sensor.decode.dhcp import DHCP_PORTS
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
 from sensor.decode.stream import STREAM_STARTS, StreamTable
 from sensor.flows import FlowWatch
+from sensor.identity import IdentityWatch
 from sensor.resolvers import PUBLIC_RESOLVERS
 from sensor.rules.allowlist import Allowlist
 from sensor.rules.indicators import Indicator
@@ -72,6 +74,7 @@ class Sensor:
         self.streams = StreamTable()
         self.quic = QuicInitialTracker()
         self.flows = FlowWatch()
+        self.identity = IdentityWatch(sensor_name)  # DHCP/ARP: drained by the publisher
 
     def evictions(self) -> dict[str, int]:
         """Entries each bounded state table has had to evict."""
@@ -81,6 +84,8 @@ class Sensor:
             "quic_connections": self.quic.evicted,
             "quic_keys": self.quic.keys_evicted,
             "flows": self.flows.evicted,
+            "identity_clients": self.identity.clients_evicted,
+            "identity_bindings": self.identity.bindings_evicted,
         }
 
     def process(self, frames: Iterable[Frame]) -> Iterator[Event]:
@@ -94,6 +99,7 @@ class Sensor:
         try:
             seg = self.decoder.decode(linktype, data, ts_ns)
             if seg is None:
+                self.identity.frame(linktype, data, ts_ns)  # ARP
                 return []
             sightings = self._sightings(seg, ts_ns)
         except DecodeError as exc:
@@ -164,6 +170,9 @@ class Sensor:
         payload = seg.payload
         if seg.proto == PROTO_UDP:
             if not payload:
+                return []
+            if seg.sport in DHCP_PORTS and seg.dport in DHCP_PORTS:
+                self.identity.dhcp(payload, ts_ns)
                 return []
             if seg.sport in DNS_PORTS or seg.dport in DNS_PORTS:
                 return decode_dns(payload)

@@ -30,6 +30,7 @@ from consumers.alerts.grouping import Grouping, Outbox
 from consumers.alerts.sinks import ReadBack, Sink, SinkError
 from consumers.alerts.state import AlertState
 from kaspwatch.event import Event
+from kaspwatch.identity import Identity
 
 log = logging.getLogger("kaspwatch.alerts")
 POLICIES: Final = ("retry", "drop")
@@ -86,10 +87,17 @@ class AlertDelivery:
             Outbox(state, group_wait_s, self.stats, policy, clock) if group_wait_s else None
         )
 
-    async def handle(self, events: list[Event]) -> None:
+    async def handle(self, events: list[Event | Identity]) -> None:
+        """Hits, and identity records (kaspwatch.identity.v1) when subscribed to them too:
+        the identities first, each alert names the machine valid at its hit's time."""
         alerts: list[Alert] = []
         touched = []
+        for ident in events:
+            if isinstance(ident, Identity):
+                self.engine.identities.add(ident)
         for ev in events:
+            if isinstance(ev, Identity):
+                continue
             if ev.indicator is not None:
                 touched.append((ev.host, ev.indicator.category))
             alerts.extend(self.engine.feed(ev))

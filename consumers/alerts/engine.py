@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from consumers.alerts.links import Links
 from consumers.assets import UNKNOWN, Asset, AssetMap
+from consumers.identity import HostIdentity, IdentityBook
 from kaspwatch.event import SEVERITIES, Event, parse_ts
 
 ASCENDING: Final = tuple(reversed(SEVERITIES))  # info first: a raise is a step up
@@ -57,6 +58,7 @@ class Alert:
     status: str = "firing"
     runbook_url: str = ""
     dashboard_url: str = ""
+    identity: HostIdentity | None = None  # the machine that held the address at the hit
 
     @property
     def category(self) -> str:
@@ -68,6 +70,9 @@ class Alert:
         ind = ev.indicator
         assert ind is not None
         where = f" in {self.asset.site}/{self.asset.zone}" if self.asset is not UNKNOWN else ""
+        who = self.identity
+        if who is not None and (who.hostname or who.mac):
+            where = f" ({', '.join(x for x in (who.hostname, who.mac) if x)}){where}"
         doc: dict[str, Any] = {
             "schema": 1,
             "alert_id": self.alert_id,
@@ -99,6 +104,9 @@ class Alert:
         }
         if ev.query:
             doc["query"] = ev.query
+        if who is not None:
+            doc["host_name"], doc["mac"] = who.hostname, who.mac
+            doc["mac_vendor"], doc["identity_source"] = who.mac_vendor, who.source
         # guidance: what the hit means, what to do next, where it is documented
         for key, value in (
             ("description", ind.description),
@@ -131,9 +139,11 @@ class AlertEngine:
         assets: AssetMap | None = None,
         max_windows: int = MAX_WINDOWS,
         links: Links | None = None,
+        identities: IdentityBook | None = None,
     ) -> None:
         self.window = timedelta(seconds=window_s)
         self.links = links or Links()
+        self.identities = identities if identities is not None else IdentityBook()
         self.assets = assets or AssetMap([])
         # (host, category) -> window, oldest opened first; bounded: a flood of spoofed
         # sources must not grow it without end. An evicted window that was still open can
@@ -177,6 +187,7 @@ class AlertEngine:
             self.suppressed += 1
             return []
         asset = self.assets.lookup(event.host)
+        who = self.identities.at(event.host, event.ts)  # what is known now, at the hit's time
         out = []
         for stage in new:
             win.stages.add(stage)
@@ -193,6 +204,7 @@ class AlertEngine:
                     asset=asset,
                     hits=win.hits,
                     first_seen=win.start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    identity=who,
                 )
             )
         self.alerts += len(out)

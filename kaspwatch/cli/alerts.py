@@ -13,6 +13,7 @@ from consumers.alerts.grouping import flush_every
 from consumers.alerts.resend import resend_firing
 from consumers.alerts.sinks import SinkOptionError
 from consumers.alerts.sinks.ecs import render_ecs
+from consumers.identity import parse_with_identities
 from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
 from kaspwatch.bus import open_publisher, open_reader, open_subscriber
@@ -26,12 +27,18 @@ from kaspwatch.cli.kafka import add_kafka_options
 from kaspwatch.cli.options import add_bus_option, add_metrics_addr
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
+from kaspwatch.identity import IDENTITY_TOPIC
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bus_option(p)
     p.add_argument("--group", default="kaspwatch-alerts", help="Kafka consumer group")
     p.add_argument("--topic", default=HITS_TOPIC)
+    p.add_argument(
+        "--identity-topic",
+        default=IDENTITY_TOPIC,
+        help="identity records (DHCP, ARP) that name the machine in each alert; '' for none",
+    )
     p.add_argument("--alerts-topic", default=ALERTS_TOPIC, help="alert records go here")
     p.add_argument(
         "--alerts-format",
@@ -56,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
         stopper = Stopper()
         stopper.install()
         publisher = open_publisher(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
+        topics = [args.identity_topic, args.topic] if args.identity_topic else [args.topic]
         sub = open_subscriber(
-            args.bus, [args.topic], args.group, client_id="kaspwatch-alerts", security=args.kafka
+            args.bus, topics, args.group, client_id="kaspwatch-alerts", security=args.kafka
         )
         await publisher.start()
         await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
@@ -74,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
         dead = DeadLetters(metrics.invalid, publisher, args.dead_letter_topic)
         try:
             await asyncio.gather(
-                consume(sub, [delivery], stopper.stop, dead),
+                consume(
+                    sub,
+                    [delivery],
+                    stopper.stop,
+                    dead,
+                    parse=parse_with_identities(args.identity_topic),
+                ),
                 resend_firing(delivery.sinks, stopper.stop),
                 flush_every(delivery.flush_groups, stopper.stop),
             )

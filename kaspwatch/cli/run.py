@@ -13,6 +13,7 @@ from prometheus_client import start_http_server, write_to_textfile
 from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json, render_text
 from consumers.alerts.sinks.ecs import render_ecs
+from consumers.identity import parse_with_identities
 from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
 from consumers.store import open_store
@@ -24,6 +25,7 @@ from kaspwatch.cli.metrics import known_pairs
 from kaspwatch.cli.options import add_metrics_addr, add_sensor_options, build_sensor
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import HITS_TOPIC
+from kaspwatch.identity import IDENTITY_TOPIC
 from sensor.health import register_sensor
 from sensor.publish import PublishStats, run_sensor
 
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         stopper = Stopper(reloader.request)
         stopper.install()
         publisher = open_publisher(bus_url)
-        alerts_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-alerts")
+        # identities first: a batch's DHCP/ARP records reach the book before its hits
+        alerts_sub = open_subscriber(bus_url, [IDENTITY_TOPIC, HITS_TOPIC], "kaspwatch-alerts")
         metrics_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-metrics")
         store_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-store")
         for part in (publisher, alerts_sub, metrics_sub, store_sub):
@@ -97,7 +100,14 @@ def run(args: argparse.Namespace) -> int:
         never = asyncio.Event()
         await asyncio.gather(
             sense(),
-            consume(alerts_sub, [delivery, summary], never, on_invalid, sensing_done.is_set),
+            consume(
+                alerts_sub,
+                [delivery, summary],
+                never,
+                on_invalid,
+                sensing_done.is_set,
+                parse_with_identities(IDENTITY_TOPIC),
+            ),
             consume(metrics_sub, [metrics], never, on_invalid, sensing_done.is_set),
             *(
                 [consume(store_sub, [store], never, on_invalid, sensing_done.is_set)]

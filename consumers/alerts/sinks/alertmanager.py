@@ -69,8 +69,8 @@ def to_am(a: Alert, ends_at: float, generator_url: str | None = None) -> dict[st
         "name": a.event.name,
         "indicator": d["indicator"]["id"],
     }
-    for key in ("remediation", "runbook_url", "dashboard_url"):
-        if key in d:
+    for key in ("host_name", "mac", "mac_vendor", "remediation", "runbook_url", "dashboard_url"):
+        if d.get(key):
             annotations[key] = d[key]
     if "sources" in d:
         annotations["sources"] = "\n".join(d["sources"])

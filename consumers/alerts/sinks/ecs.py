@@ -134,6 +134,18 @@ def to_ecs(alert: Alert) -> dict[str, Any]:
         doc["event"]["reference"] = d["runbook_url"]
     if d.get("dashboard_url"):
         doc["event"]["url"] = d["dashboard_url"]
+    if d.get("mac"):  # ECS spells a MAC in upper case with hyphens
+        mac = d["mac"].upper().replace(":", "-")
+        doc["source"]["mac"] = mac
+        doc["host"]["mac"] = [mac]
+    if d.get("host_name"):
+        doc["host"]["name"] = d["host_name"]
+        doc["source"]["domain"] = d["host_name"]
+        doc["related"]["hosts"].append(d["host_name"])
+    if d.get("identity_source"):
+        doc["labels"]["identity_source"] = d["identity_source"]
+    if d.get("mac_vendor"):
+        doc["labels"]["mac_vendor"] = d["mac_vendor"]
     return doc
 
 

@@ -86,7 +86,12 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
             },
             "related_events": [{"uid": d["event_id"], "type": d["kind"]}],
         },
-        "device": {"ip": d["host"], "location": {"desc": f"{d['site']}/{d['zone']}"}},
+        "device": {
+            "ip": d["host"],
+            "location": {"desc": f"{d['site']}/{d['zone']}"},
+            **({"hostname": d["host_name"]} if d.get("host_name") else {}),
+            **({"mac": d["mac"]} if d.get("mac") else {}),
+        },
         "dst_endpoint": dst,
         "unmapped": {
             "site": d["site"],

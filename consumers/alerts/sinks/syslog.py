@@ -73,6 +73,7 @@ def rfc5424(alert: Alert, hostname: str) -> str:
         "zone": d["zone"],
         "name": d["name"],
         "indicator": d["indicator"]["id"],
+        **{k: d[k] for k in ("host_name", "mac") if d.get(k)},
     }
     sd = "".join(f' {k}="{_sd_escape(_oneline(str(v)))}"' for k, v in params.items())
     head = f"<{pri}>1 {d['ts']} {hostname} kaspwatch - {alert.stage}"
@@ -117,6 +118,10 @@ def cef(alert: Alert) -> str:
     }
     if "remediation" in d:
         ext["msg"] = d["remediation"]
+    if d.get("host_name"):
+        ext["shost"] = d["host_name"]
+    if d.get("mac"):
+        ext["smac"] = d["mac"]
     head = ["kaspwatch", "kaspwatch", __version__, d["indicator"]["id"], d["summary"]]
     sev = CEF_SEVERITY.get(alert.severity, 5)
     extension = " ".join(f"{k}={_cef_ext(v)}" for k, v in ext.items())

@@ -1,0 +1,251 @@
+"""Passive host identity (issue 17, item 1): DHCP and ARP name the machine behind an
+address; alerts carry the identity valid when the hit happened.
+
+The capture ``tests/captures/dhcp-workstation.pcap`` is a real exchange (dnsmasq and
+isc-dhcp-client in namespaces, host LAB-PC-7, MAC 02:11:22:33:44:07, then Kaspersky
+lookups); the live test makes its own with the same tools and ``dig``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from consumers.alerts.engine import AlertEngine
+from consumers.identity import IdentityBook, mac_vendor
+from kaspwatch.event import format_ts
+from kaspwatch.identity import Identity, IdentityError, identity_from_json, normalize_mac
+from sensor.decode import DecodeError
+from sensor.decode.dhcp import decode_arp, decode_dhcp
+from sensor.identity import IdentityWatch
+from sensor.pipeline import Sensor
+from sensor.rules.indicators import load_pack, shipped_pack_paths
+from sensor.rules.match import Matcher
+from sensor.sources.pcapfile import CaptureFile
+from tests.alertmanager import am_alerts, running_alertmanager
+from tests.factories import KSN, UPDATE, hit
+from tests.netns import SERVER_V4, namespace_pair, need_tools, sh
+from tests.testenv import KASPWATCH, REPO
+
+CAPTURE = REPO / "tests" / "captures" / "dhcp-workstation.pcap"
+SCHEMA = json.loads((REPO / "kaspwatch" / "schema" / "identity.v1.schema.json").read_text())
+MAC = "02:11:22:33:44:07"
+
+
+def sensor() -> Sensor:
+    return Sensor(Matcher([load_pack(p) for p in shipped_pack_paths()]), "edge", strict=True)
+
+
+def test_real_dhcp_exchange_names_the_machine_and_its_alerts() -> None:
+    s = sensor()
+    events = [e for frame in CaptureFile(str(CAPTURE)) for e in s.process_frame(*frame)]
+    idents = s.identity.drain()
+    for ident in idents:
+        jsonschema.validate(ident.to_dict(), SCHEMA)
+        assert identity_from_json(ident.to_json()) == ident
+    dhcp = [i for i in idents if i.source == "dhcp"]
+    assert [(i.address, i.mac, i.hostname, i.lease_s) for i in dhcp] == [
+        ("10.81.0.75", MAC, "LAB-PC-7", 3600)
+    ]
+    arp = {i.address: i.mac for i in idents if i.source == "arp"}
+    assert arp == {"10.81.0.1": "be:1d:ca:b6:df:53"}  # the server; the client's ARP repeats DHCP
+    book, engine = IdentityBook(), AlertEngine()
+    engine.identities = book
+    for ident in idents:
+        book.add(ident)
+    alerts = [a for e in events for a in engine.feed(e)]
+    assert {a.category for a in alerts} == {"update", "telemetry"}
+    for a in alerts:
+        d = a.to_dict()
+        assert (d["host_name"], d["mac"], d["identity_source"]) == ("LAB-PC-7", MAC, "dhcp")
+        assert d["summary"].startswith(f"10.81.0.75 (LAB-PC-7, {MAC}) contacted")
+
+
+def test_run_on_the_capture_alerts_name_the_machine() -> None:
+    proc = subprocess.run(
+        [*KASPWATCH, "run", "--pcap", str(CAPTURE), "--format", "ecs"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    docs = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert len(docs) == 2
+    for d in docs:
+        assert d["host"]["name"] == "LAB-PC-7" and d["source"]["mac"] == "02-11-22-33-44-07"
+
+
+def ts(seconds: float) -> str:
+    return format_ts(int((1_800_000_000 + seconds) * 1e9))
+
+
+def ident(addr: str, at: float, mac: str, name: str = "", lease: int | None = 3600) -> Identity:
+    return Identity(addr, ts(at), "s", "dhcp" if name else "arp", mac, name, lease_s=lease)
+
+
+def test_an_address_that_changes_hands_names_the_holder_at_each_hit() -> None:
+    book = IdentityBook()
+    book.add(ident("10.1.1.5", 100, "02:00:00:00:00:0a", "WS-A"))
+    book.add(ident("10.1.1.5", 200, "02:00:00:00:00:0b", "WS-B"))  # the lease moved
+    book.add(ident("10.1.1.5", 150, "02:00:00:00:00:0a", "", None))  # ARP, out of order
+    assert book.at("10.1.1.5", ts(50)) is None  # before anyone held it
+    a, arp, b = (book.at("10.1.1.5", ts(t)) for t in (120, 160, 250))
+    assert a is not None and (a.hostname, a.mac) == ("WS-A", "02:00:00:00:00:0a")
+    assert arp is not None and (arp.hostname, arp.source) == ("WS-A", "arp")  # names kept
+    assert b is not None and (b.hostname, b.mac) == ("WS-B", "02:00:00:00:00:0b")
+    assert book.at("10.1.1.5", ts(200 + 3601)) is None  # B's lease ran out unrenewed
+    engine = AlertEngine(identities=book)
+    [first] = engine.feed(hit("10.1.1.5", 120, UPDATE))
+    [second] = engine.feed(hit("10.1.1.5", 250, KSN, "ksn.kaspersky-labs.com"))
+    assert (first.to_dict()["host_name"], second.to_dict()["host_name"]) == ("WS-A", "WS-B")
+
+
+def test_identity_tables_are_bounded_and_count_evictions() -> None:
+    book = IdentityBook(max_addresses=2, per_address=2)
+    for i in range(3):
+        book.add(ident(f"10.0.0.{i}", i, "02:00:00:00:00:01", "X"))
+    for t in (10, 11, 12):
+        book.add(ident("10.0.0.2", t, "02:00:00:00:00:01", "X"))
+    assert len(book) == 2 and book.evicted == 1 and book.dropped == 2
+    watch = IdentityWatch("s", max_clients=1, max_bindings=1)
+    s = sensor()
+    s.identity = watch
+    for frame in CaptureFile(str(CAPTURE)):
+        s.process_frame(*frame)
+    assert watch.bindings_evicted == 2  # .1 (ARP), .75 (DHCP), .1 again (ARP reply): one kept
+    assert s.evictions()["identity_bindings"] == 2
+
+
+def test_mac_vendor_from_the_ieee_registry() -> None:
+    assert mac_vendor("00:1b:21:00:00:01") == "Intel Corporate"
+    assert mac_vendor(MAC) == ""  # locally administered: no vendor
+    assert normalize_mac("02-11-22-33-44-07") == MAC == normalize_mac(bytes.fromhex("021122334407"))
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"address": "10.0.0.1"},
+        {"address": "nope", "ts": ts(0), "sensor": "s", "source": "dhcp"},
+        {"address": "10.0.0.1", "ts": ts(0), "sensor": "s", "source": "dhcp", "mac": "x"},
+        {"address": "10.0.0.1", "ts": ts(0), "sensor": "s", "source": "smoke-signals"},
+    ],
+)
+def test_bad_identity_records_are_refused(doc: dict[str, Any]) -> None:
+    with pytest.raises(IdentityError):
+        identity_from_json(json.dumps({"schema": 1, "type": "identity", **doc}).encode())
+
+
+def test_malformed_dhcp_and_arp_are_decode_errors() -> None:
+    good = next(
+        bytes(f[2]) for f in CaptureFile(str(CAPTURE)) if len(f[2]) == 342
+    )  # the DISCOVER's frame
+    payload = good[42:]
+    assert decode_dhcp(payload).hostname == b"LAB-PC-7"
+    for bad in (payload[:100], payload[:236] + b"xxxx", payload[:240] + b"\x0c\x40LAB"):
+        with pytest.raises(DecodeError):
+            decode_dhcp(bad)
+    with pytest.raises(DecodeError):
+        decode_arp(b"\xff" * 12 + b"\x08\x06" + b"\0" * 10)
+
+
+# ---------------------------------------------------------------- live
+
+
+def _wait(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.live
+@pytest.mark.timeout(90)
+def test_live_dhcp_then_kaspersky_lookups_name_the_machine(tmp_path: Path) -> None:
+    """dnsmasq leases one address; LAB-PC-7 (its MAC, host name sent by dhclient) takes it
+    and looks Kaspersky up with dig, releases it; LAB-PC-8 (another MAC) gets the same
+    address and looks up an activation host. The live sensor's alerts name each machine;
+    the capture replayed through ``run --format ecs --alertmanager`` too."""
+    need_tools("ip", "dnsmasq", "dig", "tcpdump", "dhclient")
+    with namespace_pair("id") as net:
+        sif, cif = net.server[:15], net.client_if
+        sh("ip", "-n", net.client, "-4", "addr", "flush", "dev", cif)
+        conf = tmp_path / "dnsmasq.conf"
+        conf.write_text(
+            f"no-resolv\nno-hosts\nbind-interfaces\ninterface={sif}\nlisten-address={SERVER_V4}\n"
+            f"dhcp-range=10.78.0.50,10.78.0.50,255.255.255.0,1h\n"
+            f"dhcp-leasefile={tmp_path}/leases\naddress=/kaspersky.com/{SERVER_V4}\n"
+            f"address=/kaspersky-labs.com/{SERVER_V4}\n"
+        )
+        dnsmasq = net.spawn(net.server, "dnsmasq", "-k", f"--conf-file={conf}",
+                            f"--pid-file={tmp_path}/dnsmasq.pid")  # fmt: skip
+        pcap = tmp_path / "dhcp.pcap"
+        out, err = (tmp_path / "run.out").open("w"), (tmp_path / "run.err").open("w")
+        tcpdump = net.spawn(net.server, "tcpdump", "-i", sif, "-n", "--immediate-mode", "-U",
+                            "-s", "0", "-w", str(pcap))  # fmt: skip
+        run = subprocess.Popen(
+            ["ip", "netns", "exec", net.server, sys.executable, "-m", "kaspwatch", "run",
+             "--interface", sif, "--format", "ndjson", "--sensor", "edge"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        net.procs.append(run)
+        _wait(lambda: "capturing on" in (tmp_path / "run.err").read_text(), 20, "the sensor")
+        time.sleep(0.5)  # tcpdump's "listening" goes to a pipe: give it its moment
+        assert dnsmasq.poll() is None and tcpdump.poll() is None
+        script = tmp_path / "dhclient-script"  # sets the address only: no resolv.conf
+        script.write_text(
+            '#!/bin/sh\ncase "$reason" in BOUND|RENEW|REBIND|REBOOT)\n'
+            '  ip -4 addr add "$new_ip_address/24" dev "$interface";;\n'
+            'RELEASE|EXPIRE|STOP) ip -4 addr flush dev "$interface";;\nesac\nexit 0\n'
+        )
+        script.chmod(0o755)
+        for host, mac, name in (("LAB-PC-7", MAC, "dnl-09.geo.kaspersky.com"),
+                                ("LAB-PC-8", "02:11:22:33:44:08", "activation-v2.kaspersky.com")):  # fmt: skip
+            sh("ip", "-n", net.client, "link", "set", cif, "address", mac)
+            dconf = tmp_path / f"{host}.conf"
+            dconf.write_text(f'send host-name "{host}";\n')
+            args = ["-4", "-1", "-sf", str(script), "-cf", str(dconf),
+                    "-lf", str(tmp_path / f"{host}.leases"), "-pf", str(tmp_path / f"{host}.pid")]  # fmt: skip
+            got = net.run(net.client, "dhclient", *args, cif, timeout=40)
+            assert got.returncode == 0, got.stderr
+            addrs = net.run(net.client, "ip", "-4", "-o", "addr", "show", "dev", cif).stdout
+            assert "10.78.0.50/24" in addrs, addrs
+            dig = net.run(net.client, "dig", f"@{SERVER_V4}", "-b", "10.78.0.50", name, "+short")
+            assert dig.stdout.strip() == SERVER_V4, dig.stdout + dig.stderr
+            net.run(net.client, "dhclient", "-r", *args, cif, timeout=20)
+        time.sleep(0.5)
+        run.send_signal(signal.SIGTERM)
+        tcpdump.send_signal(signal.SIGINT)
+        run.wait(20)
+        tcpdump.wait(10)
+    alerts = [json.loads(x) for x in (tmp_path / "run.out").read_text().splitlines()
+              if x.startswith("{")]  # fmt: skip
+    by_cat = {a["category"]: a for a in alerts}
+    assert set(by_cat) == {"update", "activation"}, (tmp_path / "run.err").read_text()[-2000:]
+    assert (by_cat["update"]["host_name"], by_cat["update"]["mac"]) == ("LAB-PC-7", MAC)
+    assert (by_cat["activation"]["host_name"], by_cat["activation"]["mac"]) == (
+        "LAB-PC-8", "02:11:22:33:44:08",
+    )  # fmt: skip
+    assert all(a["host"] == "10.78.0.50" and a["remediation"] for a in alerts)
+
+    with running_alertmanager(tmp_path / "am") as am:
+        proc = subprocess.run(
+            [*KASPWATCH, "run", "--pcap", str(pcap), "--format", "ecs", "--alertmanager", am],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+        ecs = {d["labels"]["category"]: d for d in map(json.loads, lines)}
+        assert ecs["update"]["host"]["name"] == "LAB-PC-7"
+        assert ecs["update"]["source"]["mac"] == "02-11-22-33-44-07"
+        assert ecs["activation"]["host"]["name"] == "LAB-PC-8"
+        [am_update] = am_alerts(am, category="update")
+        ann = am_update["annotations"]
+        assert (ann["host_name"], ann["mac"]) == ("LAB-PC-7", MAC)
+        assert "LAB-PC-7" in ann["summary"] and ann["remediation"]
