@@ -249,3 +249,54 @@ def test_live_dhcp_then_kaspersky_lookups_name_the_machine(tmp_path: Path) -> No
         ann = am_update["annotations"]
         assert (ann["host_name"], ann["mac"]) == ("LAB-PC-7", MAC)
         assert "LAB-PC-7" in ann["summary"] and ann["remediation"]
+
+
+# ---------------------------------------------------------------- the store binds late
+
+
+def test_store_binds_identities_that_arrive_after_the_hits(tmp_path: Path) -> None:
+    """The hits are stored first (the DNS half of the capture), the consumers restart,
+    then the DHCP half arrives: ``query host`` by address, host name or MAC names the
+    machine for those earlier hits."""
+    hits, dhcp = tmp_path / "hits.pcap", tmp_path / "dhcp.pcap"
+    subprocess.run(["editcap", "-r", str(CAPTURE), str(hits), "15-18"], check=True)
+    subprocess.run(["editcap", "-r", str(CAPTURE), str(dhcp), "1-14"], check=True)
+    db = f"sqlite:///{tmp_path}/store.sqlite"
+    for pcap in (hits, dhcp):  # two runs: the second is a restart that learns the identity
+        subprocess.run([*KASPWATCH, "run", "--pcap", str(pcap), "--db", db, "--no-stdout"],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def query(who: str) -> list[dict[str, Any]]:
+        proc = subprocess.run([*KASPWATCH, "query", "host", who, "--db", db, "--format", "json"],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        rows: list[dict[str, Any]] = json.loads(proc.stdout)
+        return rows
+
+    by_ip = query("10.81.0.75")
+    assert len(by_ip) == 4
+    assert {(r["host_name"], r["mac"]) for r in by_ip} == {("LAB-PC-7", MAC)}
+    assert query("lab-pc-7") == by_ip == query("02-11-22-33-44-07")
+    proc = subprocess.run([*KASPWATCH, "query", "host", "NOBODY", "--db", db],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "nor a host name or MAC" in proc.stderr
+
+
+def test_store_attributes_each_hit_to_the_holder_of_its_time(tmp_path: Path) -> None:
+    from consumers.store import open_store
+    from consumers.store.queries import host_timeline
+
+    store = open_store(f"sqlite:///{tmp_path}/s.sqlite")
+    store.ingest(
+        [hit("10.1.1.5", 120, UPDATE), hit("10.1.1.5", 250, KSN, "ksn.kaspersky-labs.com")]
+    )
+    store.ingest_identities([ident("10.1.1.5", 100, "02:00:00:00:00:0a", "WS-A"),
+                             ident("10.1.1.5", 200, "02:00:00:00:00:0b", "WS-B")])  # fmt: skip
+    rows = host_timeline(store.backend, "10.1.1.5").rows
+    assert [(r["name"], r["host_name"]) for r in rows] == [
+        ("s01.upd.kaspersky.com", "WS-A"), ("ksn.kaspersky-labs.com", "WS-B"),
+    ]  # fmt: skip
+    assert [r["name"] for r in host_timeline(store.backend, "ws-b").rows] == [
+        "ksn.kaspersky-labs.com"
+    ]
+    store.close()

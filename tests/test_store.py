@@ -317,7 +317,7 @@ def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
     _as_schema_1(fresh_url)
     # readers do not write: they say what to do
     with pytest.raises(
-        StoreError, match="store schema 1, this kaspwatch reads 2: run 'kaspwatch store'"
+        StoreError, match="store schema 1, this kaspwatch reads 3: run 'kaspwatch store'"
     ):
         open_backend(fresh_url, readonly=True)
     code, out, err = run_cli(capsys, "query", "hosts", "--db", fresh_url)
@@ -330,7 +330,7 @@ def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
     assert snapshot(fresh_url) == before
     b = open_backend(fresh_url, readonly=True)
     try:
-        assert b.query("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+        assert b.query("SELECT value FROM meta WHERE key = 'schema'") == [("3",)]
         assert hosts_of(queries.name_contacts(b, parse_pattern("kaspersky.com")))[0] == "10.1.0.5"
     finally:
         b.close()
@@ -360,7 +360,7 @@ def test_a_store_of_another_schema_is_refused_with_what_to_do(
     for readonly in (True, False):
         with pytest.raises(StoreError) as exc:
             open_backend(fresh_url, readonly=readonly)
-        assert str(exc.value).endswith(f"store schema {version}, this kaspwatch reads 2: {advice}")
+        assert str(exc.value).endswith(f"store schema {version}, this kaspwatch reads 3: {advice}")
 
 
 def test_observations_are_not_stored(fresh_url: str, events: list[Event]) -> None:

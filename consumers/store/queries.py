@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from consumers.assets import AssetMap
 from consumers.store.base import Backend, StoreError
+from consumers.store.holders import Holders, machine_named
 from consumers.store.names import NameMatch
 from consumers.store.rollup import loads_set, us_to_ts
 
@@ -250,6 +251,8 @@ TIMELINE_COLUMNS: Final = (
     "ts",
     "event_id",
     "host",
+    "host_name",
+    "mac",
     "sensor",
     "kind",
     "name",
@@ -272,6 +275,7 @@ TIMELINE_COLUMNS: Final = (
 )
 TIMELINE_TABLE: Final = (
     "ts", "sensor", "kind", "name", "peer", "indicator_id", "category", "severity", "allowlisted",
+    "host_name", "mac",
 )  # fmt: skip
 _HIT_SELECT: Final = (
     "SELECT ts_us, event_id, host, sensor, kind, name, query, answers, src_ip, src_port, dst_ip, "
@@ -291,7 +295,13 @@ def host_timeline(
     until_us: int | None = None,
     limit: int = DEFAULT_LIMIT,
 ) -> Result:
-    """That host's hits in time order (``limit`` at most; 0 = all)."""
+    """That host's hits in time order (``limit`` at most; 0 = all), each with the machine
+    that held the address then (``host_name``, ``mac``). ``host`` is an address, or a host
+    name or MAC seen in identity records: the hits of every address that machine held,
+    while it held it."""
+    named = machine_named(host)
+    if named is not None:
+        return _machine_timeline(b, host, named, since_us, until_us, limit)
     ip = parse_host(host)
     sql = _HIT_SELECT + " WHERE host = ?"
     params: list[Any] = [ip]
@@ -306,6 +316,7 @@ def host_timeline(
         sql += " LIMIT ?"
         params.append(limit + 1)
     rows = []
+    held = Holders(b)
     for r in b.query(sql, params):
         (ts, eid, h, sensor, kind, name, query, answers, src, sport, dst, dport, transport) = r[:13]
         ind, pattern, match, cat, sev, conf, allow, extra = r[13:]
@@ -334,6 +345,7 @@ def host_timeline(
                 "confidence": conf,
                 "allowlisted": allow,
                 "extra": json.loads(extra) if extra else {},
+                **held.at(h, int(ts)),
             }
         )
     note = ""
@@ -352,6 +364,38 @@ def host_timeline(
             note = f"no hits of {ip} in that window"
         else:
             note = f"no hits for {ip}"
+    return Result("host", TIMELINE_COLUMNS, TIMELINE_TABLE, rows, note)
+
+
+def _machine_timeline(
+    b: Backend,
+    text: str,
+    machine: tuple[str, str],
+    since_us: int | None,
+    until_us: int | None,
+    limit: int,
+) -> Result:
+    field, value = machine
+    sql = (
+        "SELECT DISTINCT address FROM identities WHERE mac = ?"
+        if field == "mac"
+        else "SELECT DISTINCT address FROM identities WHERE lower(hostname) = lower(?)"
+    )
+    addresses = [r[0] for r in b.query(sql, [value])]
+    if not addresses:
+        raise QueryError(
+            f"host {text!r}: not an IP address, nor a host name or MAC in the identity records"
+        )
+    rows: list[dict[str, Any]] = []
+    for address in addresses:
+        found = host_timeline(b, address, since_us, until_us, 0)
+        match = value.lower() if field == "host_name" else value
+        rows += [r for r in found.rows if str(r[field]).lower() == match.lower()]
+    rows.sort(key=lambda r: (r["ts"], r["event_id"]))
+    note = "" if rows else f"no hits while {value} held {', '.join(addresses)}"
+    if limit > 0 and len(rows) > limit:
+        del rows[limit:]
+        note = f"showing the first {limit} hits of {value}; raise --limit (0 = all) for more"
     return Result("host", TIMELINE_COLUMNS, TIMELINE_TABLE, rows, note)
 
 

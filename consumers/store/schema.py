@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 HIT_COLUMNS: Final = (
     "event_id",
@@ -124,6 +124,19 @@ _TABLES: Final = (
         count {i} NOT NULL,
         PRIMARY KEY (rname, answer)
     ){clustered}""",
+    # which machine held an address from ts_us (kaspwatch.identity.v1): joined to hits at
+    # query time, so an identity stored after its hits still names them (late binding)
+    """CREATE TABLE IF NOT EXISTS identities (
+        address {t} NOT NULL,
+        ts_us {i} NOT NULL,
+        mac {t} NOT NULL,
+        hostname {t} NOT NULL,
+        fqdn {t} NOT NULL,
+        source {t} NOT NULL,
+        sensor {t} NOT NULL,
+        lease_s {i},
+        PRIMARY KEY (address, ts_us, mac)
+    ){clustered}""",
 )
 
 INDEXES: Final = ("CREATE INDEX IF NOT EXISTS hits_host_ts ON hits (host, ts_us)",)
@@ -150,6 +163,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "DROP TABLE host_names_v1",
         "DROP TABLE host_category_v1",
     ),
+    2: ("{identities}",),  # 2 -> 3: the identities table, nothing else changes
 }
 
 

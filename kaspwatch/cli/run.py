@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         # identities first: a batch's DHCP/ARP records reach the book before its hits
         alerts_sub = open_subscriber(bus_url, [IDENTITY_TOPIC, HITS_TOPIC], "kaspwatch-alerts")
         metrics_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-metrics")
-        store_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-store")
+        store_sub = open_subscriber(bus_url, [IDENTITY_TOPIC, HITS_TOPIC], "kaspwatch-store")
         for part in (publisher, alerts_sub, metrics_sub, store_sub):
             await part.start()
         sensing_done = asyncio.Event()
@@ -110,7 +110,16 @@ def run(args: argparse.Namespace) -> int:
             ),
             consume(metrics_sub, [metrics], never, on_invalid, sensing_done.is_set),
             *(
-                [consume(store_sub, [store], never, on_invalid, sensing_done.is_set)]
+                [
+                    consume(
+                        store_sub,
+                        [store],
+                        never,
+                        on_invalid,
+                        sensing_done.is_set,
+                        parse_with_identities(IDENTITY_TOPIC),
+                    )
+                ]
                 if store is not None
                 else []
             ),
