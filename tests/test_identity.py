@@ -30,8 +30,11 @@ from sensor.pipeline import Sensor
 from sensor.rules.indicators import load_pack, shipped_pack_paths
 from sensor.rules.match import Matcher
 from sensor.sources.pcapfile import CaptureFile
+from tests import cliprocs
 from tests.alertmanager import am_alerts, running_alertmanager
+from tests.cliprocs import cli_env, wait_for
 from tests.factories import KSN, UPDATE, hit
+from tests.kafkautil import create_topics, read_topic, standard_topics, wait_committed
 from tests.netns import SERVER_V4, namespace_pair, need_tools, sh
 from tests.testenv import KASPWATCH, REPO
 
@@ -300,3 +303,66 @@ def test_store_attributes_each_hit_to_the_holder_of_its_time(tmp_path: Path) -> 
         "ksn.kaspersky-labs.com"
     ]
     store.close()
+
+
+def test_identity_evictions_are_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from consumers.alerts.collector import DeliveryCollector
+    from consumers.alerts.delivery import AlertDelivery
+    from consumers.alerts.state import AlertState
+
+    delivery = AlertDelivery(AlertEngine(identities=IdentityBook(max_addresses=1)), [],
+                             AlertState(None))  # fmt: skip
+    delivery.engine.identities.add(ident("10.0.0.1", 1, MAC, "A"))
+    delivery.engine.identities.add(ident("10.0.0.2", 2, MAC, "A"))
+    reg = CollectorRegistry()
+    reg.register(DeliveryCollector(delivery))
+    got = reg.get_sample_value("kaspwatch_identity_evictions_total", {"table": "addresses"})
+    assert got == 1.0
+
+
+# ---------------------------------------------------------------- through Kafka
+
+procs = cliprocs.procs  # fixture
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_dhcp_seen_by_one_sensor_names_the_hits_of_another_through_kafka(
+    kafka_bootstrap: str, procs: cliprocs.Procs, tmp_path: Path
+) -> None:
+    """A sensor near the DHCP server publishes the identity; the edge sensor, later, the
+    Kaspersky lookups; ``kaspwatch alerts`` joins them: ECS on stdout and on the topic."""
+    names = await standard_topics(kafka_bootstrap, hits_partitions=2)
+    ident_topic = f"identity-{names['group']}"
+    await create_topics(kafka_bootstrap, (ident_topic, 1), configs={"cleanup.policy": "compact"})
+    hits, dhcp = tmp_path / "hits.pcap", tmp_path / "dhcp.pcap"
+    subprocess.run(["editcap", "-r", str(CAPTURE), str(hits), "15-18"], check=True)
+    subprocess.run(["editcap", "-r", str(CAPTURE), str(dhcp), "1-14"], check=True)
+    bus = ["--bus", f"kafka://{kafka_bootstrap}", "--topic", names["hits"],
+           "--identity-topic", ident_topic]  # fmt: skip
+
+    def sense(pcap: Path, sensor: str) -> None:
+        proc = subprocess.run([*KASPWATCH, "sense", "--pcap", str(pcap), *bus, "--sensor", sensor],
+                              capture_output=True, text=True, timeout=60, env=cli_env(tmp_path))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+
+    sense(dhcp, "dhcp-relay")
+    alerts = procs.start("alerts", [
+        *KASPWATCH, "alerts", *bus, "--alerts-topic", names["alerts"], "--alerts-format", "ecs",
+        "--dead-letter-topic", names["dlq"], "--group", names["group"],
+        "--state", str(tmp_path / "s.sqlite"), "--format", "ecs",
+    ])  # fmt: skip
+    await wait_committed(kafka_bootstrap, names["group"], ident_topic, timeout=60)
+    sense(hits, "edge")
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in alerts.stdout().splitlines() if x.startswith("{")]
+
+    await wait_for(lambda: len(lines()) >= 2, 60, "two alerts", alerts)
+    on_topic = [json.loads(v) for _, v in await read_topic(kafka_bootstrap, names["alerts"], 2)]
+    for doc in [*lines(), *on_topic]:
+        assert (doc["host"]["name"], doc["source"]["mac"]) == ("LAB-PC-7", "02-11-22-33-44-07")
+        assert doc["observer"]["name"] == "edge" and doc["labels"]["identity_source"] == "dhcp"
+    assert len(on_topic) == 2
