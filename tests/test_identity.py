@@ -366,3 +366,13 @@ async def test_dhcp_seen_by_one_sensor_names_the_hits_of_another_through_kafka(
         assert (doc["host"]["name"], doc["source"]["mac"]) == ("LAB-PC-7", "02-11-22-33-44-07")
         assert doc["observer"]["name"] == "edge" and doc["labels"]["identity_source"] == "dhcp"
     assert len(on_topic) == 2
+
+
+def test_query_hosts_shows_the_machine(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/store.sqlite"
+    subprocess.run([*KASPWATCH, "run", "--pcap", str(CAPTURE), "--db", db, "--no-stdout"],
+                   check=True, capture_output=True)  # fmt: skip
+    proc = subprocess.run([*KASPWATCH, "query", "hosts", "--db", db, "--format", "json"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    [row] = json.loads(proc.stdout)
+    assert (row["host"], row["host_name"], row["mac"]) == ("10.81.0.75", "LAB-PC-7", MAC)

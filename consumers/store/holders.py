@@ -16,9 +16,25 @@ class Holders:
     def __init__(self, b: Backend) -> None:
         self.b = b
         self.by_address: dict[str, list[tuple[int, str, str, int | None]]] = {}
+        self.loaded = False
+
+    def load_all(self) -> Holders:
+        """Read the whole table once (for a query over many hosts)."""
+        rows = self.b.query(
+            "SELECT address, ts_us, mac, hostname, fqdn, lease_s FROM identities "
+            "ORDER BY address, ts_us"
+        )
+        for address, t, mac, name, fqdn, lease in rows:
+            self.by_address.setdefault(str(address), []).append(
+                (int(t), str(mac), str(name or fqdn.split(".")[0]), lease)
+            )
+        self.loaded = True
+        return self
 
     def at(self, address: str, ts_us: int) -> dict[str, str]:
         hist = self.by_address.get(address)
+        if hist is None and self.loaded:
+            hist = []
         if hist is None:
             hist = self.by_address[address] = [
                 (int(t), str(mac), str(name or fqdn.split(".")[0]), lease)

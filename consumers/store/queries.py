@@ -139,6 +139,8 @@ def _marks(values: Sequence[Any]) -> str:
 HOST_COLUMNS: Final = (
     "host",
     "site",
+    "host_name",
+    "mac",
     "first_seen",
     "last_seen",
     "count",
@@ -205,10 +207,12 @@ def hosts(
         ]
     found.sort(key=_host_order)
     fmt = us_to_ts
+    held = Holders(b).load_all()  # the machine that held each address when last seen
     # the counts are integers as stored (INTEGER/BIGINT columns, or Python sums of them)
     out: list[dict[str, Any]] = [
         {
             "host": host,
+            **held.at(host, last),
             "first_seen": fmt(first),
             "last_seen": fmt(last),
             "count": count,
