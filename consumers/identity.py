@@ -3,7 +3,8 @@
 ``IdentityBook`` keeps, per address, the last few identity observations in time order,
 and answers ``at(address, ts)``: the identity valid when a hit happened (the latest
 observation at or before it, unless its DHCP lease had run out by then). An ARP record
-that repeats the MAC of the DHCP record before it keeps that record's names. Bounded: at
+that repeats the MAC of the DHCP record before it (or adds a MAC to an mDNS/LLMNR name)
+keeps that record's names. Bounded: at
 most ``max_addresses`` addresses (the least recently updated go first) and ``per_address``
 observations each, counted in ``evicted`` and ``dropped``.
 """
@@ -73,7 +74,7 @@ class IdentityBook:
         hist = self.history.pop(ident.address, [])
         self.history[ident.address] = hist  # most recently updated last
         before = [i for i in hist if i.ts <= ident.ts]
-        if before and not ident.names() and before[-1].mac == ident.mac:
+        if before and not ident.names() and before[-1].mac in (ident.mac, ""):
             prev = before[-1]
             ident = replace(ident, hostname=prev.hostname, fqdn=prev.fqdn,
                             vendor_class=prev.vendor_class, lease_s=prev.lease_s)  # fmt: skip

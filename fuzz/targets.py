@@ -127,13 +127,16 @@ _IDENTITY = IdentityWatch("fuzz", max_clients=64, max_bindings=64)
 
 
 def fuzz_identity(data: bytes) -> None:
-    """DHCP payloads and ARP frames (the first byte's low bit picks) into one long-lived
-    IdentityWatch, whose tables must stay bounded; records it makes must be valid."""
+    """DHCP payloads, mDNS/LLMNR responses and ARP frames (the first byte picks) into one
+    long-lived IdentityWatch, whose tables must stay bounded; records it makes must be
+    valid."""
     if not data:
         return
     try:
-        if data[0] & 1:
+        if data[0] & 3 == 1:
             _IDENTITY.dhcp(data[1:], 1_700_000_000_000_000_000)
+        elif data[0] & 3 == 3:  # an mDNS/LLMNR response from 10.0.0.1
+            _IDENTITY.announce(data[1:], 5353, b"\x0a\0\0\x01", 1_700_000_000_000_000_000)
         else:
             _IDENTITY.frame(1, data[1:], 1_700_000_000_000_000_000)
     except DecodeError:

@@ -1,4 +1,5 @@
-"""Passive host identity: DHCP and ARP turned into ``Identity`` records (kaspwatch.identity).
+"""Passive host identity: DHCP, ARP, mDNS and LLMNR turned into ``Identity`` records
+(kaspwatch.identity).
 
 DHCP: a client's DISCOVER/REQUEST/INFORM says its MAC, host name, FQDN and vendor class;
 the server's ACK binds an address to that MAC (``yiaddr``, or ``ciaddr`` on a renewal).
@@ -14,11 +15,14 @@ Both tables are bounded (oldest out first) and count their evictions.
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Final, NamedTuple
 
 from kaspwatch.event import format_ts
 from kaspwatch.identity import Identity, clean_text, normalize_mac
+from sensor.decode import DecodeError
 from sensor.decode.dhcp import ACK, DISCOVER, INFORM, REQUEST, decode_arp, decode_dhcp
+from sensor.decode.dns import announced
 
 MAX_CLIENTS: Final = 16_384  # DHCP clients whose names wait for their ACK
 MAX_BINDINGS: Final = 65_536  # address -> last published binding
@@ -90,11 +94,34 @@ class IdentityWatch:
             return
         addr, mac = socket.inet_ntoa(arp.sender_ip), normalize_mac(arp.sender_mac)
         known = self.bindings.get(addr)
-        if known is not None and known.key[0] == mac:
-            names = _Client(*known.key[1:])  # ARP adds no names: keep DHCP's
+        if known is not None and known.key[0] in (mac, ""):
+            names = _Client(*known.key[1:])  # ARP adds no names: keep DHCP's (or mDNS's)
         else:
             names = _Client("", "", "")
         self._bind(addr, mac, names, ts_ns, "arp", None)
+
+    def announce(self, payload: bytes, sport: int, src: bytes, ts_ns: int) -> None:
+        """An mDNS (5353) or LLMNR (5355) response naming its sender: the sender's address
+        among the records of a name binds that name to it (no MAC: kept from DHCP or ARP
+        when the name agrees). A malformed message is left to the DNS decoder."""
+        try:
+            records = announced(payload)
+        except (DecodeError, IndexError, struct.error):
+            return
+        addr = socket.inet_ntop(socket.AF_INET if len(src) == 4 else socket.AF_INET6, src)
+        for name, addrs in records.items():
+            if addr not in addrs:
+                continue  # a record about another host (a proxy, a sleep proxy): not proof
+            host = name.removesuffix(".local") if sport == 5353 else name
+            if not host or "." in host or "_" in host:
+                continue
+            known = self.bindings.get(addr)
+            if known is not None and known.key[1].lower() == host.lower():
+                return  # what DHCP said, in other letters: nothing new
+            mac = known.key[0] if known is not None and not known.key[1] else ""
+            source = "mdns" if sport == 5353 else "llmnr"
+            self._bind(addr, mac, _Client(clean_text(host.encode()), "", ""), ts_ns, source, None)
+            return
 
     def _bind(
         self, addr: str, mac: str, c: _Client, ts_ns: int, source: str, lease_s: int | None
@@ -102,7 +129,7 @@ class IdentityWatch:
         key = (mac, c.hostname, c.fqdn, c.vendor_class)
         known = self.bindings.get(addr)
         if known is not None and known.key == key:
-            if source == "arp" and ts_ns - known.published_ns < self.refresh_ns:
+            if source != "dhcp" and ts_ns - known.published_ns < self.refresh_ns:
                 return  # nothing new
             first_ns = known.first_ns
         else:

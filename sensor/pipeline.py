@@ -33,6 +33,7 @@ TCP_FIN_RST: Final = 0x05
 TCP_SYN: Final = 0x02
 TCP_SYN_ACK: Final = 0x12
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
+NAME_PORTS: Final = frozenset({5353, 5355})  # mDNS, LLMNR
 
 
 @dataclass
@@ -175,6 +176,8 @@ class Sensor:
                 self.identity.dhcp(payload, ts_ns)
                 return []
             if seg.sport in DNS_PORTS or seg.dport in DNS_PORTS:
+                if seg.sport in NAME_PORTS:  # mDNS/LLMNR responses name their sender
+                    self.identity.announce(payload, seg.sport, seg.src, ts_ns)
                 return decode_dns(payload)
             if looks_like_quic_initial(payload):
                 flow = (seg.src, seg.sport, seg.dst, seg.dport)

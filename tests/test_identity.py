@@ -376,3 +376,42 @@ def test_query_hosts_shows_the_machine(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=True)  # fmt: skip
     [row] = json.loads(proc.stdout)
     assert (row["host"], row["host_name"], row["mac"]) == ("10.81.0.75", "LAB-PC-7", MAC)
+
+
+def _frame(src: str, sport: int, dns: Any) -> tuple[int, int, bytes]:
+    from scapy.all import IP, UDP, Ether, raw
+
+    pkt = Ether(src="02:00:00:00:00:99", dst="01:00:5e:00:00:fb") / IP(src=src, dst="224.0.0.251")
+    return 1_800_000_000 * 10**9, 1, raw(pkt / UDP(sport=sport, dport=sport) / dns)
+
+
+def test_mdns_and_llmnr_responses_name_their_sender() -> None:
+    from scapy.all import DNS, DNSQR, DNSRR
+
+    s = sensor()
+    for frame in CaptureFile(str(CAPTURE)):  # DHCP named 10.81.0.75 LAB-PC-7 first
+        s.process_frame(*frame)
+    s.identity.drain()
+    same = DNS(
+        qr=1, aa=1, qd=None, an=DNSRR(rrname="LAB-PC-7.local.", type="A", rdata="10.81.0.75")
+    )
+    other = DNS(
+        qr=1, aa=1, qd=None, an=DNSRR(rrname="LAB-PC-9.local.", type="A", rdata="10.81.0.9")
+    )
+    proxy = DNS(
+        qr=1, aa=1, qd=None, an=DNSRR(rrname="printer.local.", type="A", rdata="10.81.0.50")
+    )
+    llmnr = DNS(
+        id=7, qr=1, qd=DNSQR(qname="WS-12"), an=DNSRR(rrname="WS-12", type="A", rdata="10.81.0.76")
+    )
+    s.process_frame(*_frame("10.81.0.75", 5353, same))  # what DHCP said: nothing new
+    s.process_frame(*_frame("10.81.0.9", 5353, other))
+    s.process_frame(*_frame("10.81.0.9", 5353, proxy))  # about another address: not proof
+    s.process_frame(*_frame("10.81.0.76", 5355, llmnr))
+    got = [(i.address, i.hostname, i.source, i.mac) for i in s.identity.drain()]
+    assert got == [("10.81.0.9", "lab-pc-9", "mdns", ""), ("10.81.0.76", "ws-12", "llmnr", "")]
+    book = IdentityBook()
+    book.add(Identity("10.81.0.9", ts(0), "s", "mdns", "", "lab-pc-9"))
+    book.add(Identity("10.81.0.9", ts(5), "s", "arp", "02:00:00:00:00:09"))  # ARP adds the MAC
+    found = book.at("10.81.0.9", ts(10))
+    assert found is not None and (found.hostname, found.mac) == ("lab-pc-9", "02:00:00:00:00:09")

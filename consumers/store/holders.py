@@ -48,8 +48,10 @@ class Holders:
         for t, mac, name, lease in hist:
             if t > ts_us:
                 break
-            if mac != held["mac"] or name:  # an ARP record repeating the MAC keeps the name
+            if name or held["mac"] not in (mac, ""):
                 held = {"host_name": name, "mac": mac}
+            else:  # an ARP record repeating (or adding) the MAC keeps the name
+                held = {"host_name": held["host_name"], "mac": mac}
             if lease is not None and ts_us > t + lease * 1_000_000:
                 held = {"host_name": "", "mac": ""}
         return held
