@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final
 
@@ -24,6 +24,12 @@ from kaspwatch.identity import Identity, identity_from_json
 
 MAX_ADDRESSES: Final = 65_536
 PER_ADDRESS: Final = 8
+
+
+@lru_cache(maxsize=65_536)
+def _when(ts: str) -> datetime:
+    """A timestamp as a time (events may carry 1 to 6 fraction digits: strings do not sort)."""
+    return parse_ts(ts)
 
 
 @lru_cache(maxsize=4096)
@@ -73,13 +79,14 @@ class IdentityBook:
     def add(self, ident: Identity) -> None:
         hist = self.history.pop(ident.address, [])
         self.history[ident.address] = hist  # most recently updated last
-        before = [i for i in hist if i.ts <= ident.ts]
+        at = _when(ident.ts)
+        before = [i for i in hist if _when(i.ts) <= at]
         if before and not ident.names() and before[-1].mac in (ident.mac, ""):
             prev = before[-1]
             ident = replace(ident, hostname=prev.hostname, fqdn=prev.fqdn,
                             vendor_class=prev.vendor_class, lease_s=prev.lease_s)  # fmt: skip
         hist.append(ident)
-        hist.sort(key=lambda i: i.ts)  # RFC 3339 UTC strings of one shape sort by time
+        hist.sort(key=lambda i: _when(i.ts))
         if len(hist) > self.per_address:
             del hist[0]
             self.dropped += 1
@@ -92,12 +99,13 @@ class IdentityBook:
         hist = self.history.get(address)
         if not hist:
             return None
-        valid = [i for i in hist if i.ts <= ts]
+        when = _when(ts)
+        valid = [i for i in hist if _when(i.ts) <= when]
         if not valid:
             return None
         last = valid[-1]
         lease = last.lease_s
-        if lease is not None and parse_ts(ts) > parse_ts(last.ts) + timedelta(seconds=lease):
+        if lease is not None and when > _when(last.ts) + timedelta(seconds=lease):
             return None  # the lease ran out and nobody renewed it where we could see
         return HostIdentity.of(last)
 

@@ -415,3 +415,13 @@ def test_mdns_and_llmnr_responses_name_their_sender() -> None:
     book.add(Identity("10.81.0.9", ts(5), "s", "arp", "02:00:00:00:00:09"))  # ARP adds the MAC
     found = book.at("10.81.0.9", ts(10))
     assert found is not None and (found.hostname, found.mac) == ("lab-pc-9", "02:00:00:00:00:09")
+
+
+def test_times_compare_as_times_not_strings() -> None:
+    """A peer sensor may write fewer fraction digits (1 to 6 are valid): as strings
+    "…00.5Z" sorts after "…00.500001Z", as times it is before."""
+    book = IdentityBook()
+    book.add(Identity("10.1.1.7", "2027-01-15T08:00:00.5Z", "s", "dhcp", MAC, "WS-T"))
+    found = book.at("10.1.1.7", "2027-01-15T08:00:00.500001Z")
+    assert found is not None and found.hostname == "WS-T"
+    assert book.at("10.1.1.7", "2027-01-15T08:00:00.499999Z") is None
