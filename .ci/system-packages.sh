@@ -11,6 +11,8 @@ have mvn || need+=(maven)
 have ip || need+=(iproute2)
 have dig || need+=(dnsutils)
 have dnsmasq || need+=(dnsmasq-base)
+# tests/test_identity.py: a real DHCP client sending its host name
+[[ -x /sbin/dhclient ]] || need+=(isc-dhcp-client)
 have tcpdump || need+=(tcpdump)
 # bench/scan_bench.py: the peers it times, and GNU time for each child's CPU time and peak RSS
 have tshark || need+=(tshark)

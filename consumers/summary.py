@@ -28,7 +28,7 @@ class Summary:
 
     async def handle(self, events: list[Event]) -> None:
         for ev in events:
-            if ev.indicator is None or ev.extra.get("allowlisted"):
+            if not isinstance(ev, Event) or ev.indicator is None or ev.extra.get("allowlisted"):
                 continue
             key = (ev.host, ev.indicator.category)
             row = self.rows.get(key)

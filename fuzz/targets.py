@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
+from kaspwatch.identity import identity_from_json
 from sensor.decode import DecodeError
 from sensor.decode.dns import decode_dns, looks_like_dns, read_name
 from sensor.decode.http import decode_http_request
@@ -22,6 +23,7 @@ from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder
 from sensor.decode.quic import CryptoStream, QuicInitialTracker, crypto_frames
 from sensor.decode.stream import StreamTable
 from sensor.decode.tls import decode_client_hello_record, hello_from_stream, parse_client_hello
+from sensor.identity import IdentityWatch
 from sensor.pipeline import Sensor
 from sensor.rules.indicators import load_pack
 from sensor.rules.match import Matcher
@@ -121,6 +123,29 @@ def fuzz_packet(data: bytes) -> None:
     _SENSOR.process_frame(1_700_000_000_000_000_000, LINKTYPES[data[0] % len(LINKTYPES)], data[1:])
 
 
+_IDENTITY = IdentityWatch("fuzz", max_clients=64, max_bindings=64)
+
+
+def fuzz_identity(data: bytes) -> None:
+    """DHCP payloads, mDNS/LLMNR responses and ARP frames (the first byte picks) into one
+    long-lived IdentityWatch, whose tables must stay bounded; records it makes must be
+    valid."""
+    if not data:
+        return
+    try:
+        if data[0] & 3 == 1:
+            _IDENTITY.dhcp(data[1:], 1_700_000_000_000_000_000)
+        elif data[0] & 3 == 3:  # an mDNS/LLMNR response from 10.0.0.1
+            _IDENTITY.announce(data[1:], 5353, b"\x0a\0\0\x01", 1_700_000_000_000_000_000)
+        else:
+            _IDENTITY.frame(1, data[1:], 1_700_000_000_000_000_000)
+    except DecodeError:
+        pass
+    for record in _IDENTITY.drain():
+        assert identity_from_json(record.to_json()) == record
+    assert len(_IDENTITY.clients) <= 64 and len(_IDENTITY.bindings) <= 64
+
+
 TARGETS: Final[dict[str, Harness]] = {
     "dns": fuzz_dns,
     "tls": fuzz_tls,
@@ -128,6 +153,7 @@ TARGETS: Final[dict[str, Harness]] = {
     "http": fuzz_http,
     "pcap": fuzz_pcap,
     "packet": fuzz_packet,
+    "identity": fuzz_identity,
 }
 
 
@@ -189,4 +215,6 @@ def _pick(target: str, dec: PacketDecoder, linktype: int, frame: bytes, ts: int)
         return p
     if target == "http" and seg.proto == PROTO_TCP and p[:1].isupper():
         return p
+    if target == "identity" and seg.proto == PROTO_UDP and {seg.sport, seg.dport} <= {67, 68}:
+        return b"\x01" + p
     return None

@@ -64,7 +64,11 @@ class EventError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class IndicatorRef:
-    """The part of an indicator an event carries: enough to act on without the pack."""
+    """The part of an indicator an event carries: enough to act on without the pack.
+
+    ``description``, ``remediation`` (what to do next) and ``sources`` are optional: the
+    sensor copies them from its pack so an alert consumer can guide the analyst without a
+    pack of its own; an older sensor leaves them out."""
 
     id: str
     pattern: str
@@ -73,14 +77,18 @@ class IndicatorRef:
     severity: str
     confidence: str
     evidence: str = ""  # optional on the bus: older sensors send none (see ``role``)
+    description: str = ""
+    remediation: str = ""
+    sources: tuple[str, ...] = ()
 
     @property
     def role(self) -> str:
         """The evidence role, derived from the category when the sensor sent none."""
         return self.evidence or EVIDENCE_BY_CATEGORY.get(self.category, "infrastructure")
 
-    def to_dict(self) -> dict[str, str]:
-        out = {
+    def core(self) -> dict[str, str]:
+        """The required fields: what identifies the indicator."""
+        return {
             "id": self.id,
             "pattern": self.pattern,
             "match": self.match,
@@ -88,8 +96,17 @@ class IndicatorRef:
             "severity": self.severity,
             "confidence": self.confidence,
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.core()
         if self.evidence:
             out["evidence"] = self.evidence
+        if self.description:
+            out["description"] = self.description
+        if self.remediation:
+            out["remediation"] = self.remediation
+        if self.sources:
+            out["sources"] = list(self.sources)
         return out
 
 
@@ -265,13 +282,7 @@ def event_from_json(raw: bytes) -> Event:
     if ind is not None:
         if not isinstance(ind, dict):
             raise EventError("field 'indicator' is not an object or null")
-        try:
-            ref = IndicatorRef(
-                **{k: str(ind[k]) for k in IndicatorRef.__slots__ if k != "evidence"},
-                evidence=str(ind.get("evidence") or ""),
-            )
-        except KeyError as exc:
-            raise EventError(f"indicator lacks {exc}") from None
+        ref = _indicator_ref(ind)
         # the schema's enums: these become metric labels, so nothing else may pass
         if ref.category not in CATEGORIES:
             raise EventError(f"unknown indicator category {ref.category!r}")
@@ -304,6 +315,26 @@ def event_from_json(raw: bytes) -> Event:
         packet_id=packet_id,
         source=source,
     )
+
+
+_REF_REQUIRED: Final = ("id", "pattern", "match", "category", "severity", "confidence")
+
+
+def _indicator_ref(ind: dict[str, Any]) -> IndicatorRef:
+    try:
+        core = {k: str(ind[k]) for k in _REF_REQUIRED}
+    except KeyError as exc:
+        raise EventError(f"indicator lacks {exc}") from None
+    texts = {}
+    for key in ("evidence", "description", "remediation"):
+        value = ind.get(key, "")
+        if not isinstance(value, str):
+            raise EventError(f"indicator field {key!r} is not a string")
+        texts[key] = value
+    sources = ind.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        raise EventError("indicator field 'sources' is not a list of strings")
+    return IndicatorRef(**core, **texts, sources=tuple(sources))
 
 
 def heartbeat_from_json(raw: bytes) -> dict[str, Any]:

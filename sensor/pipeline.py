@@ -18,11 +18,13 @@ from typing import Final
 from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
 from sensor.content import ContentWatch, content_hit
 from sensor.decode import DecodeError, Sighting
+from sensor.decode.dhcp import DHCP_PORTS
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
 from sensor.decode.stream import STREAM_STARTS, StreamTable
 from sensor.flows import FlowWatch
+from sensor.identity import IdentityWatch
 from sensor.resolvers import PUBLIC_RESOLVERS
 from sensor.rules.allowlist import Allowlist
 from sensor.rules.indicators import Indicator
@@ -37,6 +39,7 @@ TCP_SYN: Final = 0x02
 TCP_SYN_ACK: Final = 0x12
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
 CONTENT_KINDS: Final = frozenset({"http_request", "file_magic"})
+NAME_PORTS: Final = frozenset({5353, 5355})  # mDNS, LLMNR
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Sensor:
         self.quic = QuicInitialTracker()
         self.flows = FlowWatch()
         self.content = ContentWatch()
+        self.identity = IdentityWatch(sensor_name)  # DHCP/ARP: drained by the publisher
 
     def evictions(self) -> dict[str, int]:
         """Entries each bounded state table has had to evict."""
@@ -90,6 +94,8 @@ class Sensor:
             "quic_keys": self.quic.keys_evicted,
             "flows": self.flows.evicted,
             "http_responses": self.content.evicted,
+            "identity_clients": self.identity.clients_evicted,
+            "identity_bindings": self.identity.bindings_evicted,
         }
 
     def process(self, frames: Iterable[Frame]) -> Iterator[Event]:
@@ -129,6 +135,7 @@ class Sensor:
         try:
             seg = self.decoder.decode(linktype, data, ts_ns)
             if seg is None:
+                self.identity.frame(linktype, data, ts_ns)  # ARP
                 return []
             sightings = self._sightings(seg, ts_ns)
         except DecodeError as exc:
@@ -207,7 +214,12 @@ class Sensor:
         if seg.proto == PROTO_UDP:
             if not payload:
                 return []
+            if seg.sport in DHCP_PORTS and seg.dport in DHCP_PORTS:
+                self.identity.dhcp(payload, ts_ns)
+                return []
             if seg.sport in DNS_PORTS or seg.dport in DNS_PORTS:
+                if seg.sport in NAME_PORTS:  # mDNS/LLMNR responses name their sender
+                    self.identity.announce(payload, seg.sport, seg.src, ts_ns)
                 return decode_dns(payload)
             if looks_like_quic_initial(payload):
                 flow = (seg.src, seg.sport, seg.dst, seg.dport)

@@ -22,6 +22,7 @@ from kaspwatch.bus import Publisher
 from kaspwatch.bus.spool import DROPPED, SPOOLED
 from kaspwatch.bus.spooling_publisher import SpoolingPublisher
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, format_ts
+from kaspwatch.identity import IDENTITY_TOPIC
 from sensor.pipeline import Sensor
 from sensor.rules.ruleset import Reloader
 from sensor.sources.base import Frame, PeerRecord, Source
@@ -87,8 +88,10 @@ async def run_sensor(
     stop: threading.Event | None = None,
     topic: str = HITS_TOPIC,
     reloader: Reloader | None = None,
+    identity_topic: str = IDENTITY_TOPIC,
 ) -> None:
-    """Read every source to its end (or until ``stop``), publishing each event keyed by its host."""
+    """Read every source to its end (or until ``stop``), publishing each event keyed by its
+    host, and each identity observation (DHCP, ARP) to ``identity_topic`` keyed by address."""
     pending: set[asyncio.Future[Any]] = set()
 
     def done(fut: asyncio.Future[Any]) -> None:
@@ -116,6 +119,13 @@ async def run_sensor(
                     fut = await publisher.send(topic, ev.to_json(), ev.host.encode())
                     pending.add(fut)
                     fut.add_done_callback(done)
+                if sensor.identity.pending:
+                    for ident in sensor.identity.drain():
+                        fut = await publisher.send(
+                            identity_topic, ident.to_json(), ident.address.encode()
+                        )
+                        pending.add(fut)
+                        fut.add_done_callback(pending.discard)
         if source.stats.truncated:
             log.warning("%s", source.stats.note)  # file, byte and packets kept, as scan says
     await publisher.flush()

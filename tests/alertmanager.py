@@ -56,14 +56,16 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
 
 
 @contextmanager
-def running_alertmanager(tmp: Path, ready_timeout: float = 20) -> Iterator[str]:
+def running_alertmanager(
+    tmp: Path, ready_timeout: float = 20, config: str = CONFIG
+) -> Iterator[str]:
     exe = shutil.which(BINARY) or (
         f"/usr/bin/{BINARY}" if Path(f"/usr/bin/{BINARY}").exists() else None
     )
     if exe is None:
         pytest.fail(f"missing tools ['{BINARY}']: run bash .ci/system-packages.sh")
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "alertmanager.yml").write_text(CONFIG)
+    (tmp / "alertmanager.yml").write_text(config)
     base = f"http://127.0.0.1:{free_port()}"
     log = tmp / "alertmanager.log"
     with log.open("wb") as out:

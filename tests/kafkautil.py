@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from kaspwatch import event as event_module
+from kaspwatch import identity as identity_module
 from tests.testenv import KAFKA_SH, free_port, kafka_jars
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
@@ -177,6 +178,9 @@ async def standard_topics(bootstrap: str, hits_partitions: int) -> dict[str, str
     heartbeats = getattr(event_module, "HEARTBEATS_TOPIC", None)
     specs = [(names["hits"], hits_partitions), (names["alerts"], 1), (names["dlq"], 1)]
     await create_topics(bootstrap, *specs, *([(heartbeats, 1)] if heartbeats else []))
+    identity = getattr(identity_module, "IDENTITY_TOPIC", None)
+    if identity:  # compacted, as deployed: the last record per address counts
+        await create_topics(bootstrap, (identity, 1), configs={"cleanup.policy": "compact"})
     return names
 
 

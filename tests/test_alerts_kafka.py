@@ -285,6 +285,8 @@ async def test_alerts_consumer_killed_mid_stream_loses_and_duplicates_nothing(
             "--state",
             str(state),
             "--no-stdout",
+            "--group-wait",  # this test pins per-batch delivery; test_grouping the outbox
+            "0",
         )
         # Kill 1, the worst moment for the alerts topic: the broker acknowledged a batch of
         # alerts, their delivery is not recorded yet. The fault hook makes the consumer stop

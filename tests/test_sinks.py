@@ -28,7 +28,7 @@ from consumers.alerts.sinks.http import retry_after_s
 from consumers.alerts.sinks.syslog import SyslogSink, cef, rfc5424
 from consumers.alerts.sinks.webhook import WebhookSink, delivery_id, load_secret
 from consumers.assets import Asset, AssetMap
-from kaspwatch.event import IndicatorRef
+from kaspwatch.event import IndicatorRef, parse_ts
 from tests.alertmanager import am_alerts, running_alertmanager
 from tests.factories import UPDATE, hit
 from tests.httpserve import serving
@@ -249,6 +249,15 @@ def parse_5424(line: str) -> tuple[re.Match[str], dict[str, str]]:
     return m, sd
 
 
+CEF_5424 = re.compile(
+    r"<(?P<pri>\d{1,3})>1 (?P<ts>\S+) (?P<host>\S+) kaspwatch - (?P<msgid>\S+) - (?P<cef>CEF:0\|.+)"
+)
+CEF_3164 = re.compile(
+    r"<(?P<pri>\d{1,3})>(?P<ts>[A-Z][a-z]{2} [ 1-3]\d \d\d:\d\d:\d\d) (?P<host>\S+) "
+    r"kaspwatch: (?P<cef>CEF:0\|.+)"
+)
+
+
 def parse_cef(line: str) -> tuple[list[str], dict[str, str]]:
     head = re.match(r"(?:(?:[^|\\]|\\.)*\|){7}", line)
     assert head, line
@@ -310,11 +319,9 @@ def test_cef_fields_and_escaping() -> None:
     assert header[5] == a.to_dict()["summary"] and name in header[5]
     assert header[6] == "10"  # OT zone: critical
     assert abs(int(ext.pop("rt")) / 1000 - (time.time() - 60)) < 5
-    assert ext == {
+    assert ext == {  # a DNS query: no dst (the resolver is not the Kaspersky endpoint)
         "src": "10.9.3.4",
         "dhost": name,
-        "dst": "10.0.0.53",
-        "dpt": "53",
         "cs1Label": "category",
         "cs1": "update",
         "cs2Label": "stage",
@@ -323,6 +330,12 @@ def test_cef_fields_and_escaping() -> None:
         "cs3": "plant-a",
         "cs4Label": "zone",
         "cs4": "ot",
+        "cs5Label": "owner",
+        "cs5": "ops",
+        "cs6Label": "criticality",
+        "cs6": "high",
+        "cn1Label": "hits",
+        "cn1": "1",
         "externalId": a.alert_id,
     }
     assert "\\|" in cef(a) and "\\=" in cef(a)
@@ -400,7 +413,8 @@ async def test_syslog_tcp_cef_reconnects_after_the_receiver_closed() -> None:
         frames = await rx.wait(2)
         await sink.stop()
     assert rx.connections == 2
-    assert [parse_cef(f.decode())[1]["src"] for f in frames] == ["10.4.1.1", "10.4.1.2"]
+    cefs = [CEF_5424.fullmatch(f.decode()) for f in frames]
+    assert [parse_cef(m["cef"])[1]["src"] for m in cefs if m] == ["10.4.1.1", "10.4.1.2"]
 
 
 async def test_syslog_tcp_unreachable_raises() -> None:
@@ -424,3 +438,33 @@ def test_syslog_rejects_bad_format() -> None:
     with pytest.raises(ValueError, match="'json': expected one of rfc5424, cef"):
         SyslogSink("udp://127.0.0.1:514", "json")
     assert SyslogSink("udp://[::1]:514", "cef").host == "::1"
+
+
+async def test_syslog_cef_has_a_syslog_header_5424_or_3164() -> None:
+    loop = asyncio.get_running_loop()
+    transport, rx = await loop.create_datagram_endpoint(UdpCollector, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    a = alert("10.9.3.5")  # OT zone: critical, PRI local4.crit = 162
+    got = {}
+    for fmt in ("cef", "cef-rfc3164"):
+        sink = SyslogSink(f"udp://127.0.0.1:{port}", fmt, hostname="sensor-1")
+        await sink.start()
+        await sink.send([a])
+        got[fmt] = (await asyncio.wait_for(rx.got.get(), 5)).decode()
+        await sink.stop()
+    transport.close()
+    m = CEF_5424.fullmatch(got["cef"])
+    assert m, got["cef"]
+    assert (m["pri"], m["ts"], m["host"], m["msgid"]) == (
+        "162",
+        a.event.ts,
+        "sensor-1",
+        "first_contact",
+    )
+    b = CEF_3164.fullmatch(got["cef-rfc3164"])
+    assert b, got["cef-rfc3164"]
+    ts = parse_ts(a.event.ts)
+    assert b["ts"] == f"{ts:%b} {ts.day:2d} {ts:%H:%M:%S}" and b["host"] == "sensor-1"
+    assert m["cef"] == b["cef"] == cef(a)
+    ext = parse_cef(b["cef"])[1]
+    assert (ext["cs5"], ext["cs6"]) == ("ops", "high")  # every asset field

@@ -535,6 +535,8 @@ def test_hosts(db: Backend) -> None:
     row = next(r for r in result.rows if r["host"] == "10.77.0.2")
     assert row == {
         "host": "10.77.0.2",
+        "host_name": "",  # no identity records in this store
+        "mac": "",
         "first_seen": "2026-11-27T18:44:03.397779Z",
         "last_seen": "2026-11-27T18:44:03.733609Z",
         "count": 18,

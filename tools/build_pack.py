@@ -47,6 +47,74 @@ PACK_DESCRIPTION = (
     "most specific match when several rows hit."
 )
 
+# What to do next, per category: the pack's top-level ``remediation`` table, which every
+# indicator of that category carries into its hits and alerts unless it has its own.
+# Dates: US Commerce (BIS) Final Determination of June 2024 on Kaspersky Lab: no new sales
+# to US persons from 20 July 2024, no updates or signature deliveries from 29 September 2024.
+REMEDIATION = {
+    "update": (
+        "Removal. A Kaspersky product (or an embedded Kaspersky engine) on this machine is "
+        "still trying to update; since 29 September 2024 it gets no signatures or fixes, so it "
+        "is unmaintained security software with kernel access. Identify the machine and its "
+        "owner, install the replacement endpoint protection first so the machine is never "
+        "unprotected, then uninstall Kaspersky (the product's uninstaller, Kaspersky's "
+        "kavremover tool, or a remote uninstall task in Kaspersky Security Center while it still "
+        "runs) and confirm that the hits stop."
+    ),
+    "telemetry": (
+        "Contain, then remove. The machine sends Kaspersky Security Network (KSN) telemetry: "
+        "file, URL and system data leave the network for Kaspersky. Block the KSN endpoints at "
+        "the egress firewall or proxy now, then remove the product as for an update hit, and "
+        "ask the data-protection officer to assess what was sent."
+    ),
+    "activation": (
+        "Licence. The machine activates or checks a Kaspersky licence. Do not renew or buy "
+        "licences (sales to US persons have been prohibited since 20 July 2024): find who holds "
+        "the licence (procurement records, the keys in Kaspersky Security Center), retire it, "
+        "and remove the product. A consumer licence on a company machine is unmanaged "
+        "software: handle it as shadow IT with the machine's owner."
+    ),
+    "management": (
+        "Migration. The machine talks to Kaspersky Security Center or Kaspersky's cloud "
+        "console: it is a managed endpoint or the administration server itself. Export the "
+        "managed-device list from Security Center, roll out the replacement product with its "
+        "own management, uninstall Kaspersky through Security Center's remote uninstall task, "
+        "then decommission the administration server and its database."
+    ),
+    "portal": (
+        "Ask and check. Someone reached a Kaspersky web site (downloads, licensing, support, "
+        "My Kaspersky). Browsing alone installs nothing, but downloading an installer or "
+        "renewing a licence precedes an installation: ask the machine's user why, check the "
+        "machine for Kaspersky software and remove any found."
+    ),
+    "oem": (
+        "OEM appliance engine swap. An appliance or third-party product with an embedded "
+        "Kaspersky engine (firewall, UTM, mail or web gateway) fetches Kaspersky signatures. "
+        "Switch the appliance's anti-virus engine to a non-Kaspersky engine the vendor offers, "
+        "or disable the Kaspersky engine and plan the appliance's replacement; ask the vendor "
+        "for its statement on the Kaspersky ban and keep it with the asset record."
+    ),
+    "infrastructure": (
+        "Identify the product. Traffic went to Kaspersky-owned address space without a "
+        "matching name. Look for DNS, SNI or HTTP hits from the same host to learn which "
+        "product it is; if there are none, inspect the machine's installed software and "
+        "services for Kaspersky components (including ones embedded in other products) and "
+        "remove or migrate them as for an update hit."
+    ),
+}
+JUNIPER_REMEDIATION = (
+    "OEM appliance engine swap. Change the SRX's UTM anti-virus profile from the Kaspersky "
+    "'full AV' engine to an engine Junos still supports (Sophos or Avira, depending on the "
+    "release), commit, and confirm that requests for /AV/ stop; an SRX too old for another "
+    "engine needs replacing."
+)
+STORMSHIELD_REMEDIATION = (
+    "Check, then swap. Look at the SNS appliance's anti-virus engine (Configuration > "
+    "Security policy > Antivirus): if it is Kaspersky, switch it to ClamAV or the Advanced "
+    "Antivirus option and turn off the KASPERSKY-KSN setting; if it is not, allowlist this "
+    "appliance for these hosts."
+)
+
 ANALYTICS = (
     "Website analytics host for Kaspersky web sites (Adobe/Omniture style): someone browsed "
     "a Kaspersky web site; NOT evidence of an installed product."
@@ -110,7 +178,7 @@ class Builder:
         self.groups.append((comment, []))
 
     def ind(self, id_, pattern, match, category, severity, ref, description,
-            confidence=None, where=None, path_prefix=None, evidence=None):
+            confidence=None, where=None, path_prefix=None, evidence=None, remediation=None):
         refs = [ref] if isinstance(ref, str) else list(ref)
         rows = [self.row(p) for p in refs]
         if confidence is None:
@@ -139,6 +207,8 @@ class Builder:
             "sources": self.sources(*rows),
             "description": description,
         })
+        if remediation is not None:
+            item["remediation"] = remediation
         self.groups[-1][1].append(item)
 
     def content(self, id_, pattern, match, severity, confidence, sources, description,
@@ -172,6 +242,9 @@ class Builder:
                                 "sources": list(sources)})
 
     def check_all_placed(self):
+        without = {it["category"] for _, items in self.groups for it in items} - set(REMEDIATION)
+        if without:
+            sys.exit(f"categories without a REMEDIATION text: {', '.join(sorted(without))}")
         missing = [p for p in self.rows if p not in self.used]
         if missing:
             sys.exit("reference rows not placed:\n  " + "\n  ".join(missing))
@@ -439,7 +512,8 @@ def build(b):
           "pattern updates over HTTP from http://update.juniper-updates.net/AV/<model>. The scan "
           "engine is Kaspersky's: plan its removal or migration (the feature was removed in "
           "Junos 15.1X49-D10+).",
-          confidence="medium", where=["http"], path_prefix="/AV/")
+          confidence="medium", where=["http"], path_prefix="/AV/",
+          remediation=JUNIPER_REMEDIATION)
     b.ind("kw-oem-juniper-update", "update.juniper-updates.net", "exact", "oem", "low",
           juniper_ref,
           "Juniper box using Juniper's update server. The same host serves Sophos (/SAV/) and "
@@ -454,11 +528,11 @@ def build(b):
     b.ind("kw-oem-stormshield-v3-update", "update{1..4}.stormshield.eu", "range", "oem", "low",
           r"^update[1-4]\.stormshield\.eu$",
           "Stormshield SNS v3 Active Update hosts (vendor doc). " + stormshield,
-          confidence="low")
+          confidence="low", remediation=STORMSHIELD_REMEDIATION)
     b.ind("kw-oem-stormshield-v4-update", "update{1..4}-sns.stormshieldcs.eu", "range", "oem",
           "low", r"^update[1-4]-sns\.stormshieldcs\.eu$",
           "Stormshield SNS v4 Active Update hosts (vendor doc). " + stormshield,
-          confidence="low")
+          confidence="low", remediation=STORMSHIELD_REMEDIATION)
 
     # ------------------------------------------------------------------ portal
     b.group("portal (web sites, downloads, support)")
@@ -788,6 +862,11 @@ def emit(b, ref_path):
     w(f"version: {q(VERSION)}")
     w("description: >-")
     w(folded(PACK_DESCRIPTION, 2))
+    w("# What to do next per category; an indicator's own remediation overrides it.")
+    w("remediation:")
+    for category, text in REMEDIATION.items():
+        w(f"  {category}: >-")
+        w(folded(text, 4))
     w("indicators:")
     for comment, items in b.groups:
         w(f"  # --- {comment} ---")
@@ -809,6 +888,9 @@ def emit(b, ref_path):
                 w(f"      - {q(s)}")
             w("    description: >-")
             w(folded(it["description"], 6))
+            if "remediation" in it:
+                w("    remediation: >-")
+                w(folded(it["remediation"], 6))
     w("")
     w("# Reference rows that are not name/IP indicators (URL paths, ports, behaviour,")
     w("# point-in-time IPs). Kept here so nothing from the reference is silently dropped.")

@@ -66,6 +66,16 @@ class DeliveryCollector(Collector):
         for sink in self.delivery.sinks:
             firing.add_metric([sink.name], getattr(sink, "evicted", 0))
         yield firing
+        book = engine.identities
+        evicted = CounterMetricFamily(
+            "kaspwatch_identity_evictions",
+            "Identity history dropped because its bounded table was full: whole addresses "
+            "(table=addresses) or an address's oldest observations (table=observations).",
+            labels=["table"],
+        )
+        evicted.add_metric(["addresses"], book.evicted)
+        evicted.add_metric(["observations"], book.dropped)
+        yield evicted
         yield CounterMetricFamily(
             "kaspwatch_alert_windows_evictions",
             f"(host, category) windows dropped because more than {engine.max_windows} were open.",

@@ -21,12 +21,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from typing import Final
 
 from consumers.alerts.engine import Alert, AlertEngine
+from consumers.alerts.grouping import Grouping, Outbox
 from consumers.alerts.sinks import ReadBack, Sink, SinkError
 from consumers.alerts.state import AlertState
 from kaspwatch.event import Event
+from kaspwatch.identity import Identity
 
 log = logging.getLogger("kaspwatch.alerts")
 POLICIES: Final = ("retry", "drop")
@@ -56,7 +60,13 @@ class DeliveryStats:
 
 class AlertDelivery:
     def __init__(
-        self, engine: AlertEngine, sinks: list[Sink], state: AlertState, policy: str = "retry"
+        self,
+        engine: AlertEngine,
+        sinks: list[Sink],
+        state: AlertState,
+        policy: str = "retry",
+        group_wait_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(
@@ -72,11 +82,22 @@ class AlertDelivery:
         self.unsure = {s.name for s in sinks if isinstance(s, ReadBack)}  # read back first
         self.failing: dict[str, int] = {}  # sink -> failed sends since its last success
         self.fault = _fault_point()
+        # grouping sinks (webhook, syslog) get one message per host per group_wait_s
+        self.outbox = (
+            Outbox(state, group_wait_s, self.stats, policy, clock) if group_wait_s else None
+        )
 
-    async def handle(self, events: list[Event]) -> None:
+    async def handle(self, events: list[Event | Identity]) -> None:
+        """Hits, and identity records (kaspwatch.identity.v1) when subscribed to them too:
+        the identities first, each alert names the machine valid at its hit's time."""
         alerts: list[Alert] = []
         touched = []
+        for ident in events:
+            if isinstance(ident, Identity):
+                self.engine.identities.add(ident)
         for ev in events:
+            if isinstance(ev, Identity):
+                continue
             if ev.indicator is not None:
                 touched.append((ev.host, ev.indicator.category))
             alerts.extend(self.engine.feed(ev))
@@ -89,6 +110,13 @@ class AlertDelivery:
         for a in alerts:
             key = (a.category, a.stage, a.severity)
             self.stats.alerts[key] = self.stats.alerts.get(key, 0) + 1
+        await self.flush_groups()
+
+    async def flush_groups(self, everything: bool = False) -> None:
+        """Send the grouping sinks' groups that waited ``group_wait_s`` (or all of them)."""
+        if self.outbox is not None:
+            grouping = [s for s in self.sinks if isinstance(s, Grouping)]
+            await self.outbox.flush(grouping, everything)
 
     def _undelivered(self, sink: Sink, alerts: list[Alert]) -> list[Alert]:
         done = self.state.delivered([a.alert_id for a in alerts], sink.name)
@@ -112,6 +140,9 @@ class AlertDelivery:
     async def _deliver(self, sink: Sink, alerts: list[Alert]) -> None:
         fresh = self._undelivered(sink, alerts)
         if not fresh:
+            return
+        if self.outbox is not None and isinstance(sink, Grouping):
+            self.outbox.hold(sink.name, fresh)  # durable: the flush sends it, per host
             return
         try:
             if isinstance(sink, ReadBack) and sink.name in self.unsure:

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from consumers.alerts.links import Links
 from consumers.assets import UNKNOWN, Asset, AssetMap
+from consumers.identity import HostIdentity, IdentityBook
 from consumers.verdict import Verdict, Verdicts
 from kaspwatch.event import CATEGORIES, SEVERITIES, Event, parse_ts
 
@@ -74,6 +76,9 @@ class Alert:
     verdict: Verdict | None = None  # the host's verdict when the alert was raised
     capped: bool = False  # held at low: the verdict is a web artefact or an unverified name
     confirms: tuple[str, ...] = ()  # confirmed: the categories whose low alerts it raises
+    runbook_url: str = ""
+    dashboard_url: str = ""
+    identity: HostIdentity | None = None  # the machine that held the address at the hit
 
     @property
     def category(self) -> str:
@@ -85,6 +90,9 @@ class Alert:
         ind = ev.indicator
         assert ind is not None
         where = f" in {self.asset.site}/{self.asset.zone}" if self.asset is not UNKNOWN else ""
+        who = self.identity
+        if who is not None and (who.hostname or who.mac):
+            where = f" ({', '.join(x for x in (who.hostname, who.mac) if x)}){where}"
         doc: dict[str, Any] = {
             "schema": 1,
             "alert_id": self.alert_id,
@@ -97,7 +105,7 @@ class Alert:
             "severity": self.severity,
             "indicator_severity": ind.severity,
             "confidence": ind.confidence,
-            "indicator": ind.to_dict(),
+            "indicator": ind.core(),
             "name": ev.name,
             "kind": ev.kind,
             "dst_ip": ev.dst_ip,
@@ -130,6 +138,19 @@ class Alert:
                     f"; verdict now {v.verdict} ({v.confidence}): raises the earlier low "
                     f"{', '.join(self.confirms)} alerts"
                 )
+        if who is not None:
+            doc["host_name"], doc["mac"] = who.hostname, who.mac
+            doc["mac_vendor"], doc["identity_source"] = who.mac_vendor, who.source
+        # guidance: what the hit means, what to do next, where it is documented
+        for key, value in (
+            ("description", ind.description),
+            ("remediation", ind.remediation),
+            ("sources", list(ind.sources)),
+            ("runbook_url", self.runbook_url),
+            ("dashboard_url", self.dashboard_url),
+        ):
+            if value:
+                doc[key] = value
         return doc
 
     def to_json(self) -> bytes:
@@ -152,8 +173,12 @@ class AlertEngine:
         window_s: float = 3600.0,
         assets: AssetMap | None = None,
         max_windows: int = MAX_WINDOWS,
+        links: Links | None = None,
+        identities: IdentityBook | None = None,
     ) -> None:
         self.window = timedelta(seconds=window_s)
+        self.links = links or Links()
+        self.identities = identities if identities is not None else IdentityBook()
         self.assets = assets or AssetMap([])
         # (host, category) -> window, oldest opened first; bounded: a flood of spoofed
         # sources must not grow it without end. An evicted window that was still open can
@@ -214,6 +239,7 @@ class AlertEngine:
             self.suppressed += 1
             return []
         asset = self.assets.lookup(event.host)
+        who = self.identities.at(event.host, event.ts)  # what is known now, at the hit's time
         out = []
         for stage in new:
             win.stages.add(stage)
@@ -238,10 +264,15 @@ class AlertEngine:
                     verdict=verdict,
                     capped=capped,
                     confirms=confirms if stage == "confirmed" else (),
+                    identity=who,
                 )
             )
         self.alerts += len(out)
-        return out
+        return [self._linked(a) for a in out] if self.links else out
+
+    def _linked(self, alert: Alert) -> Alert:
+        runbook, dashboard = self.links.urls(alert)
+        return replace(alert, runbook_url=runbook, dashboard_url=dashboard)
 
     def _confirms(self, host: str, current: str) -> tuple[str, ...]:
         """The categories whose windows hold an alert kept at low for this host, marked

@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE INDEX IF NOT EXISTS windows_start ON windows (start_us);
 CREATE TABLE IF NOT EXISTS delivered (
   alert_id TEXT NOT NULL, sink TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (alert_id, sink));
+CREATE TABLE IF NOT EXISTS outbox (
+  sink TEXT NOT NULL, alert_id TEXT NOT NULL, grp TEXT NOT NULL, queued_at REAL NOT NULL,
+  doc TEXT NOT NULL, PRIMARY KEY (sink, alert_id));
 CREATE TABLE IF NOT EXISTS marks (
   sink TEXT NOT NULL, part INTEGER NOT NULL, next_offset INTEGER NOT NULL,
   PRIMARY KEY (sink, part));
@@ -112,6 +115,35 @@ class AlertState:
         """Where a read-back of the sink starts; None when none was ever recorded."""
         rows = self.db.execute("SELECT part, next_offset FROM marks WHERE sink = ?", (sink,))
         return {p: n for p, n in rows} or None
+
+    def queue(self, sink: str, rows: list[tuple[str, str, float, str]]) -> None:
+        """Hold alerts (alert_id, group, queued_at, JSON document) for a grouping sink and
+        record them as delivered to it, in one transaction: once queued they survive a
+        crash, and a replayed batch does not queue them again."""
+        with self.db:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?)",
+                [(sink, a, g, t, d) for a, g, t, d in rows],
+            )
+            self.db.executemany(
+                "INSERT OR IGNORE INTO delivered VALUES (?, ?, ?)",
+                [(a, sink, t) for a, _, t, _ in rows],
+            )
+
+    def queued(self, sink: str) -> list[tuple[str, str, float, str]]:
+        """What the sink's outbox holds, oldest first: (alert_id, group, queued_at, doc)."""
+        rows = self.db.execute(
+            "SELECT alert_id, grp, queued_at, doc FROM outbox WHERE sink = ? "
+            "ORDER BY queued_at, rowid",
+            (sink,),
+        )
+        return list(rows)
+
+    def unqueue(self, sink: str, alert_ids: list[str]) -> None:
+        with self.db:
+            self.db.executemany(
+                "DELETE FROM outbox WHERE sink = ? AND alert_id = ?", [(sink, a) for a in alert_ids]
+            )
 
     def prune_windows(self, opened_before: datetime) -> None:
         """Forget windows that closed: the next hit of their host opens a new one anyway."""

@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import groupby
 from operator import itemgetter
-from socket import AF_INET, AF_INET6, inet_pton
 from typing import Any, Final
 
 from consumers.assets import AssetMap
 from consumers.store.base import Backend, StoreError
+from consumers.store.holders import Holders, machine_named
 from consumers.store.names import NameMatch
 from consumers.store.rollup import loads_set, us_to_ts
+from consumers.store.rows import (
+    Sets,
+    distinct_split,
+    host_order,
+    ip_order,
+    marks,
+    sorted_split,
+)
 
 BAN_DATE: Final = date(2024, 9, 29)  # US Commerce Department ban on Kaspersky software
 DEFAULT_LIMIT: Final = 10_000
@@ -83,63 +91,13 @@ def parse_host(text: str) -> str:
         raise QueryError(f"host {text!r} is not an IP address") from None
 
 
-def ip_order(host: str) -> tuple[int, bytes, str]:
-    """Sort key: IPv4 by number, then IPv6 by number, then anything else by text.
-
-    The packed address (big-endian bytes) orders as the number does; ``inet_pton`` is
-    what makes sorting 10,000 hosts cheap next to ``ipaddress``."""
-    try:
-        return (4, inet_pton(AF_INET, host), host)
-    except OSError:
-        pass
-    try:
-        return (6, inet_pton(AF_INET6, host), host)
-    except OSError:
-        pass
-    try:
-        addr = ipaddress.ip_address(host)  # a scoped IPv6 address (fe80::1%eth0)
-    except ValueError:
-        return (9, b"", host)
-    return (addr.version, addr.packed, host)
-
-
-class _Sets:
-    """Parses of one query's stored lists, by text: hosts share a few combinations of
-    sensors, categories or names, so each distinct text is parsed once per query. Every
-    row gets a list of its own."""
-
-    def __init__(self, parse: Callable[[str], list[str]]) -> None:
-        self.parse = parse
-        self.seen: dict[str, list[str]] = {}
-
-    def __call__(self, text: str) -> list[str]:
-        parsed = self.seen.get(text)
-        if parsed is None:
-            parsed = self.seen[text] = self.parse(text)
-        return parsed.copy()
-
-
-def _host_order(row: Sequence[Any]) -> tuple[int, bytes, str]:
-    return ip_order(row[0])
-
-
-def _sorted_split(text: str) -> list[str]:
-    return sorted(text.split(","))
-
-
-def _distinct_split(text: str) -> list[str]:
-    return sorted(set(text.split(",")))
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ",".join("?" * len(values))
-
-
 # ---------------------------------------------------------------------------- hosts
 
 HOST_COLUMNS: Final = (
     "host",
     "site",
+    "host_name",
+    "mac",
     "first_seen",
     "last_seen",
     "count",
@@ -161,7 +119,7 @@ def _verdicts(b: Backend, hosts: Sequence[str]) -> dict[str, tuple[str, str, lis
         chunk = list(hosts[i : i + 500])
         sql = (
             "SELECT host, verdict, verdict_confidence, evidence FROM hosts "  # noqa: S608
-            f"WHERE host IN ({_marks(chunk)})"
+            f"WHERE host IN ({marks(chunk)})"
         )
         for host, verdict, conf, evidence in b.query(sql, chunk):
             out[host] = (verdict, conf, json.loads(evidence or "[]"))
@@ -198,7 +156,7 @@ def hosts(
     found: list[tuple[str, int, int, int, int, list[str], list[str]]] = []
     if categories:
         cats = sorted(set(categories))
-        where.insert(0, f"category IN ({_marks(cats)})")
+        where.insert(0, f"category IN ({marks(cats)})")
         sql = (
             "SELECT host, category, first_us, last_us, count, allowlisted, sensors "  # noqa: S608
             f"FROM host_category WHERE {' AND '.join(where)} ORDER BY host"
@@ -220,19 +178,21 @@ def hosts(
         sql = "SELECT host, first_us, last_us, count, allowlisted, categories, sensors FROM hosts"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sets = _Sets(loads_set)
+        sets = Sets(loads_set)
         found = [
             (host, first, last, count, allow, sets(cats), sets(sensors))
             for host, first, last, count, allow, cats, sensors in b.query(sql, params)
         ]
-    found.sort(key=_host_order)
+    found.sort(key=host_order)
     fmt = us_to_ts
     verdicts = _verdicts(b, [f[0] for f in found])
     unknown: tuple[str, str, list[str]] = ("", "", [])
+    held = Holders(b).load_all()  # the machine that held each address when last seen
     # the counts are integers as stored (INTEGER/BIGINT columns, or Python sums of them)
     out: list[dict[str, Any]] = [
         {
             "host": host,
+            **held.at(host, last),
             "first_seen": fmt(first),
             "last_seen": fmt(last),
             "count": count,
@@ -292,6 +252,8 @@ TIMELINE_COLUMNS: Final = (
     "ts",
     "event_id",
     "host",
+    "host_name",
+    "mac",
     "sensor",
     "kind",
     "name",
@@ -314,6 +276,7 @@ TIMELINE_COLUMNS: Final = (
 )
 TIMELINE_TABLE: Final = (
     "ts", "sensor", "kind", "name", "peer", "indicator_id", "category", "severity", "allowlisted",
+    "host_name", "mac",
 )  # fmt: skip
 _HIT_SELECT: Final = (
     "SELECT ts_us, event_id, host, sensor, kind, name, query, answers, src_ip, src_port, dst_ip, "
@@ -333,7 +296,13 @@ def host_timeline(
     until_us: int | None = None,
     limit: int = DEFAULT_LIMIT,
 ) -> Result:
-    """That host's hits in time order (``limit`` at most; 0 = all)."""
+    """That host's hits in time order (``limit`` at most; 0 = all), each with the machine
+    that held the address then (``host_name``, ``mac``). ``host`` is an address, or a host
+    name or MAC seen in identity records: the hits of every address that machine held,
+    while it held it."""
+    named = machine_named(host)
+    if named is not None:
+        return _machine_timeline(b, host, named, since_us, until_us, limit)
     ip = parse_host(host)
     sql = _HIT_SELECT + " WHERE host = ?"
     params: list[Any] = [ip]
@@ -348,6 +317,7 @@ def host_timeline(
         sql += " LIMIT ?"
         params.append(limit + 1)
     rows = []
+    held = Holders(b)
     for r in b.query(sql, params):
         (ts, eid, h, sensor, kind, name, query, answers, src, sport, dst, dport, transport) = r[:13]
         ind, pattern, match, cat, sev, conf, allow, extra = r[13:]
@@ -376,6 +346,7 @@ def host_timeline(
                 "confidence": conf,
                 "allowlisted": allow,
                 "extra": json.loads(extra) if extra else {},
+                **held.at(h, int(ts)),
             }
         )
     note = ""
@@ -402,6 +373,38 @@ def host_timeline(
     return result
 
 
+def _machine_timeline(
+    b: Backend,
+    text: str,
+    machine: tuple[str, str],
+    since_us: int | None,
+    until_us: int | None,
+    limit: int,
+) -> Result:
+    field, value = machine
+    sql = (
+        "SELECT DISTINCT address FROM identities WHERE mac = ?"
+        if field == "mac"
+        else "SELECT DISTINCT address FROM identities WHERE lower(hostname) = lower(?)"
+    )
+    addresses = [r[0] for r in b.query(sql, [value])]
+    if not addresses:
+        raise QueryError(
+            f"host {text!r}: not an IP address, nor a host name or MAC in the identity records"
+        )
+    rows: list[dict[str, Any]] = []
+    for address in addresses:
+        found = host_timeline(b, address, since_us, until_us, 0)
+        match = value.lower() if field == "host_name" else value
+        rows += [r for r in found.rows if str(r[field]).lower() == match.lower()]
+    rows.sort(key=lambda r: (r["ts"], r["event_id"]))
+    note = "" if rows else f"no hits while {value} held {', '.join(addresses)}"
+    if limit > 0 and len(rows) > limit:
+        del rows[limit:]
+        note = f"showing the first {limit} hits of {value}; raise --limit (0 = all) for more"
+    return Result("host", TIMELINE_COLUMNS, TIMELINE_TABLE, rows, note)
+
+
 # ---------------------------------------------------------------------------- names
 
 CONTACT_COLUMNS: Final = (
@@ -419,9 +422,9 @@ def name_contacts(b: Backend, match: NameMatch, assets: AssetMap | None = None) 
         f"{b.agg_join('name')}, {b.agg_join('category')} FROM host_names WHERE {cond} "
         "GROUP BY host"
     )
-    names_of, cats_of = _Sets(_sorted_split), _Sets(_distinct_split)
+    names_of, cats_of = Sets(sorted_split), Sets(distinct_split)
     found = b.query(sql, params)
-    found.sort(key=_host_order)
+    found.sort(key=host_order)
     fmt = us_to_ts
     # one dict display per row, no conversions: the SQL's types are the output's (the sum
     # is cast to BIGINT, an int in both backends)

@@ -27,6 +27,9 @@ Times are integer microseconds since the epoch (UTC), the same in both databases
   with its time: a hit whose packet is already here (the same packet reported by another
   sensor) is stored and adds its sensor to the sensors sets, but no count. Retention
   deletes rows here as in ``hits``.
+- ``identities``: which machine (MAC, host name, source) held an address from a time on,
+  from the identity topic; joined to hits when a query runs, so an identity stored after
+  its hits still names them.
 - ``meta``: the schema version. ``MIGRATIONS`` upgrade older stores in place.
 """
 
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 HIT_COLUMNS: Final = (
     "event_id",
@@ -136,6 +139,19 @@ _TABLES: Final = (
         packet_id {t} NOT NULL PRIMARY KEY,
         ts_us {i} NOT NULL
     ){clustered}""",
+    # which machine held an address from ts_us (kaspwatch.identity.v1): joined to hits at
+    # query time, so an identity stored after its hits still names them (late binding)
+    """CREATE TABLE IF NOT EXISTS identities (
+        address {t} NOT NULL,
+        ts_us {i} NOT NULL,
+        mac {t} NOT NULL,
+        hostname {t} NOT NULL,
+        fqdn {t} NOT NULL,
+        source {t} NOT NULL,
+        sensor {t} NOT NULL,
+        lease_s {i},
+        PRIMARY KEY (address, ts_us, mac)
+    ){clustered}""",
 )
 
 INDEXES: Final = ("CREATE INDEX IF NOT EXISTS hits_host_ts ON hits (host, ts_us)",)
@@ -145,7 +161,8 @@ INDEX_NAMES: Final = ("hits_host_ts",)
 # transaction. 1 → 2 keeps every count: host_names and host_category are copied into
 # their host-first layout; host_indicator (read by no query) and the names lists of
 # host_category (idem) go. 2 → 3 adds ``packets`` (hits stored before carry no packet
-# identity and keep their counts); 3 → 4 adds the hosts' verdict columns. ``{clustered}``
+# identity and keep their counts); 3 → 4 adds the hosts' verdict columns; 4 → 5 adds
+# ``identities`` (which machine held an address when). ``{clustered}``
 # and the types are filled in as for
 # ``tables``.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -173,6 +190,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE hosts ADD COLUMN verdict_confidence TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE hosts ADD COLUMN evidence TEXT NOT NULL DEFAULT '[]'",
     ),
+    4: ("{identities}",),  # 4 -> 5: the identities table, nothing else changes
 }
 
 

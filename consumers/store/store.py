@@ -29,6 +29,7 @@ from consumers.store import rollup, schema
 from consumers.store.backends import open_backend
 from consumers.store.base import Backend
 from kaspwatch.event import Event
+from kaspwatch.identity import Identity
 
 log = logging.getLogger("kaspwatch.store")
 
@@ -66,10 +67,37 @@ class Store:
 
     # ------------------------------------------------------------------ handler protocol
 
-    async def handle(self, events: list[Event]) -> None:
-        if events:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.ingest, events)
+    async def handle(self, events: list[Event | Identity]) -> None:
+        """Hits, and identity records when subscribed to kaspwatch.identity.v1 too."""
+        idents = [e for e in events if isinstance(e, Identity)]
+        hits = [e for e in events if isinstance(e, Event)]
+        loop = asyncio.get_running_loop()
+        if idents:
+            await loop.run_in_executor(self._executor, self.ingest_identities, idents)
+        if hits:
+            await loop.run_in_executor(self._executor, self.ingest, hits)
+
+    def ingest_identities(self, idents: Iterable[Identity]) -> None:
+        """Keep who held which address from when; queries join them to hits by time, so an
+        identity that arrives after its hits still names them."""
+        rows = [
+            (i.address, rollup.ts_to_us(i.ts), i.mac, i.hostname, i.fqdn, i.source, i.sensor,
+             i.lease_s)
+            for i in idents
+        ]  # fmt: skip
+        with self._lock:
+            b = self.backend
+            b.begin()
+            try:
+                b.executemany(
+                    "INSERT INTO identities (address, ts_us, mac, hostname, fqdn, source, "
+                    "sensor, lease_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    rows,
+                )
+                b.commit()
+            except BaseException:
+                b.rollback()
+                raise
 
     def rollback(self) -> None:
         """Nothing to undo: a failed ``ingest`` rolled its transaction back already."""
@@ -296,6 +324,7 @@ class Store:
             if before:
                 b.query("DELETE FROM hits WHERE ts_us < ?", (cutoff,))
             b.query("DELETE FROM packets WHERE ts_us < ?", (cutoff,))
+            b.query("DELETE FROM identities WHERE ts_us < ?", (cutoff,))
             b.commit()
         except BaseException:
             b.rollback()

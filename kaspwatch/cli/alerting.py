@@ -12,6 +12,8 @@ from types import ModuleType
 
 from consumers.alerts.delivery import POLICIES, AlertDelivery
 from consumers.alerts.engine import Alert, AlertEngine
+from consumers.alerts.grouping import GROUP_WAIT_S
+from consumers.alerts.links import FIELDS, LinkError, Links, check_template
 from consumers.alerts.sinks import Sink, SinkOptionError, alertmanager, syslog, webhook
 from consumers.alerts.sinks.ocsf import KafkaTopicSink
 from consumers.alerts.sinks.stdout import StdoutSink
@@ -43,6 +45,22 @@ def add_alert_options(p: argparse.ArgumentParser, state_default: bool) -> None:
         help="SQLite file keeping suppression windows and deliveries across restarts"
         + (" (default: .kaspwatch/alerts-GROUP.sqlite)" if state_default else " (default: memory)"),
     )
+    for flag, what in (("--runbook-url", "runbook"), ("--dashboard-url", "dashboard")):
+        p.add_argument(
+            flag,
+            metavar="TEMPLATE",
+            help=f"link every alert to its {what}: an http(s) URL with placeholders "
+            f"{', '.join('{' + f + '}' for f in FIELDS[:4])}... (values percent-encoded)"
+            + ("; Alertmanager's generatorURL" if what == "dashboard" else ""),
+        )
+    p.add_argument(
+        "--group-wait",
+        type=float,
+        default=GROUP_WAIT_S,
+        metavar="SECONDS",
+        help="webhook and syslog: one message per host listing its alerts of this long "
+        f"(default {GROUP_WAIT_S:g}; 0: every alert as it comes)",
+    )
     for sink in OPTIONAL_SINKS:
         sink.add_options(p)
     p.add_argument(
@@ -67,12 +85,24 @@ def build_sinks(
         sinks.append(StdoutSink(render))
     if publisher is not None:
         topic = getattr(args, "alerts_topic", ALERTS_TOPIC)
-        sinks.append(KafkaTopicSink(publisher, topic, reader))
+        fmt = getattr(args, "alerts_format", "ocsf")
+        sinks.append(KafkaTopicSink(publisher, topic, reader, fmt))
     for module in OPTIONAL_SINKS:
         sink = module.from_options(args)
         if sink is not None:
             sinks.append(sink)
     return sinks
+
+
+def links_from_options(args: argparse.Namespace) -> Links:
+    """``--runbook-url`` / ``--dashboard-url``, checked (SinkOptionError naming the flag)."""
+    try:
+        return Links(
+            check_template(args.runbook_url, "--runbook-url") if args.runbook_url else None,
+            check_template(args.dashboard_url, "--dashboard-url") if args.dashboard_url else None,
+        )
+    except LinkError as exc:
+        raise SinkOptionError(str(exc)) from None
 
 
 def state_path(args: argparse.Namespace, group: str | None) -> str | None:
@@ -97,7 +127,8 @@ def open_delivery(
 ) -> tuple[AlertDelivery, AssetMap]:
     assets = load_assets(args.assets)
     window = args.window or args.config_loaded.window or DEFAULT_WINDOW
-    engine = AlertEngine(window, assets)
-    return AlertDelivery(
-        engine, sinks, AlertState(state_path(args, group)), args.on_sink_failure
-    ), assets
+    engine = AlertEngine(window, assets, links=links_from_options(args))
+    if not args.group_wait >= 0:
+        raise SinkOptionError(f"--group-wait {args.group_wait:g}: give 0 or more seconds")
+    state = AlertState(state_path(args, group))
+    return AlertDelivery(engine, sinks, state, args.on_sink_failure, args.group_wait), assets

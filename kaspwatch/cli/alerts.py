@@ -9,22 +9,44 @@ from prometheus_client import start_http_server
 
 from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json
+from consumers.alerts.grouping import flush_every
 from consumers.alerts.resend import resend_firing
+from consumers.alerts.sinks import SinkOptionError
+from consumers.alerts.sinks.ecs import render_ecs
+from consumers.identity import parse_with_identities
 from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
 from kaspwatch.bus import open_publisher, open_reader, open_subscriber
-from kaspwatch.cli.alerting import add_alert_options, build_sinks, open_delivery
+from kaspwatch.cli.alerting import (
+    add_alert_options,
+    build_sinks,
+    links_from_options,
+    open_delivery,
+)
 from kaspwatch.cli.kafka import add_kafka_options
 from kaspwatch.cli.options import add_bus_option, add_metrics_addr
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
+from kaspwatch.identity import IDENTITY_TOPIC
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bus_option(p)
     p.add_argument("--group", default="kaspwatch-alerts", help="Kafka consumer group")
     p.add_argument("--topic", default=HITS_TOPIC)
-    p.add_argument("--alerts-topic", default=ALERTS_TOPIC, help="OCSF Detection Findings go here")
+    p.add_argument(
+        "--identity-topic",
+        default=IDENTITY_TOPIC,
+        help="identity records (DHCP, ARP) that name the machine in each alert; '' for none",
+    )
+    p.add_argument("--alerts-topic", default=ALERTS_TOPIC, help="alert records go here")
+    p.add_argument(
+        "--alerts-format",
+        choices=("ocsf", "ecs"),
+        default="ocsf",
+        help="records on the alerts topic: OCSF 1.3 Detection Finding (default) or ECS 8.11",
+    )
+    p.add_argument("--format", choices=("ndjson", "ecs"), default="ndjson", help="alerts on stdout")
     p.add_argument("--dead-letter-topic", default=DEAD_LETTER_TOPIC)
     add_metrics_addr(p, "serve this consumer's metrics (deliveries, sink failures, dead letters)")
     add_alert_options(p, state_default=True)
@@ -32,19 +54,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    links_from_options(args)  # a bad template fails before any client exists
+    if not args.group_wait >= 0:
+        raise SinkOptionError(f"--group-wait {args.group_wait:g}: give 0 or more seconds")
     metrics = HitMetrics()
 
     async def main() -> None:
         stopper = Stopper()
         stopper.install()
         publisher = open_publisher(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
+        topics = [args.identity_topic, args.topic] if args.identity_topic else [args.topic]
         sub = open_subscriber(
-            args.bus, [args.topic], args.group, client_id="kaspwatch-alerts", security=args.kafka
+            args.bus, topics, args.group, client_id="kaspwatch-alerts", security=args.kafka
         )
         await publisher.start()
         await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
         reader = open_reader(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
-        sinks = build_sinks(args, publisher, render_json, reader)
+        render = render_ecs if args.format == "ecs" else render_json
+        sinks = build_sinks(args, publisher, render, reader)
         delivery, _ = open_delivery(args, sinks, args.group)
         metrics.registry.register(DeliveryCollector(delivery))
         if args.metrics_addr:
@@ -55,9 +82,17 @@ def run(args: argparse.Namespace) -> int:
         dead = DeadLetters(metrics.invalid, publisher, args.dead_letter_topic)
         try:
             await asyncio.gather(
-                consume(sub, [delivery], stopper.stop, dead),
+                consume(
+                    sub,
+                    [delivery],
+                    stopper.stop,
+                    dead,
+                    parse=parse_with_identities(args.identity_topic),
+                ),
                 resend_firing(delivery.sinks, stopper.stop),
+                flush_every(delivery.flush_groups, stopper.stop),
             )
+            await delivery.flush_groups(everything=True)  # stopping: send what is held
         finally:
             await sub.stop()
             for sink in delivery.sinks:

@@ -1,7 +1,7 @@
 """``kaspwatch query``: ask the incident-response store.
 
     kaspwatch query hosts [--since T] [--until T] [--category C] [--site S --assets FILE]
-    kaspwatch query host IP [--since T] [--until T] [--limit N]
+    kaspwatch query host IP|HOSTNAME|MAC [--since T] [--until T] [--limit N]
     kaspwatch query name PATTERN [--exact]        (zone, *.zone, or the exact name)
     kaspwatch query dns PATTERN [--exact]         (passive DNS of watched names)
     kaspwatch query after-ban [--date YYYY-MM-DD]
@@ -55,7 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _query_opts(h)
     _filter_opts(h)
     h = q.add_parser("host", help="one host's timeline (exit 1 when nothing is stored)")
-    h.add_argument("ip", metavar="IP")
+    h.add_argument(
+        "ip", metavar="HOST", help="an IP address, or a host name or MAC from the identity records"
+    )
     _query_opts(h)
     h.add_argument("--limit", type=int, default=10_000, help="at most N hits (0 = all)")
     h = q.add_parser("name", help="who contacted a name: ZONE (and under), *.ZONE, or --exact")

@@ -12,6 +12,8 @@ from prometheus_client import start_http_server, write_to_textfile
 
 from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json, render_text
+from consumers.alerts.sinks.ecs import render_ecs
+from consumers.identity import parse_with_identities
 from consumers.loop import DeadLetters, consume
 from consumers.metrics import HitMetrics
 from consumers.store import open_store
@@ -29,6 +31,7 @@ from kaspwatch.cli.metrics import known_pairs
 from kaspwatch.cli.options import add_metrics_addr, add_sensor_options, build_sensor
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import HITS_TOPIC
+from kaspwatch.identity import IDENTITY_TOPIC
 from sensor.health import register_sensor
 from sensor.publish import PublishStats, run_sensor
 
@@ -51,7 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write final metrics here (node_exporter textfile format)",
     )
     p.add_argument(
-        "--format", choices=("text", "ndjson"), default="text", help="alert output format"
+        "--format",
+        choices=("text", "ndjson", "ecs"),
+        default="text",
+        help="alert output format (ecs: Elastic Common Schema 8.11 documents, one a line)",
     )
 
 
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     sensor, reloader = build_sensor(args)
     sources = open_sources(args, sensor)
     publish = PublishStats()
-    render = render_text if args.format == "text" else render_json
+    render = {"text": render_text, "ndjson": render_json, "ecs": render_ecs}[args.format]
     delivery, assets = open_delivery(args, build_sinks(args, None, render), None)
     metrics = HitMetrics(assets=assets, known=known_pairs(sensor.rules.matcher.indicators.values()))
     register_sensor(metrics.registry, sensor, publish, reloader, sources)
@@ -77,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stopper.install()
         publisher = open_publisher(bus_url)
-        alerts_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-alerts")
+        # identities first: a batch's DHCP/ARP records reach the book before its hits
+        alerts_sub = open_subscriber(bus_url, [IDENTITY_TOPIC, HITS_TOPIC], "kaspwatch-alerts")
         metrics_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-metrics")
-        store_sub = open_subscriber(bus_url, [HITS_TOPIC], "kaspwatch-store")
+        store_sub = open_subscriber(bus_url, [IDENTITY_TOPIC, HITS_TOPIC], "kaspwatch-store")
         for part in (publisher, alerts_sub, metrics_sub, store_sub):
             await part.start()
         sensing_done = asyncio.Event()
@@ -100,14 +107,31 @@ def run(args: argparse.Namespace) -> int:
         never = asyncio.Event()
         await asyncio.gather(
             sense(),
-            consume(alerts_sub, [delivery, summary], never, on_invalid, sensing_done.is_set),
+            consume(
+                alerts_sub,
+                [delivery, summary],
+                never,
+                on_invalid,
+                sensing_done.is_set,
+                parse_with_identities(IDENTITY_TOPIC),
+            ),
             consume(metrics_sub, [metrics], never, on_invalid, sensing_done.is_set),
             *(
-                [consume(store_sub, [store], never, on_invalid, sensing_done.is_set)]
+                [
+                    consume(
+                        store_sub,
+                        [store],
+                        never,
+                        on_invalid,
+                        sensing_done.is_set,
+                        parse_with_identities(IDENTITY_TOPIC),
+                    )
+                ]
                 if store is not None
                 else []
             ),
         )
+        await delivery.flush_groups(everything=True)  # the capture ended: send what is held
         for sink in delivery.sinks:
             await sink.stop()
 

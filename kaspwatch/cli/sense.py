@@ -28,6 +28,7 @@ from kaspwatch.cli.options import (
 )
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC
+from kaspwatch.identity import IDENTITY_TOPIC
 from sensor.health import register_sensor
 from sensor.publish import PublishStats, heartbeats, run_sensor
 
@@ -38,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_source_options(p)
     add_bus_option(p)
     p.add_argument("--topic", default=HITS_TOPIC)
+    p.add_argument(
+        "--identity-topic",
+        default=IDENTITY_TOPIC,
+        help="identity records (DHCP, ARP), keyed by address; create it compacted",
+    )
     p.add_argument("--observations", action="store_true", help="also publish non-matching names")
     p.add_argument("--heartbeats-topic", default=HEARTBEATS_TOPIC)
     p.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="SECONDS")
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             connect, spool, args.delivery_timeout, passthrough=(args.heartbeats_topic,)
         )
         await publisher.start()
-        await publisher.prepare([args.topic, args.heartbeats_topic])
+        await publisher.prepare([args.topic, args.heartbeats_topic, args.identity_topic])
         sensed = asyncio.Event()
         read_out = False  # every source was a file and was read to its end
 
@@ -95,7 +101,14 @@ def run(args: argparse.Namespace) -> int:
         )
         try:
             await run_sensor(
-                sources, sensor, publisher, publish, stopper.halt, args.topic, reloader
+                sources,
+                sensor,
+                publisher,
+                publish,
+                stopper.halt,
+                args.topic,
+                reloader,
+                args.identity_topic,
             )
             read_out = not stopper.halt.is_set() and not any(src.live for src in sources)
         finally:

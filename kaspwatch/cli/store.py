@@ -17,6 +17,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from consumers.identity import parse_with_identities
 from consumers.loop import DeadLetters, consume
 from consumers.store import StoreError, open_store
 from consumers.store.queries import parse_time
@@ -25,6 +26,7 @@ from kaspwatch.cli.kafka import add_kafka_options
 from kaspwatch.cli.options import add_bus_option, add_db_option, db_url
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import HITS_TOPIC
+from kaspwatch.identity import IDENTITY_TOPIC
 
 log = logging.getLogger("kaspwatch")
 
@@ -44,6 +46,11 @@ def _positive(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bus_option(p)
     p.add_argument("--topic", default=HITS_TOPIC)
+    p.add_argument(
+        "--identity-topic",
+        default=IDENTITY_TOPIC,
+        help="identity records (DHCP, ARP) kept to name the machine behind each hit; '' for none",
+    )
     p.add_argument(
         "--group",
         help=f"Kafka consumer group (default {DEFAULT_GROUP}; a fresh one when rebuilding)",
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         stopper.install()
         sub = open_subscriber(
             args.bus,
-            [args.topic],
+            [args.identity_topic, args.topic] if args.identity_topic else [args.topic],
             group,
             client_id="kaspwatch-store",
             security=args.kafka,
@@ -113,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         await sub.start()
         finished = (lambda: True) if args.until_caught_up else None
         try:
-            await consume(sub, [store], stopper.stop, DeadLetters(invalid), finished)
+            parse = parse_with_identities(args.identity_topic)
+            await consume(sub, [store], stopper.stop, DeadLetters(invalid), finished, parse)
         finally:
             await sub.stop()
 

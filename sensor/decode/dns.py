@@ -121,6 +121,18 @@ def decode_dns(payload: bytes) -> list[Sighting]:
     return [_answer(q, *answers) for q in names if q is not None]
 
 
+def announced(payload: bytes) -> dict[str, list[str]]:
+    """A response's A/AAAA records by owner name: what an mDNS announcement or an LLMNR
+    answer says about the host sending it; {} for a query. DecodeError when malformed."""
+    if len(payload) < 12 or not payload[2] & 0x80:
+        return {}
+    qdcount, ancount = _counts(payload, 4)
+    pos = 12
+    for _ in range(qdcount):
+        pos = _name(payload, pos)[1] + 4
+    return _answers(payload, pos, ancount)[1]
+
+
 _Answers = tuple[dict[str, str], dict[str, list[str]], dict[str, int]]
 
 

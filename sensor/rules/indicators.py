@@ -55,6 +55,7 @@ class Indicator:
     path_prefix: str | None = None  # HTTP only: the request path must start with this
     pack: str = ""  # name of the pack it came from
     with_path_signal: bool = False  # magic only: counts only after a path signal
+    remediation: str = ""  # what to do next: the indicator's own, else its pack's category's
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +98,9 @@ def load_pack(path: str | Path | None = None) -> Pack:
     seen: dict[str, int] = {}
     indicators = []
     pack_name = str(doc.get("name", path.stem))
+    remediation = _remediation_table(where, doc.get("remediation"))
     for item in items:
-        ind = _indicator(where, item, pack_name)
+        ind = _indicator(where, item, pack_name, remediation)
         line = item["__line__"]
         if ind.id in seen:
             raise PackError(
@@ -128,7 +130,30 @@ def _require(
     return value
 
 
-def _indicator(where: str, item: object, pack_name: str) -> Indicator:
+def _remediation_table(where: str, table: object) -> dict[str, str]:
+    """The pack's ``remediation`` mapping: category -> what to do next (optional)."""
+    if table is None:
+        return {}
+    line = table.get("__line__", 1) if isinstance(table, dict) else 1
+    if not isinstance(table, dict):
+        raise PackError(f"{where}:{line}: remediation must be a mapping of category to text")
+    out = {}
+    for cat, text in table.items():
+        if cat == "__line__":
+            continue
+        if cat not in CATEGORIES:
+            raise PackError(
+                f"{where}:{line}: remediation for {cat!r}: not a category ({', '.join(CATEGORIES)})"
+            )
+        if not isinstance(text, str) or not text.strip():
+            raise PackError(f"{where}:{line}: remediation for {cat!r} must be non-empty text")
+        out[cat] = " ".join(text.split())
+    return out
+
+
+def _indicator(
+    where: str, item: object, pack_name: str, remediation: dict[str, str] | None = None
+) -> Indicator:
     if not isinstance(item, dict):
         raise PackError(f"{where}: every indicator must be a mapping, got {item!r}")
     line = item["__line__"]
@@ -173,6 +198,11 @@ def _indicator(where: str, item: object, pack_name: str) -> Indicator:
             f"{where}:{line}: path_prefix must be a string starting with '/', "
             "on an indicator whose where is [http]"
         )
+    own = item.get("remediation")
+    if own is not None and (not isinstance(own, str) or not own.strip()):
+        raise PackError(f"{where}:{line}: remediation must be non-empty text")
+    todo = " ".join(own.split()) if own else (remediation or {}).get(category, "")
+    description = " ".join(description.split())
     if content is None:
         pattern = pattern.lower()
     return Indicator(
@@ -185,11 +215,23 @@ def _indicator(where: str, item: object, pack_name: str) -> Indicator:
         confidence=confidence,
         evidence=evidence,
         sources=tuple(sources),
-        description=" ".join(description.split()),
-        ref=IndicatorRef(ind_id, pattern, match, category, severity, confidence, evidence),
+        description=description,
+        ref=IndicatorRef(
+            ind_id,
+            pattern,
+            match,
+            category,
+            severity,
+            confidence,
+            evidence=evidence,
+            description=description,
+            remediation=todo,
+            sources=tuple(sources),
+        ),
         path_prefix=path_prefix,
         pack=pack_name,
         with_path_signal=with_path,
+        remediation=todo,
     )
 
 

@@ -39,21 +39,41 @@ def _rfc3339(epoch: float) -> str:
 
 
 def _description(a: Alert) -> str:
+    """What happened, then what the indicator means and what to do next."""
     d = a.to_dict()
     ind = d["indicator"]
     asked = f" (asked {d['query']})" if "query" in d and d["query"] != d["name"] else ""
-    return (
+    parts = [
         f"{d['host']} ({d['site']}/{d['zone']}, owner {d['owner'] or 'unknown'}, "
         f"criticality {d['criticality']}) reached {d['name']}{asked} via {d['kind']}; "
         f"indicator {ind['id']} ({ind['match']} {ind['pattern']}, confidence "
         f"{ind['confidence']}); first seen {d['first_seen']}, {d['hits']} hits in the window"
-    )
+    ]
+    if "description" in d:
+        parts.append(d["description"])
+    if "remediation" in d:
+        parts.append(f"What to do: {d['remediation']}")
+    return "\n\n".join(parts)
 
 
 def to_am(a: Alert, ends_at: float, generator_url: str | None = None) -> dict[str, Any]:
-    """One Alertmanager v2 ``postableAlert``."""
+    """One Alertmanager v2 ``postableAlert``. ``generatorURL`` is the alert's dashboard link
+    (``--dashboard-url``), else the sink's ``generator_url``."""
     d = a.to_dict()
     ends = _rfc3339(ends_at)
+    annotations = {
+        "summary": d["summary"],
+        "description": _description(a),
+        "alert_id": a.alert_id,
+        "event_id": a.event.event_id,
+        "name": a.event.name,
+        "indicator": d["indicator"]["id"],
+    }
+    for key in ("host_name", "mac", "mac_vendor", "remediation", "runbook_url", "dashboard_url"):
+        if d.get(key):
+            annotations[key] = d[key]
+    if "sources" in d:
+        annotations["sources"] = "\n".join(d["sources"])
     doc: dict[str, Any] = {
         "labels": {
             "alertname": ALERTNAME,
@@ -64,20 +84,13 @@ def to_am(a: Alert, ends_at: float, generator_url: str | None = None) -> dict[st
             "zone": a.asset.zone,
             "host": a.event.host,
         },
-        "annotations": {
-            "summary": d["summary"],
-            "description": _description(a),
-            "alert_id": a.alert_id,
-            "event_id": a.event.event_id,
-            "name": a.event.name,
-            "indicator": d["indicator"]["id"],
-        },
+        "annotations": annotations,
         # Alertmanager refuses startsAt after endsAt (sensor clock ahead): clamp.
         "startsAt": min(a.first_seen, ends),
         "endsAt": ends,
     }
-    if generator_url:
-        doc["generatorURL"] = generator_url
+    if a.dashboard_url or generator_url:
+        doc["generatorURL"] = a.dashboard_url or generator_url
     return doc
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from consumers.alerts.sinks import SinkError
+from consumers.alerts.sinks.ecs import ecs_uid, to_ecs
+from consumers.alerts.sinks.endpoint import kaspersky_endpoint, resolver
 from kaspwatch import __version__
 from kaspwatch.bus import BusError, Publisher, TopicReader
 from kaspwatch.event import ALERTS_TOPIC, parse_ts
@@ -33,10 +36,23 @@ def _ms(ts: str) -> int:
 
 
 def to_ocsf(alert: Alert) -> dict[str, Any]:
+    """The finding's destination is the Kaspersky endpoint (for DNS: the name and the
+    answer's address), never the resolver, which goes to ``unmapped.resolver``."""
     d = alert.to_dict()
     resolved = alert.status == "resolved"
     activity_id = 3 if resolved else 1  # 1 Create, 3 Close
-    return {
+    ip, port = kaspersky_endpoint(alert.event)
+    dst: dict[str, Any] = {"hostname": d["name"]}
+    if ip is not None:
+        dst["ip"] = ip
+    if port is not None:
+        dst["port"] = port
+    srv = resolver(alert.event)
+    extra: dict[str, Any] = {"resolver": {"ip": srv[0], "port": srv[1]}} if srv else {}
+    for key in ("remediation", "sources", "runbook_url", "dashboard_url"):
+        if key in d:
+            extra[key] = d[key]
+    doc = {
         "class_uid": CLASS_UID,
         "class_name": "Detection Finding",
         "category_uid": CATEGORY_UID,
@@ -70,8 +86,13 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
             },
             "related_events": [{"uid": d["event_id"], "type": d["kind"]}],
         },
-        "device": {"ip": d["host"], "location": {"desc": f"{d['site']}/{d['zone']}"}},
-        "dst_endpoint": {"ip": d["dst_ip"], "port": d["dst_port"], "hostname": d["name"]},
+        "device": {
+            "ip": d["host"],
+            "location": {"desc": f"{d['site']}/{d['zone']}"},
+            **({"hostname": d["host_name"]} if d.get("host_name") else {}),
+            **({"mac": d["mac"]} if d.get("mac") else {}),
+        },
+        "dst_endpoint": dst,
         "unmapped": {
             "site": d["site"],
             "zone": d["zone"],
@@ -80,8 +101,12 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
             "sensor": d["sensor"],
             "hits": d["hits"],
             **({"query": d["query"]} if "query" in d else {}),
+            **extra,
         },
     }
+    if "description" in d:
+        doc["finding_info"]["desc"] = f"{d['summary']}. {d['description']}"
+    return doc
 
 
 def finding_uid(value: bytes) -> str | None:
@@ -93,18 +118,32 @@ def finding_uid(value: bytes) -> str | None:
     return uid if isinstance(uid, str) else None
 
 
+FORMATS: Final[dict[str, Callable[[Alert], dict[str, Any]]]] = {"ocsf": to_ocsf, "ecs": to_ecs}
+
+
+def record_uid(value: bytes) -> str | None:
+    """The alert id of a record on the alerts topic, in either format; None otherwise."""
+    return finding_uid(value) or ecs_uid(value)
+
+
 class KafkaTopicSink:
-    """Alerts to the alerts topic as OCSF JSON, keyed by host; waits for the broker's acks.
-    With a ``reader`` of the same bus it can read back what is on the topic."""
+    """Alerts to the alerts topic as OCSF (default) or ECS JSON, keyed by host; waits for the
+    broker's acks. With a ``reader`` of the same bus it can read back what is on the topic
+    (records of either format, so switching formats keeps exactly-once)."""
 
     name = "kafka"
 
     def __init__(
-        self, publisher: Publisher, topic: str = ALERTS_TOPIC, reader: TopicReader | None = None
+        self,
+        publisher: Publisher,
+        topic: str = ALERTS_TOPIC,
+        reader: TopicReader | None = None,
+        fmt: str = "ocsf",
     ) -> None:
         self.publisher = publisher
         self.topic = topic
         self.reader = reader
+        self.render = FORMATS[fmt]
         self.acked: dict[int, int] = {}  # partition -> offset after the last batch's record
 
     async def read_back(self, since: dict[int, int] | None) -> tuple[set[str], dict[int, int]]:
@@ -116,7 +155,7 @@ class KafkaTopicSink:
             records, ends = await self.reader.read(self.topic, since)
         except BusError as exc:
             raise SinkError(f"kafka sink, reading back topic {self.topic}: {exc}") from exc
-        uids = [finding_uid(r.value) for r in records]
+        uids = [record_uid(r.value) for r in records]
         if None in uids:
             log.warning(
                 "kafka sink: %d records on topic %s are not kaspwatch findings (ignored)",
@@ -132,7 +171,7 @@ class KafkaTopicSink:
         futures = [
             await self.publisher.send(
                 self.topic,
-                json.dumps(to_ocsf(a), separators=(",", ":")).encode(),
+                json.dumps(self.render(a), separators=(",", ":")).encode(),
                 a.event.host.encode(),
             )
             for a in alerts

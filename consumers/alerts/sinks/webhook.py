@@ -1,5 +1,9 @@
 """A generic webhook: ``POST {"alerts": [...]}`` signed with HMAC-SHA256.
 
+With ``--group-wait`` (the default) each POST holds one host's alerts and says so at the top:
+``host``, ``site``, ``zone``, ``owner``, ``criticality``, the highest ``severity``,
+``count``, ``categories``, ``stages``, ``names``, ``indicators`` and a one-line ``summary``.
+
 Headers: ``X-Kaspwatch-Signature: sha256=<hex HMAC of the exact body>`` (with a secret),
 ``X-Kaspwatch-Delivery`` and ``Idempotency-Key``: a digest of the POST's alert ids and
 statuses, the same on every retry of that POST. After a crash the alerts of the batch in
@@ -14,9 +18,11 @@ import hashlib
 import hmac
 import json
 from pathlib import Path
+from typing import Any
 
 from consumers.alerts.engine import Alert
 from consumers.alerts.sinks import SinkOptionError
+from consumers.alerts.sinks.group import group_summary
 from consumers.alerts.sinks.http import check_url, origin, post
 from kaspwatch.secretfile import read_secret_file
 
@@ -28,7 +34,11 @@ def load_secret(path: str | Path) -> bytes:
 
 def delivery_id(alerts: list[Alert]) -> str:
     """Stable per batch content: the same alerts in the same state give the same id."""
-    keys = sorted(f"{a.alert_id}:{a.status}" for a in alerts)
+    return _digest([a.to_dict() for a in alerts])
+
+
+def _digest(docs: list[dict[str, Any]]) -> str:
+    keys = sorted(f"{d['alert_id']}:{d['status']}" for d in docs)
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
@@ -60,10 +70,17 @@ class WebhookSink:
     async def stop(self) -> None:
         return None
 
-    def request(self, alerts: list[Alert]) -> tuple[bytes, dict[str, str]]:
-        body = json.dumps({"alerts": [a.to_dict() for a in alerts]}, separators=(",", ":"))
-        raw = body.encode()
-        key = delivery_id(alerts)
+    def request(
+        self, alerts: list[Alert], group: dict[str, Any] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        docs = [a.to_dict() for a in alerts]
+        return self._request(docs, group)
+
+    def _request(
+        self, docs: list[dict[str, Any]], group: dict[str, Any] | None
+    ) -> tuple[bytes, dict[str, str]]:
+        raw = json.dumps({**(group or {}), "alerts": docs}, separators=(",", ":")).encode()
+        key = _digest(docs)
         headers = {
             "Content-Type": "application/json",
             "X-Kaspwatch-Delivery": key,
@@ -76,7 +93,15 @@ class WebhookSink:
     async def send(self, alerts: list[Alert]) -> None:
         if not alerts:
             return
-        body, headers = self.request(alerts)
+        await self._post(*self.request(alerts))
+
+    async def send_group(self, docs: list[dict[str, Any]]) -> None:
+        """One host's alerts in one POST, with what they add up to at the top."""
+        summary = group_summary(docs)
+        del summary["alert_ids"]  # each alert in ``alerts`` has its own
+        await self._post(*self._request(docs, summary))
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> None:
         await post(
             self.name,
             self.url,

@@ -1,0 +1,148 @@
+"""Passive host identity: DHCP, ARP, mDNS and LLMNR turned into ``Identity`` records
+(kaspwatch.identity).
+
+DHCP: a client's DISCOVER/REQUEST/INFORM says its MAC, host name, FQDN and vendor class;
+the server's ACK binds an address to that MAC (``yiaddr``, or ``ciaddr`` on a renewal).
+The ACK is the record; the names come from the client's last message (the server rarely
+echoes them). A REQUEST whose ACK this sensor cannot see (asymmetric taps) does not bind:
+only an ACK does. ARP: a sender's (address, MAC) pair; a record only when the pair is new
+or changed, so ARP chatter costs nothing. Every binding is re-published after
+``refresh_s`` of capture time, so a compacted topic keeps a recent ``ts``.
+
+Both tables are bounded (oldest out first) and count their evictions.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Final, NamedTuple
+
+from kaspwatch.event import format_ts
+from kaspwatch.identity import Identity, clean_text, normalize_mac
+from sensor.decode import DecodeError
+from sensor.decode.dhcp import ACK, DISCOVER, INFORM, REQUEST, decode_arp, decode_dhcp
+from sensor.decode.dns import announced
+
+MAX_CLIENTS: Final = 16_384  # DHCP clients whose names wait for their ACK
+MAX_BINDINGS: Final = 65_536  # address -> last published binding
+REFRESH_S: Final = 3600.0
+_ZERO: Final = b"\0\0\0\0"
+
+
+class _Client(NamedTuple):
+    hostname: str
+    fqdn: str
+    vendor_class: str
+
+
+class _Bound(NamedTuple):
+    key: tuple[str, str, str, str]  # (mac, hostname, fqdn, vendor_class): what a change is
+    first_ns: int
+    published_ns: int
+
+
+class IdentityWatch:
+    def __init__(
+        self,
+        sensor: str,
+        max_clients: int = MAX_CLIENTS,
+        max_bindings: int = MAX_BINDINGS,
+        refresh_s: float = REFRESH_S,
+    ) -> None:
+        self.sensor = sensor
+        self.clients: dict[bytes, _Client] = {}
+        self.bindings: dict[str, _Bound] = {}
+        self.max_clients, self.max_bindings = max_clients, max_bindings
+        self.refresh_ns = int(refresh_s * 1e9)
+        self.clients_evicted = 0
+        self.bindings_evicted = 0
+        self.pending: list[Identity] = []
+
+    def drain(self) -> list[Identity]:
+        out, self.pending = self.pending, []
+        return out
+
+    def dhcp(self, payload: bytes, ts_ns: int) -> None:
+        """Read one DHCP message (DecodeError when malformed)."""
+        msg = decode_dhcp(payload)
+        if not msg.mac:
+            return
+        if msg.op == 1 and msg.msg_type in (DISCOVER, REQUEST, INFORM):
+            names = _Client(clean_text(msg.hostname), clean_text(msg.fqdn.encode()),
+                            clean_text(msg.vendor_class))  # fmt: skip
+            self.clients.pop(msg.mac, None)
+            self.clients[msg.mac] = names
+            if len(self.clients) > self.max_clients:
+                del self.clients[next(iter(self.clients))]
+                self.clients_evicted += 1
+            return
+        if msg.op == 2 and msg.msg_type == ACK:
+            addr = msg.yiaddr if msg.yiaddr != _ZERO else msg.ciaddr
+            if addr == _ZERO:
+                return  # an ACK to an INFORM binds nothing new
+            client = self.clients.get(msg.mac) or _Client(clean_text(msg.hostname), "", "")
+            self._bind(socket.inet_ntoa(addr), normalize_mac(msg.mac), client, ts_ns, "dhcp",
+                       msg.lease_s)  # fmt: skip
+
+    def frame(self, linktype: int, data: bytes, ts_ns: int) -> None:
+        """Read an Ethernet frame that carried no TCP/UDP: ARP (DecodeError if malformed)."""
+        if linktype != 1:
+            return
+        arp = decode_arp(data)
+        if arp is None or arp.sender_ip == _ZERO or arp.sender_mac in (b"\0" * 6, b"\xff" * 6):
+            return
+        addr, mac = socket.inet_ntoa(arp.sender_ip), normalize_mac(arp.sender_mac)
+        known = self.bindings.get(addr)
+        if known is not None and known.key[0] in (mac, ""):
+            names = _Client(*known.key[1:])  # ARP adds no names: keep DHCP's (or mDNS's)
+        else:
+            names = _Client("", "", "")
+        self._bind(addr, mac, names, ts_ns, "arp", None)
+
+    def announce(self, payload: bytes, sport: int, src: bytes, ts_ns: int) -> None:
+        """An mDNS (5353) or LLMNR (5355) response naming its sender: the sender's address
+        among the records of a name binds that name to it (no MAC: kept from DHCP or ARP
+        when the name agrees). A malformed message is left to the DNS decoder."""
+        try:
+            records = announced(payload)
+        except (DecodeError, IndexError, struct.error):
+            return
+        addr = socket.inet_ntop(socket.AF_INET if len(src) == 4 else socket.AF_INET6, src)
+        for name, addrs in records.items():
+            if addr not in addrs:
+                continue  # a record about another host (a proxy, a sleep proxy): not proof
+            host = name.removesuffix(".local") if sport == 5353 else name
+            if not host or "." in host or "_" in host:
+                continue
+            known = self.bindings.get(addr)
+            if known is not None and known.key[1].lower() == host.lower():
+                return  # what DHCP said, in other letters: nothing new
+            mac = known.key[0] if known is not None and not known.key[1] else ""
+            source = "mdns" if sport == 5353 else "llmnr"
+            self._bind(addr, mac, _Client(clean_text(host.encode()), "", ""), ts_ns, source, None)
+            return
+
+    def _bind(
+        self, addr: str, mac: str, c: _Client, ts_ns: int, source: str, lease_s: int | None
+    ) -> None:
+        key = (mac, c.hostname, c.fqdn, c.vendor_class)
+        known = self.bindings.get(addr)
+        if known is not None and known.key == key:
+            if source != "dhcp" and ts_ns - known.published_ns < self.refresh_ns:
+                return  # nothing new
+            first_ns = known.first_ns
+        else:
+            first_ns = ts_ns
+        self.bindings.pop(addr, None)
+        self.bindings[addr] = _Bound(key, first_ns, ts_ns)
+        if len(self.bindings) > self.max_bindings:
+            del self.bindings[next(iter(self.bindings))]
+            self.bindings_evicted += 1
+        self.pending.append(
+            Identity(
+                address=addr, ts=format_ts(ts_ns), sensor=self.sensor, source=source, mac=mac,
+                hostname=c.hostname, fqdn=c.fqdn, vendor_class=c.vendor_class,
+                first_seen=format_ts(first_ns), lease_s=lease_s,
+            )
+        )  # fmt: skip
