@@ -32,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumers.assets import load_assets
 from consumers.loop import consume
-from consumers.store import open_backend, open_store, queries
+from consumers.store import open_backend, open_store, queries, schema
 from consumers.store.api import make_server
 from consumers.store.base import Backend, StoreError
 from consumers.store.names import parse_pattern, reverse_name
@@ -301,9 +301,11 @@ def _as_schema_1(url: str) -> None:
             f"count {integer} NOT NULL, allowlisted {integer} NOT NULL, sensors {text} NOT NULL, "
             f"names {text} NOT NULL, PRIMARY KEY (host, indicator_id)){clustered}",
             "INSERT INTO host_indicator VALUES ('10.1.0.5', 'kw-x', 'update', 1, 2, 3, 0, '[]', '[]')",
-            "ALTER TABLE hosts DROP COLUMN verdict",  # schema 3's
+            "DROP TABLE packets",  # schema 3's
+            "ALTER TABLE hosts DROP COLUMN verdict",  # schema 4's
             "ALTER TABLE hosts DROP COLUMN verdict_confidence",
             "ALTER TABLE hosts DROP COLUMN evidence",
+            "DROP TABLE identities",  # schema 5's
             "UPDATE meta SET value = '1' WHERE key = 'schema'",
         ):
             b.query(stmt)
@@ -320,7 +322,8 @@ def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
     _as_schema_1(fresh_url)
     # readers do not write: they say what to do
     with pytest.raises(
-        StoreError, match="store schema 1, this kaspwatch reads 3: run 'kaspwatch store'"
+        StoreError,
+        match=f"store schema 1, this kaspwatch reads {schema.SCHEMA_VERSION}: run 'kaspwatch store'",
     ):
         open_backend(fresh_url, readonly=True)
     code, out, err = run_cli(capsys, "query", "hosts", "--db", fresh_url)
@@ -337,7 +340,9 @@ def test_a_schema_1_store_is_upgraded_in_place_by_the_writer(
     assert after == before
     b = open_backend(fresh_url, readonly=True)
     try:
-        assert b.query("SELECT value FROM meta WHERE key = 'schema'") == [("3",)]
+        assert b.query("SELECT value FROM meta WHERE key = 'schema'") == [
+            (str(schema.SCHEMA_VERSION),)
+        ]
         assert hosts_of(queries.name_contacts(b, parse_pattern("kaspersky.com")))[0] == "10.1.0.5"
     finally:
         b.close()
@@ -353,19 +358,34 @@ def test_a_schema_2_store_gains_the_packets_table_in_place(
     b = open_backend(fresh_url)
     try:
         b.begin()
-        b.query("DROP TABLE packets")
-        b.query("UPDATE meta SET value = '2' WHERE key = 'schema'")
+        for stmt in (  # back to what schema 2 was: no packets, verdicts or identities
+            "DROP TABLE packets",
+            "ALTER TABLE hosts DROP COLUMN verdict",
+            "ALTER TABLE hosts DROP COLUMN verdict_confidence",
+            "ALTER TABLE hosts DROP COLUMN evidence",
+            "DROP TABLE identities",
+            "UPDATE meta SET value = '2' WHERE key = 'schema'",
+        ):
+            b.query(stmt)
         b.commit()
     finally:
         b.close()
-    with pytest.raises(StoreError, match="store schema 2, this kaspwatch reads 3"):
+    with pytest.raises(
+        StoreError, match=f"store schema 2, this kaspwatch reads {schema.SCHEMA_VERSION}"
+    ):
         open_backend(fresh_url, readonly=True)
     copy = dataclasses.replace(events[0], sensor="edge-9", event_id="9" * 32, packet_id="c" * 32)
     first = dataclasses.replace(copy, sensor="edge-8", event_id="8" * 32)
     store = open_store(fresh_url)
     try:
         assert store.ingest(events) == 0
-        assert snapshot(fresh_url) == before
+        after = snapshot(fresh_url)
+        # every count kept; the verdict columns (schema 4, last in hosts) start empty
+        assert {k: v for k, v in after.items() if k != "hosts"} == {
+            k: v for k, v in before.items() if k != "hosts"
+        }
+        assert [r[:-3] for r in after["hosts"]] == [r[:-3] for r in before["hosts"]]
+        assert {r[-3:] for r in after["hosts"]} == {("", "", "[]")}
         assert store.ingest([first]) == 1 and store.ingest([copy]) == 1
         assert store.stats.repeats == 1
     finally:
@@ -403,7 +423,9 @@ def test_a_store_of_another_schema_is_refused_with_what_to_do(
     for readonly in (True, False):
         with pytest.raises(StoreError) as exc:
             open_backend(fresh_url, readonly=readonly)
-        assert str(exc.value).endswith(f"store schema {version}, this kaspwatch reads 3: {advice}")
+        assert str(exc.value).endswith(
+            f"store schema {version}, this kaspwatch reads {schema.SCHEMA_VERSION}: {advice}"
+        )
 
 
 def test_one_packet_seen_by_three_sensors_counts_once_and_lists_them(
