@@ -125,8 +125,12 @@ class Sensor:
             return [flow] if flow is not None else []
         seg = Segment(src, dst, proto, rec.sport, rec.dport, 0, b"")
         s = Sighting(rec.kind, rec.name, rec.chain, rec.answers, rec.extra, rec.path, rec.ttl)
-        event = self._event(rec.ts_ns, seg, s, rec.source)
-        return [event] if event is not None else []
+        found = [s]
+        if rec.kind == "http_host":  # the request's path and User-Agent: content signals
+            path = rec.path or "/"
+            found.append(Sighting("http_request", rec.name, path=path, user_agent=rec.user_agent))
+        events = [self._event(rec.ts_ns, seg, f, rec.source) for f in found]
+        return [e for e in events if e is not None]
 
     def process_frame(self, ts_ns: int, linktype: int, data: bytes) -> list[Event]:
         self.stats.packets += 1
@@ -248,7 +252,7 @@ class Sensor:
     ) -> Event | None:
         self.stats.sightings += 1
         if s.kind in CONTENT_KINDS:
-            return self._content_event(ts_ns, seg, s)
+            return self._content_event(ts_ns, seg, s, source)
         matcher = self.rules.matcher
         hit_name, ind = s.name, matcher.match_name(s.name, s.kind, s.path)
         if ind is None:
@@ -273,7 +277,9 @@ class Sensor:
                 self.flows.attribute(s.answers, hit_name, ind, s.ttl, ts_ns, (s.name,))
         return event
 
-    def _content_event(self, ts_ns: int, seg: Segment, s: Sighting) -> Event | None:
+    def _content_event(
+        self, ts_ns: int, seg: Segment, s: Sighting, source: str | None = None
+    ) -> Event | None:
         """A request path or User-Agent of an updater, or an update file's magic."""
         found = content_hit(self.rules.matcher, s)
         if found is None:
@@ -282,7 +288,7 @@ class Sensor:
         self.stats.hits += 1
         if s.kind == "file_magic":  # published as the request's flow: the host is the client
             seg = seg._replace(src=seg.dst, dst=seg.src, sport=seg.dport, dport=seg.sport)
-        return self._build(ts_ns, seg, s.kind, s.name, ind, s._replace(extra=extra))
+        return self._build(ts_ns, seg, s.kind, s.name, ind, s._replace(extra=extra), source)
 
     def _allowlist(self, event: Event) -> Event:
         """Mark a hit a sanctioned exception covers: counted downstream, never alerted."""

@@ -200,7 +200,9 @@ def _http(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRe
     name = host_name(strip_port(raw.rsplit("@", 1)[-1])) if raw else None
     if name is None:
         return []
-    return [_record(ts, "http_host", name, ends, path=path, extra=extra)]
+    agent = body.get("http_user_agent")
+    ua = agent if isinstance(agent, str) else None
+    return [_record(ts, "http_host", name, ends, path=path, extra=extra, user_agent=ua)]
 
 
 def _flow(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRecord]:

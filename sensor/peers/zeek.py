@@ -244,7 +244,11 @@ def _http(row: dict[str, Any]) -> list[PeerRecord]:
         authority, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
     raw = host or authority
     name = host_name(strip_port(raw.rsplit("@", 1)[-1])) if raw else None
-    return [_record(row, "http_host", name, ends, path=path, extra=extra)] if name else []
+    if not name:
+        return []
+    agent = row.get("user_agent")
+    ua = agent if isinstance(agent, str) else None
+    return [_record(row, "http_host", name, ends, path=path, extra=extra, user_agent=ua)]
 
 
 def _conn(row: dict[str, Any]) -> list[PeerRecord]:

@@ -39,6 +39,7 @@ class PeerRecord:
     ttl: int = 0
     path: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    user_agent: str | None = None  # an HTTP request's: matched by the content signals
 
 
 LINKTYPE_ETHERNET: Final = 1
