@@ -67,12 +67,15 @@ class AlertDelivery:
         policy: str = "retry",
         group_wait_s: float = 0.0,
         clock: Callable[[], float] = time.time,
+        tracebacks: bool = False,
     ) -> None:
+        """``tracebacks``: log a sink failure's traceback with its warning (``-v``)."""
         if policy not in POLICIES:
             raise ValueError(
                 f"sink failure policy {policy!r}: expected one of {', '.join(POLICIES)}"
             )
         self.engine = engine
+        self.tracebacks = tracebacks
         self.sinks = sinks
         self.state = state
         self.policy = policy
@@ -156,7 +159,7 @@ class AlertDelivery:
                 self.unsure.add(sink.name)  # some of the batch may be there: read back first
             self.stats.failures[sink.name] = self.stats.failures.get(sink.name, 0) + 1
             self.failing[sink.name] = self.failing.get(sink.name, 0) + 1
-            trace = log.isEnabledFor(logging.DEBUG)  # the traceback only with -v
+            trace = self.tracebacks  # the traceback only with -v
             if self.policy == "retry":
                 log.warning(
                     "sink %s failed, will retry the batch: %s", sink.name, exc, exc_info=trace

@@ -131,4 +131,7 @@ def open_delivery(
     if not args.group_wait >= 0:
         raise SinkOptionError(f"--group-wait {args.group_wait:g}: give 0 or more seconds")
     state = AlertState(state_path(args, group))
-    return AlertDelivery(engine, sinks, state, args.on_sink_failure, args.group_wait), assets
+    delivery = AlertDelivery(
+        engine, sinks, state, args.on_sink_failure, args.group_wait, tracebacks=args.verbose
+    )
+    return delivery, assets
