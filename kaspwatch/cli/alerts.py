@@ -10,7 +10,7 @@ from prometheus_client import start_http_server
 from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json
 from consumers.alerts.resend import resend_firing
-from consumers.loop import DeadLetters, consume
+from consumers.loop import ConsumerHealth, DeadLetters, consume
 from consumers.metrics import HitMetrics
 from kaspwatch.bus import open_publisher, open_reader, open_subscriber
 from kaspwatch.cli.alerting import add_alert_options, build_sinks, open_delivery
@@ -53,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
             await sink.start()
         await sub.start()
         dead = DeadLetters(metrics.invalid, publisher, args.dead_letter_topic)
+        health = ConsumerHealth(metrics.registry).group(args.group)
         try:
             await asyncio.gather(
-                consume(sub, [delivery], stopper.stop, dead),
+                consume(sub, [delivery], stopper.stop, dead, health=health),
                 resend_firing(delivery.sinks, stopper.stop),
             )
         finally:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from prometheus_client import start_http_server
 
 from consumers.assets import load_assets
-from consumers.loop import DeadLetters, consume, parse_with
+from consumers.loop import ConsumerHealth, DeadLetters, consume, parse_with
 from consumers.metrics import HitMetrics, LagCollector, SensorHealth
 from kaspwatch.bus import open_subscriber
 from kaspwatch.cli.kafka import add_kafka_options
@@ -77,15 +77,23 @@ def run(args: argparse.Namespace) -> int:
         await sub.start()
         await beats.start()
         groups = [g for g in args.lag_groups.split(",") if g]
+        progress = ConsumerHealth(metrics.registry)
         try:
             await asyncio.gather(
-                consume(sub, [metrics], stopper.stop, DeadLetters(metrics.invalid)),
+                consume(
+                    sub,
+                    [metrics],
+                    stopper.stop,
+                    DeadLetters(metrics.invalid),
+                    health=progress.group(args.group),
+                ),
                 consume(
                     beats,
                     [health],
                     stopper.stop,
                     DeadLetters(metrics.invalid),
                     parse=parse_with(heartbeat_from_json),
+                    health=progress.group(f"{args.group}-heartbeats"),
                 ),
                 lag.refresh(args.bus, groups, stopper.stop, security=args.kafka),
             )

@@ -16,12 +16,14 @@ log = logging.getLogger("kaspwatch")
 
 
 class Stopper:
-    """SIGINT/SIGTERM set ``stop`` (the async loop) and ``halt`` (a capture thread);
-    SIGHUP calls ``on_hup`` (a rules reload) when given. ``install`` in the running loop."""
+    """SIGINT/SIGTERM set ``stop`` (the async loop) and ``halt`` (a capture thread); a
+    second one sets ``again`` too (give up a drain). SIGHUP calls ``on_hup`` (a rules
+    reload) when given. ``install`` in the running loop."""
 
     def __init__(self, on_hup: Callable[[], None] | None = None) -> None:
         self.halt = threading.Event()
         self.stop = asyncio.Event()
+        self.again = asyncio.Event()
         self.on_hup = on_hup
 
     def install(self) -> None:
@@ -32,6 +34,9 @@ class Stopper:
             loop.add_signal_handler(signal.SIGHUP, self.on_hup)
 
     def trigger(self) -> None:
+        if self.stop.is_set():
+            self.again.set()
+            log.warning("second signal: stopping without waiting for the consumers")
         self.halt.set()
         self.stop.set()
 

@@ -1,0 +1,245 @@
+"""Hostile records on the bus (issue 21, finding 1): one poison message must never stop the
+alerting. Forged times, names past the contract's limits and messages near the broker's size
+limit are dead-lettered with a bounded envelope, and a genuine hit published after them is
+still alerted. The real alerts consumer on the real broker, and ``kaspwatch run`` on a
+capture stamped in year 9999."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumers.loop import ConsumerHealth, KnownFailure, consume, envelope
+from kaspwatch.bus import Record
+from kaspwatch.bus.memory import MemoryBus
+from kaspwatch.event import Event, EventError, event_from_json
+from tests import cliprocs, hitstream
+from tests.cliprocs import Procs, cli_env
+from tests.factories import hit
+from tests.hitstream import first_contacts
+from tests.kafkautil import producer, read_topic, standard_topics, wait_committed
+from tests.testenv import KASPWATCH, SAMPLE
+
+procs = cliprocs.procs  # fixtures
+sample_hits = hitstream.sample_hits
+KAFKA_MAX = 1_048_576  # the broker's and producer's default message limit
+
+
+def pcapng_from(pcap: Path, out: Path, epoch_s: int) -> None:
+    """The packets of a classic pcap as a pcapng, restamped one second apart from epoch_s
+    (pcapng's 64-bit microseconds reach year 9999; the classic format's do not)."""
+    data = pcap.read_bytes()
+    assert struct.unpack("<I", data[:4])[0] == 0xA1B2C3D4
+    linktype = struct.unpack("<I", data[20:24])[0]
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    blob = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    blob += block(1, struct.pack("<HHI", linktype, 0, 65535))
+    off, i = 24, 0
+    while off + 16 <= len(data):
+        _, usec, incl, orig = struct.unpack("<IIII", data[off : off + 16])
+        packet = data[off + 16 : off + 16 + incl]
+        off += 16 + incl
+        t = (epoch_s + i) * 1_000_000 + usec
+        i += 1
+        blob += block(6, struct.pack("<IIIII", 0, t >> 32, t & 0xFFFFFFFF, incl, orig) + packet)
+    out.write_bytes(blob)
+
+
+# ---------------------------------------------------------------- the contract on read
+
+
+def _good() -> dict[str, Any]:
+    return json.loads(hit("10.0.0.1", 0).to_json())
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"name": "a" * 250 + ".kaspersky.com"}, "bad name"),
+        ({"name": "Upper.kaspersky.com"}, "bad name"),
+        ({"ts": "9999-12-31T23:30:00.000000Z"}, "outside 1990"),
+        ({"ts": "1970-01-01T00:00:00.000000Z"}, "outside 1990"),
+        ({"src_ip": "not-an-address"}, "not an IP address"),
+        ({"dst_ip": "10.0.0.300"}, "not an IP address"),
+        ({"answers": ["10.0.0.1", "\x1b[2J"]}, "not an IP address"),
+        ({"answers": ["10.0.0.1"] * 300}, "answers"),
+        ({"src_port": 70000}, "out of range"),
+        ({"transport": "sctp"}, "unknown transport"),
+        ({"event_id": "x"}, "bad event_id"),
+        ({"sensor": "s" * 129}, "sensor"),
+        ({"query": "q" * 300}, "bad query"),
+        ({"padding": "x" * 70_000}, "over 65536"),
+    ],
+)
+def test_the_contract_is_checked_on_read(change: dict[str, Any], reason: str) -> None:
+    with pytest.raises(EventError, match=reason) as err:
+        event_from_json(json.dumps({**_good(), **change}).encode())
+    assert len(str(err.value)) < 200  # a reason never carries the forged bytes
+
+
+def test_a_day_ahead_is_the_limit_of_the_future() -> None:
+    ev = event_from_json(hit("10.0.0.1", 0).to_json(), now=1_750_000_000 - 86_000)
+    assert ev.name == "s01.upd.kaspersky.com"
+    with pytest.raises(EventError, match="outside"):
+        event_from_json(hit("10.0.0.1", 0).to_json(), now=1_750_000_000 - 86_500)
+
+
+# ---------------------------------------------------------------- the consume loop
+
+
+class FailsOn:
+    """A handler that raises ``exc`` on events of one host: a bug a record can trigger."""
+
+    def __init__(self, host: str, exc: Exception) -> None:
+        self.host, self.exc = host, exc
+        self.events: list[Event] = []
+        self.rollbacks = 0
+
+    async def handle(self, events: list[Event]) -> None:
+        if any(e.src_ip == self.host for e in events):
+            raise self.exc
+        self.events.extend(events)
+
+    def rollback(self) -> None:
+        self.rollbacks += 1
+
+
+async def test_a_handler_error_dead_letters_that_event_and_the_batch_goes_on() -> None:
+    bus = MemoryBus()
+    for i in range(4):
+        bus.append("hits", None, hit(f"10.0.0.{i}", i).to_json())
+    bad: list[tuple[Record, str]] = []
+
+    async def dead_letter(rec: Record, why: str) -> None:
+        bad.append((rec, why))
+
+    registry = CollectorRegistry()
+    health = ConsumerHealth(registry).group("g")
+    handler = FailsOn("10.0.0.2", OverflowError("date value out of range"))
+    sub = bus.subscriber(["hits"], "g")
+    await sub.start()
+    await asyncio.wait_for(
+        consume(sub, [handler], asyncio.Event(), dead_letter, lambda: True, health=health), 10
+    )
+    assert [e.src_ip for e in handler.events] == ["10.0.0.0", "10.0.0.1", "10.0.0.3"]
+    assert [(r.offset, why) for r, why in bad] == [
+        (2, "handler failed: OverflowError: date value out of range")
+    ]
+    assert bus.committed[("g", "hits")] == 4
+    assert (
+        registry.get_sample_value("kaspwatch_consumer_handler_failures_total", {"group": "g"}) == 1
+    )
+
+
+async def test_a_sink_failure_still_retries_the_whole_batch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import consumers.loop
+
+    monkeypatch.setattr(consumers.loop, "RETRY_PAUSE_S", 0.01)
+    bus = MemoryBus()
+    bus.append("hits", None, hit("10.0.0.1", 0).to_json())
+    registry = CollectorRegistry()
+    health = ConsumerHealth(registry).group("g")
+    stop = asyncio.Event()
+
+    class DownTwice(FailsOn):
+        async def handle(self, events: list[Event]) -> None:
+            if self.rollbacks < 2:
+                raise KnownFailure("webhook down")
+            await super().handle(events)
+
+    handler = DownTwice("none", ValueError())
+    sub = bus.subscriber(["hits"], "g")
+    await sub.start()
+    dead: list[str] = []
+
+    async def dead_letter(rec: Record, why: str) -> None:
+        dead.append(why)
+
+    await asyncio.wait_for(
+        consume(sub, [handler], stop, dead_letter, lambda: True, health=health), 10
+    )
+    assert [e.src_ip for e in handler.events] == ["10.0.0.1"] and dead == []
+    assert registry.get_sample_value("kaspwatch_consumer_batch_failures_total", {"group": "g"}) == 2
+
+
+def test_the_dead_letter_envelope_fits_the_broker_whatever_the_record() -> None:
+    huge = Record("hits", 0, 7, b"k" * 900_000, b"v" * 900_000)
+    doc = json.loads(envelope(huge, "r" * 900_000))
+    assert len(envelope(huge, "r" * 900_000)) < KAFKA_MAX // 2
+    assert (doc["truncated"], doc["size"], doc["offset"]) == (True, 900_000, 7)
+    assert base64.b64decode(doc["value"]) == b"v" * 256 * 1024
+    small = json.loads(envelope(Record("hits", 0, 1, None, b"{x"), "not JSON"))
+    assert "truncated" not in small and base64.b64decode(small["value"]) == b"{x"
+
+
+# ---------------------------------------------------------------- the real broker
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(90)
+async def test_poison_never_stops_the_alerting_on_the_broker(
+    kafka_bootstrap: str, sample_hits: list[dict[str, Any]], procs: Procs, tmp_path: Path
+) -> None:
+    genuine = next(iter(first_contacts(sample_hits).values()))
+    names = await standard_topics(kafka_bootstrap, hits_partitions=1)
+
+    def forged(**change: Any) -> bytes:
+        return json.dumps({**genuine, "event_id": uuid.uuid4().hex, **change}).encode()
+
+    poison = [
+        forged(ts="9999-12-31T23:30:00.000000Z"),  # two of one host and category: the
+        forged(ts="9999-12-31T23:45:00.000000Z"),  # window end overflowed the engine
+        forged(name="a" * 700_000 + ".kaspersky.com"),  # a 2 MB alert
+        forged(name="a" * 300 + ".kaspersky.com"),  # past the schema's 255
+        b'{"junk":"' + b"x" * 800_000 + b'"}',  # over 1 MB once base64'd
+    ]
+    async with producer(kafka_bootstrap) as prod:
+        for value in poison:
+            await prod.send_and_wait(names["hits"], value, key=genuine["host"].encode())
+        await prod.send_and_wait(names["hits"], json.dumps(genuine).encode(), key=b"h")
+    cmd = [
+        *KASPWATCH, "alerts", "--bus", f"kafka://{kafka_bootstrap}", "--topic", names["hits"],
+        "--alerts-topic", names["alerts"], "--dead-letter-topic", names["dlq"],
+        "--group", names["group"], "--state", str(tmp_path / "s.sqlite"),
+    ]  # fmt: skip
+    alerts = procs.start("alerts", cmd)
+    findings = await read_topic(kafka_bootstrap, names["alerts"], 1)
+    related = [json.loads(v)["finding_info"]["related_events"][0]["uid"] for _, v in findings]
+    assert related == [genuine["event_id"]], alerts.stderr()
+    dead = await read_topic(kafka_bootstrap, names["dlq"], len(poison))
+    assert len(dead) == len(poison), alerts.stderr()
+    assert all(len(v) < KAFKA_MAX for _, v in dead)
+    reasons = sorted(json.loads(v)["reason"].split(" ")[0] for _, v in dead)
+    assert reasons == ["bad", "message", "message", "ts", "ts"], reasons
+    await wait_committed(kafka_bootstrap, names["group"], names["hits"])
+    assert Procs.terminate(alerts) == 0, alerts.stderr()
+
+
+@pytest.mark.timeout(120)
+def test_run_on_a_capture_stamped_year_9999_ends(tmp_path: Path) -> None:
+    capture = tmp_path / "y9999.pcapng"
+    pcapng_from(SAMPLE, capture, 253_402_299_000)  # 9999-12-31T23:30Z: the window overflowed
+    done = subprocess.run(
+        [*KASPWATCH, "run", "--pcap", str(capture)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "No Kaspersky traffic seen." in done.stdout
+    assert "is outside 1990-01-01 .. a day from now" in done.stderr
+    assert "Traceback" not in done.stderr
