@@ -243,3 +243,41 @@ def test_run_on_a_capture_stamped_year_9999_ends(tmp_path: Path) -> None:
     assert "No Kaspersky traffic seen." in done.stdout
     assert "is outside 1990-01-01 .. a day from now" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- finding 2: claims
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(90)
+async def test_the_alerts_consumer_rematches_what_a_hit_claims(
+    kafka_bootstrap: str, sample_hits: list[dict[str, Any]], procs: Procs, tmp_path: Path
+) -> None:
+    firsts = list(first_contacts(sample_hits).values())
+    genuine, tampered = firsts[0], firsts[-1]
+    critical = {**genuine["indicator"], "category": "activation", "severity": "critical"}
+    google = {**genuine, "event_id": uuid.uuid4().hex, "name": "www.google.com",
+              "indicator": critical, "resolver_bypass": True}  # fmt: skip
+    raised = {**tampered, "indicator": {**tampered["indicator"], "severity": "critical"}}
+    names = await standard_topics(kafka_bootstrap, hits_partitions=1)
+    async with producer(kafka_bootstrap) as prod:
+        for doc in (google, genuine, raised):
+            await prod.send_and_wait(names["hits"], json.dumps(doc).encode(), key=b"h")
+    cmd = [
+        *KASPWATCH, "alerts", "--bus", f"kafka://{kafka_bootstrap}", "--topic", names["hits"],
+        "--alerts-topic", names["alerts"], "--dead-letter-topic", names["dlq"],
+        "--group", names["group"], "--state", str(tmp_path / "s.sqlite"),
+    ]  # fmt: skip
+    alerts = procs.start("alerts", cmd)
+    dead = await read_topic(kafka_bootstrap, names["dlq"], 1)
+    assert len(dead) == 1, alerts.stderr()
+    env = json.loads(dead[0][1])
+    assert base64.b64decode(env["value"]) == json.dumps(google).encode()
+    assert "www.google.com" in env["reason"] and "does not match" in env["reason"]
+    await wait_committed(kafka_bootstrap, names["group"], names["hits"])
+    assert Procs.terminate(alerts) == 0, alerts.stderr()
+    printed = {a["event_id"]: a for a in map(json.loads, alerts.stdout().splitlines())}
+    assert set(printed) == {genuine["event_id"], tampered["event_id"]}
+    # acted on with the pack's severity, not the claimed critical
+    assert printed[tampered["event_id"]]["indicator_severity"] == tampered["indicator"]["severity"]
+    assert printed[tampered["event_id"]]["severity"] != "critical"

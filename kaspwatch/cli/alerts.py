@@ -15,7 +15,7 @@ from consumers.metrics import HitMetrics
 from kaspwatch.bus import open_publisher, open_reader, open_subscriber
 from kaspwatch.cli.alerting import add_alert_options, build_sinks, open_delivery
 from kaspwatch.cli.kafka import add_kafka_options
-from kaspwatch.cli.options import add_bus_option, add_metrics_addr
+from kaspwatch.cli.options import add_bus_option, add_metrics_addr, add_rule_options, verified_hits
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
 
@@ -28,11 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dead-letter-topic", default=DEAD_LETTER_TOPIC)
     add_metrics_addr(p, "serve this consumer's metrics (deliveries, sink failures, dead letters)")
     add_alert_options(p, state_default=True)
+    add_rule_options(p)  # the pack hits are re-matched against: a hit's indicator is a claim
     add_kafka_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
     metrics = HitMetrics()
+    parse = verified_hits(args)
 
     async def main() -> None:
         stopper = Stopper()
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         health = ConsumerHealth(metrics.registry).group(args.group)
         try:
             await asyncio.gather(
-                consume(sub, [delivery], stopper.stop, dead, health=health),
+                consume(sub, [delivery], stopper.stop, dead, parse=parse, health=health),
                 resend_firing(delivery.sinks, stopper.stop),
             )
         finally:

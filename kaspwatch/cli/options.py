@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from consumers.loop import Parsed, parse_with
 from consumers.store.base import default_db_url
+from kaspwatch.bus import Record
 from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
 from kaspwatch.cli.config import parse_size
+from kaspwatch.event import event_from_json
 from sensor.pipeline import Sensor
+from sensor.rules.match import Matcher
 from sensor.rules.ruleset import Reloader, RuleSource, source_from
+from sensor.verify import hit_verifier
 
 
 def listen_addr(text: str) -> tuple[str, int]:
@@ -123,3 +129,19 @@ def db_url(args: argparse.Namespace, create_default: bool = False) -> str:
 
 def add_assets_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assets", metavar="FILE", help="asset map (YAML or CSV): adds the site")
+
+
+def verified_hits(args: argparse.Namespace) -> Callable[[list[Record]], Parsed]:
+    """The consume loop's parser for a consumer that decides on hits: the contract check,
+    then each hit re-matched against this consumer's own pack (``--pack``, the config's
+    packs, the shipped pack; reloaded when a file changes). A hit it does not match is
+    dead-lettered; see ``sensor.verify``."""
+    source = rule_source(args)
+    reloader = Reloader(source, source.load())
+
+    def matcher() -> Matcher:
+        reloader.maybe_reload()
+        return reloader.rules.matcher
+
+    verify = hit_verifier(matcher)
+    return parse_with(lambda raw: verify(event_from_json(raw)))
