@@ -281,3 +281,46 @@ async def test_the_alerts_consumer_rematches_what_a_hit_claims(
     # acted on with the pack's severity, not the claimed critical
     assert printed[tampered["event_id"]]["indicator_severity"] == tampered["indicator"]["severity"]
     assert printed[tampered["event_id"]]["severity"] != "critical"
+
+
+# ---------------------------------------------------------------- finding 5: control characters
+
+NASTY = "x\x1b[2J\x07y\u2028z\u202e\x85\x0b=w.upd.kaspersky.com"
+RAW_CONTROLS = ("\x1b", "\x07", "\u2028", "\u202e", "\x85", "\x0b", "\x00", "\n")
+
+
+def test_query_table_escapes_and_csv_neutralises_formulas(tmp_path: Path) -> None:
+    from consumers.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'hits.sqlite'}"
+    store = open_store(url)
+    recent = __import__("time").time() - 1_750_000_000 - 3600
+    store.ingest(
+        [
+            hit("10.5.0.1", recent, name=NASTY),
+            hit("10.5.0.2", recent, name="=cmd|x.upd.kaspersky.com"),
+        ]
+    )
+    store.close()
+    env = cli_env(tmp_path)
+    table = subprocess.run([*KASPWATCH, "query", "host", "10.5.0.1", "--db", url], capture_output=True,
+                           text=True, env=env, timeout=60)  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "\\x1b[2J\\x07y\\u2028z\\u202e\\x85\\x0b=w" in table.stdout
+    assert not any(c in table.stdout.replace("\n", "") for c in RAW_CONTROLS), table.stdout
+    csv_out = subprocess.run([*KASPWATCH, "query", "host", "10.5.0.2", "--db", url, "--format", "csv"],
+                             capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert "'=cmd|x.upd.kaspersky.com" in csv_out.stdout, csv_out.stdout
+
+
+def test_syslog_cef_and_alertmanager_escape_for_their_own_rules() -> None:
+    from consumers.alerts.engine import AlertEngine
+    from consumers.alerts.sinks.alertmanager import to_am
+    from consumers.alerts.sinks.syslog import cef, rfc5424
+
+    [a] = AlertEngine().feed(hit("10.6.0.1", 0, name=NASTY + "\x00"))
+    for line in (rfc5424(a, "sensor-1"), cef(a)):
+        assert not any(c in line for c in RAW_CONTROLS), repr(line)
+        assert "\\x1b[2J" in line and "\\u202e" in line
+    labels = to_am(a, 0.0)["labels"]
+    assert all(len(v) <= 128 and v.isprintable() for v in labels.values())
