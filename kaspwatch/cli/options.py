@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from consumers.loop import Parsed, parse_with
 from consumers.store.base import default_db_url
@@ -13,6 +12,7 @@ from kaspwatch.bus import Record
 from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
 from kaspwatch.cli.config import parse_size
 from kaspwatch.event import event_from_json
+from kaspwatch.secretfile import private_dir
 from sensor.pipeline import Sensor
 from sensor.rules.match import Matcher
 from sensor.rules.ruleset import Reloader, RuleSource, source_from
@@ -123,7 +123,7 @@ def db_url(args: argparse.Namespace, create_default: bool = False) -> str:
         return str(args.db)
     url = default_db_url()
     if create_default and not os.environ.get("KASPWATCH_DB"):
-        Path(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch")).mkdir(parents=True, exist_ok=True)
+        private_dir(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch"))
     return url
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import signal
 import threading
 from collections.abc import Callable
 
 from kaspwatch.event import parse_ts
+from kaspwatch.secretfile import private_dir
 from sensor.sources.base import CaptureError
 
 log = logging.getLogger("kaspwatch")
@@ -41,21 +43,37 @@ class Stopper:
         self.stop.set()
 
 
+def _user(user: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise CaptureError(f"--user {user}: no such user") from None
+
+
+def hand_over(directory: str, user: str) -> None:
+    """Make ``directory`` (0700) and give it and what it holds to ``user``, while still root:
+    after the drop the user could not create it under a root-owned state directory."""
+    if os.getuid() != 0:
+        return  # drop_privileges says why --user needs root
+    entry = _user(user)
+    path = private_dir(directory)
+    for p in (path, *path.iterdir()):
+        os.lchown(p, entry.pw_uid, entry.pw_gid)
+
+
 def drop_privileges(user: str) -> None:
     """Become ``user`` for good: the open capture sockets keep working, nothing else of
     root's remains (supplementary groups cleared, gid before uid, no way back)."""
     import concurrent.futures.thread  # noqa: F401 - asyncio's executor, imported lazily
-    import pwd
+
+    import kaspwatch.bus.kafka  # noqa: F401 - the Kafka client, imported on first use
 
     # Warm what Python loads lazily on first use, while the interpreter's files can still
     # be read (a Python under /root cannot be read by the user we become).
     parse_ts("2000-01-01T00:00:00.000000Z")  # _strptime
     "bücher.example".encode("idna")  # encodings.idna, stringprep
 
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise CaptureError(f"--user {user}: no such user") from None
+    entry = _user(user)
     if os.getuid() != 0:
         raise CaptureError(f"--user {user}: only root can switch user; run as root or drop --user")
     os.setgroups([])

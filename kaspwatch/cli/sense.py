@@ -20,7 +20,7 @@ from kaspwatch.cli.options import (
     add_spool_options,
     build_sensor,
 )
-from kaspwatch.cli.process import Stopper
+from kaspwatch.cli.process import Stopper, hand_over
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC
 from sensor.health import register_sensor
 from sensor.publish import PublishStats, heartbeats, run_sensor
@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     sensor, reloader = build_sensor(args, observations=args.observations)
+    if args.user and not args.pcap:  # made while still root, for the user live capture drops to
+        hand_over(args.spool_dir, args.user)
     sources = open_sources(args, sensor)
     spool = Spool(args.spool_dir, args.spool_max_bytes, policy=args.spool_policy)
     publish = PublishStats()
@@ -64,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
             )
 
         publisher = publish.spooling = SpoolingPublisher(
-            connect, spool, args.delivery_timeout, passthrough=(args.heartbeats_topic,)
+            connect,
+            spool,
+            args.delivery_timeout,
+            passthrough=(args.heartbeats_topic,),
+            topics=(args.topic,),
         )
         await publisher.start()
         await publisher.prepare([args.topic, args.heartbeats_topic])
