@@ -430,3 +430,24 @@ def test_sense_with_user_makes_the_default_spool_before_the_drop(kafka_bootstrap
         assert os.stat(base / "state").st_uid == 0
     finally:
         shutil.rmtree(base)
+
+
+# ---------------------------------------------------------------- finding 7: secrets
+
+
+def test_a_short_token_is_refused_and_a_url_password_never_printed(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("x\n")
+    token.chmod(0o600)
+    env = cli_env(tmp_path)
+    short = subprocess.run([*KASPWATCH, "api", "--token-file", str(token), "--db",
+                            f"sqlite:///{tmp_path / 'h.sqlite'}"],
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert short.returncode == 2
+    assert "the token has 1 characters, at least 16" in short.stderr
+    assert "Traceback" not in short.stderr
+    url = "postgresql://kw@127.0.0.1:1/kw?password=s3cr%C3%A9t-pw&sslmode=disable"
+    bad = subprocess.run([*KASPWATCH, "query", "hosts", "--db", url],
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2, bad.stderr
+    assert "password=***" in bad.stderr and "s3cr" not in bad.stderr + bad.stdout

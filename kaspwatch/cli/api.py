@@ -17,6 +17,7 @@ from kaspwatch.cli.options import add_assets_option, add_db_option, db_url, list
 from kaspwatch.secretfile import read_secret_file
 
 log = logging.getLogger("kaspwatch")
+MIN_TOKEN = 16  # a guessable token is no token
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,11 @@ def read_token(path: str) -> str:
         raise StoreError(str(exc)) from None
     if not text or any(c.isspace() for c in text):
         raise StoreError(f"{path}: the token file must hold one token (no spaces)")
+    if len(text) < MIN_TOKEN:
+        raise StoreError(
+            f"{path}: the token has {len(text)} characters, at least {MIN_TOKEN} are needed "
+            "(e.g. openssl rand -hex 32 > FILE)"
+        )
     return text
 
 
