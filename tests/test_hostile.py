@@ -451,3 +451,111 @@ def test_a_short_token_is_refused_and_a_url_password_never_printed(tmp_path: Pat
                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2, bad.stderr
     assert "password=***" in bad.stderr and "s3cr" not in bad.stderr + bad.stdout
+
+
+# ---------------------------------------------------------------- findings 4 and 8: the API
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import threading
+
+    import consumers.store.api as api_mod
+    from consumers.store import open_store
+
+    monkeypatch.setattr(api_mod, "MAX_CONNECTIONS", 4, raising=False)
+    monkeypatch.setattr(api_mod, "HEADER_TIMEOUT_S", 0.5, raising=False)
+    url = f"sqlite:///{tmp_path / 'api.sqlite'}"
+    store = open_store(url)
+    store.ingest([hit(f"10.8.0.{i}", i) for i in range(1, 6)])
+    store.close()
+    server = api_mod.make_server(url, ("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    server.pool.close()
+
+
+def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send ``data`` on one connection and read until the server closes it."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def _get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, dict[str, Any]]:
+    reply = _raw(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body) if body else {}
+
+
+def test_api_bad_parameters_are_400_not_500(api: Any) -> None:
+    port = api.server_address[1]
+    assert _get(port, "/v1/hosts/10.8.0.1?limit=%C2%B9")[0] == 400  # ¹: isdigit, not int
+    assert _get(port, "/v1/hosts?until=9999-12-31")[0] == 400
+    assert _get(port, "/v1/names/kas%00persky.com")[0] == 400
+    assert _get(port, "/v1/names/kaspersky.com?offset=-1")[0] == 400
+    assert _get(port, "/v1/hosts/10.8.0.1?limit=5")[0] == 200
+
+
+def test_api_request_bodies_are_refused_and_never_parsed_as_a_request(api: Any) -> None:
+    port = api.server_address[1]
+    smuggled = b"GET /v1/hosts HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for method in ("GET /healthz", "POST /v1/hosts"):
+        reply = _raw(port, f"{method} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+                     f"{len(smuggled)}\r\n\r\n".encode() + smuggled)  # fmt: skip
+        assert reply.count(b"HTTP/1.1 ") == 1, reply  # one answer: the body was no request
+        assert reply.split()[1] in (b"400", b"405")
+    chunked = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    reply = _raw(port, chunked + b"2d\r\n" + smuggled + b"\r\n0\r\n\r\n")
+    assert reply.count(b"HTTP/1.1 ") == 1 and reply.split()[1] == b"400"
+
+
+def test_api_checks_host_and_pages_every_list(api: Any) -> None:
+    port = api.server_address[1]
+    assert _get(port, "/v1/hosts", host="attacker.example")[0] == 421  # DNS rebinding
+    assert _get(port, "/v1/hosts", host=f"attacker.example:{port}")[0] == 421
+    assert _get(port, "/healthz", host=f"localhost:{port}")[0] == 200
+    assert _get(port, "/v1/hosts", host=f"[::1]:{port}")[0] == 200
+    status, page = _get(port, "/v1/hosts?limit=2&offset=2")
+    assert status == 200 and (page["count"], page["total"], page["next_offset"]) == (2, 5, 4)
+    assert [r["host"] for r in page["results"]] == ["10.8.0.3", "10.8.0.4"]
+    status, page = _get(port, "/v1/names/kaspersky.com?limit=4&offset=4")
+    assert (page["count"], page["total"]) == (1, 5) and "next_offset" not in page
+
+
+def test_api_caps_connections_and_cuts_off_slow_senders(api: Any) -> None:
+    import socket
+
+    port = api.server_address[1]
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+    for s in slow:
+        s.sendall(b"GET /v1/hosts HTTP/1.1\r\nHost: 127")  # and never the rest
+    try:
+        deadline = time.monotonic() + 10
+        refused = b""
+        while time.monotonic() < deadline and b" 503 " not in refused:  # the 5th: refused
+            refused = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert b" 503 " in refused
+        for s in slow:  # each cut off at its header deadline: closed, no answer
+            assert s.recv(100) == b""
+    finally:
+        for s in slow:
+            s.close()
+    assert _get(port, "/healthz")[0] == 200  # served again once the slots are free
+    assert api.refused >= 1
+
+
+def test_api_beyond_loopback_requires_a_token(tmp_path: Path) -> None:
+    done = subprocess.run([*KASPWATCH, "api", "--listen", "0.0.0.0:9", "--db",
+                           f"sqlite:///{tmp_path / 'x.sqlite'}"],
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert "beyond loopback the API needs --token-file" in done.stderr

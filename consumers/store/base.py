@@ -63,6 +63,9 @@ def ensure_schema(b: Backend, text: str, integer: str, clustered: str = "") -> N
                 version += 1
             if migrated:
                 b.query("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
+            if version == schema.SCHEMA_VERSION:
+                for stmt in schema.INDEXES:  # indexes added since the store was made
+                    b.query(stmt)
         b.commit()
     except BaseException:
         b.rollback()
