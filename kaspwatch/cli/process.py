@@ -61,6 +61,29 @@ def hand_over(directory: str, user: str) -> None:
         os.lchown(p, entry.pw_uid, entry.pw_gid)
 
 
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def _prctl(option: int, arg: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise CaptureError(f"--user: prctl({option}, {arg}) failed: {os.strerror(err)}")
+
+
+def _drop_bounding_set() -> None:
+    """No capability can ever come back (a setuid-root binary, file capabilities)."""
+    try:
+        last = int(open("/proc/sys/kernel/cap_last_cap").read())  # noqa: SIM115
+    except (OSError, ValueError):
+        last = 40
+    for cap in range(last + 1):
+        _prctl(PR_CAPBSET_DROP, cap)
+
+
 def drop_privileges(user: str) -> None:
     """Become ``user`` for good: the open capture sockets keep working, nothing else of
     root's remains (supplementary groups cleared, gid before uid, no way back)."""
@@ -76,9 +99,11 @@ def drop_privileges(user: str) -> None:
     entry = _user(user)
     if os.getuid() != 0:
         raise CaptureError(f"--user {user}: only root can switch user; run as root or drop --user")
+    _drop_bounding_set()  # needs CAP_SETPCAP: while still root
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
     if os.getuid() != entry.pw_uid or os.geteuid() != entry.pw_uid:
         raise CaptureError(f"--user {user}: could not drop root")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)  # execve can never grant privileges again
     log.info("running as %s (uid %d) from now on", user, entry.pw_uid)
