@@ -75,6 +75,8 @@ def parse_with(parse: Callable[[bytes], Any]) -> Callable[[list[Record]], Parsed
                 good.append((rec, parse(rec.value)))
             except EventError as exc:
                 invalid.append((rec, str(exc)))
+            except EVENT_FAULTS as exc:  # a parser bug a record triggers: that record only
+                invalid.append((rec, f"parser failed: {type(exc).__name__}: {str(exc)[:300]}"))
         return good, invalid
 
     return parse_batch

@@ -559,3 +559,43 @@ def test_api_beyond_loopback_requires_a_token(tmp_path: Path) -> None:
                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2
     assert "beyond loopback the API needs --token-file" in done.stderr
+
+
+async def test_a_second_signal_gives_up_the_drain() -> None:
+    from kaspwatch.cli.process import Stopper
+
+    stopper = Stopper()
+    stopper.trigger()
+    assert stopper.stop.is_set() and stopper.halt.is_set() and not stopper.again.is_set()
+    stopper.trigger()  # kaspwatch run: the consumers' stop, a sink down or not
+    assert stopper.again.is_set()
+
+
+async def test_a_parser_bug_dead_letters_that_record_only() -> None:
+    from consumers.loop import parse_with
+
+    bus = MemoryBus()
+    for raw in (b"ok-1", b"boom", b"ok-2"):
+        bus.append("hits", None, raw)
+
+    def parse(raw: bytes) -> bytes:
+        if raw == b"boom":
+            raise KeyError("kind")
+        return raw
+
+    got: list[bytes] = []
+    dead: list[str] = []
+
+    class Keep:
+        async def handle(self, events: list[bytes]) -> None:
+            got.extend(events)
+
+    async def dead_letter(rec: Record, why: str) -> None:
+        dead.append(why)
+
+    sub = bus.subscriber(["hits"], "g")
+    await sub.start()
+    await asyncio.wait_for(
+        consume(sub, [Keep()], asyncio.Event(), dead_letter, lambda: True, parse_with(parse)), 10
+    )
+    assert got == [b"ok-1", b"ok-2"] and dead == ["parser failed: KeyError: 'kind'"]
