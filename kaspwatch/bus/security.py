@@ -109,8 +109,10 @@ class RedactSecrets(logging.Filter):
             if clean != message:
                 record.msg, record.args = clean, None
             if record.exc_info and record.exc_info[1] is not None:
-                text = self.scrub(logging.Formatter().formatException(record.exc_info))
-                record.exc_info, record.exc_text = None, text
+                trace = logging.Formatter().formatException(record.exc_info)
+                text = self.scrub(trace)
+                if text != trace:  # else the record keeps its exception for other handlers
+                    record.exc_info, record.exc_text = None, text
         return True
 
 
