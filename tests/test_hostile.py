@@ -599,3 +599,34 @@ async def test_a_parser_bug_dead_letters_that_record_only() -> None:
         consume(sub, [Keep()], asyncio.Event(), dead_letter, lambda: True, parse_with(parse)), 10
     )
     assert got == [b"ok-1", b"ok-2"] and dead == ["parser failed: KeyError: 'kind'"]
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(90)
+async def test_the_metrics_consumer_counts_only_what_its_pack_matches(
+    kafka_bootstrap: str, sample_hits: list[dict[str, Any]], procs: Procs
+) -> None:
+    from tests.kafkautil import wait_metrics
+    from tests.testenv import free_port
+
+    genuine = next(iter(first_contacts(sample_hits).values()))
+    google = {**genuine, "event_id": uuid.uuid4().hex, "name": "www.google.com"}
+    names = await standard_topics(kafka_bootstrap, hits_partitions=1)
+    async with producer(kafka_bootstrap) as prod:
+        for doc in (google, genuine):
+            await prod.send_and_wait(names["hits"], json.dumps(doc).encode(), key=b"h")
+    port = free_port()
+    metrics = procs.start("metrics", [
+        *KASPWATCH, "metrics", "--bus", f"kafka://{kafka_bootstrap}", "--topic", names["hits"],
+        "--group", names["group"], "--listen", f"127.0.0.1:{port}", "--lag-groups", "",
+    ])  # fmt: skip
+
+    def hits(m: dict[str, float]) -> float:
+        return sum(v for k, v in m.items() if k.startswith("kaspwatch_hits_total{"))
+
+    got = await wait_metrics(port, lambda m: m.get("kaspwatch_invalid_messages_total") == 1)
+    await wait_committed(kafka_bootstrap, names["group"], names["hits"])
+    got = await wait_metrics(port, lambda m: hits(m) == 1)
+    assert (got.get("kaspwatch_invalid_messages_total"), hits(got)) == (1.0, 1.0), got
+    assert Procs.terminate(metrics) == 0, metrics.stderr()
+    assert "www.google.com" in metrics.stderr() and "does not match" in metrics.stderr()

@@ -14,7 +14,7 @@ from consumers.loop import ConsumerHealth, DeadLetters, consume, parse_with
 from consumers.metrics import HitMetrics, LagCollector, SensorHealth
 from kaspwatch.bus import open_subscriber
 from kaspwatch.cli.kafka import add_kafka_options
-from kaspwatch.cli.options import add_bus_option, listen_addr
+from kaspwatch.cli.options import add_bus_option, add_rule_options, listen_addr, verified_hits
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, heartbeat_from_json
 from sensor.rules.indicators import Indicator, load_pack, shipped_pack_paths
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="kaspwatch-alerts,kaspwatch-metrics,kaspwatch-store",
         help="consumer groups whose lag to export, comma-separated",
     )
+    add_rule_options(p)  # hits are counted by this pack's indicators, not by their claims
     add_kafka_options(p)
 
 
@@ -53,6 +54,7 @@ def known_pairs(indicators: Iterable[Indicator] | None = None) -> set[tuple[str,
 
 def run(args: argparse.Namespace) -> int:
     metrics = HitMetrics(assets=load_assets(args.assets), known=known_pairs())
+    parse = verified_hits(args)
     health = SensorHealth()
     lag = LagCollector()
     for collector in (health, lag):
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                     [metrics],
                     stopper.stop,
                     DeadLetters(metrics.invalid),
+                    parse=parse,
                     health=progress.group(args.group),
                 ),
                 consume(
