@@ -465,6 +465,7 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setattr(api_mod, "MAX_CONNECTIONS", 4, raising=False)
     monkeypatch.setattr(api_mod, "HEADER_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(api_mod, "MAX_PER_CLIENT", 3, raising=False)
     url = f"sqlite:///{tmp_path / 'api.sqlite'}"
     store = open_store(url)
     store.ingest([hit(f"10.8.0.{i}", i) for i in range(1, 6)])
@@ -535,7 +536,10 @@ def test_api_caps_connections_and_cuts_off_slow_senders(api: Any) -> None:
     import socket
 
     port = api.server_address[1]
-    slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+    slow = [  # 3 from one client (its limit), 1 from another: all 4 slots
+        socket.create_connection(("127.0.0.1", port), 10, (src, 0))
+        for src in ("127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3")
+    ]
     for s in slow:
         s.sendall(b"GET /v1/hosts HTTP/1.1\r\nHost: 127")  # and never the rest
     try:
@@ -630,3 +634,24 @@ async def test_the_metrics_consumer_counts_only_what_its_pack_matches(
     assert (got.get("kaspwatch_invalid_messages_total"), hits(got)) == (1.0, 1.0), got
     assert Procs.terminate(metrics) == 0, metrics.stderr()
     assert "www.google.com" in metrics.stderr() and "does not match" in metrics.stderr()
+
+
+def test_api_one_client_cannot_take_every_slot(api: Any) -> None:
+    import socket
+
+    port = api.server_address[1]
+    slow = [socket.create_connection(("127.0.0.1", port), 10, ("127.0.0.2", 0)) for _ in range(3)]
+    try:
+        for s in slow:
+            s.sendall(b"GET /v1/hosts HTTP/1.1\r\nHost: 127")
+        deadline = time.monotonic() + 10
+        fourth = b""
+        while time.monotonic() < deadline and b" 503 " not in fourth:
+            with socket.create_connection(("127.0.0.1", port), 10, ("127.0.0.2", 0)) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                fourth = s.recv(100)
+        assert b" 503 " in fourth  # the flooding client's fourth connection
+        assert _get(port, "/healthz")[0] == 200  # anyone else is still served
+    finally:
+        for s in slow:
+            s.close()

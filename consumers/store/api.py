@@ -17,8 +17,8 @@ HEAD, without a body (a body is refused and the connection closed: nothing of it
 read as a next request); every connection gets read-only database sessions from a small
 pool.
 
-Hostile clients: at most ``MAX_CONNECTIONS`` connections are served at once (the next
-gets 503 and is closed); a request's line and headers must arrive within
+Hostile clients: at most ``MAX_CONNECTIONS`` connections are served at once, and
+``MAX_PER_CLIENT`` from one address (the next gets 503 and is closed); a request's line and headers must arrive within
 ``HEADER_TIMEOUT_S`` of its first byte being awaited (a slow sender is cut off); a
 connection that drops is one debug line, not a traceback. On loopback the ``Host`` header
 must name loopback (a web page that rebinds its DNS name to 127.0.0.1 gets 421); beyond
@@ -54,6 +54,7 @@ log = logging.getLogger("kaspwatch.store.api")
 MAX_LIMIT = 100_000
 PAGE: Final = 1_000
 MAX_CONNECTIONS: Final = 64
+MAX_PER_CLIENT: Final = 16
 HEADER_TIMEOUT_S: Final = 10.0
 WRITE_TIMEOUT_S: Final = 30.0
 LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -133,13 +134,21 @@ class StoreServer(ThreadingHTTPServer):
         self.token = token
         self.assets = assets
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.per_client: dict[str, int] = {}
+        self._lock = threading.Lock()
         self.loopback = addr[0] in LOOPBACK
         self.refused = 0
         super().__init__(addr, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """A thread per connection, at most MAX_CONNECTIONS: past that, 503 and close."""
-        if not self.slots.acquire(blocking=False):
+        """A thread per connection, at most MAX_CONNECTIONS in all and MAX_PER_CLIENT from
+        one address (one client cannot take every slot): past that, 503 and close."""
+        peer = client_address[0]
+        with self._lock:
+            ok = self.per_client.get(peer, 0) < MAX_PER_CLIENT and self.slots.acquire(False)
+            if ok:
+                self.per_client[peer] = self.per_client.get(peer, 0) + 1
+        if not ok:
             self.refused += 1
             try:
                 request.settimeout(1.0)
@@ -154,14 +163,21 @@ class StoreServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()
+            self._release(peer)
             raise
+
+    def _release(self, peer: str) -> None:
+        with self._lock:
+            left = self.per_client.pop(peer, 1) - 1
+            if left:
+                self.per_client[peer] = left
+            self.slots.release()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._release(client_address[0])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away or was too slow: one debug line, no traceback."""
