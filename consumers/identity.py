@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final
 
-from consumers.loop import Parsed
+from consumers.loop import Parsed, parse_with
 from kaspwatch.bus import Record
-from kaspwatch.event import EventError, event_from_json, parse_ts
+from kaspwatch.event import event_from_json, parse_ts
 from kaspwatch.identity import Identity, identity_from_json
 
 MAX_ADDRESSES: Final = 65_536
@@ -110,20 +110,20 @@ class IdentityBook:
         return HostIdentity.of(last)
 
 
-def parse_with_identities(identity_topic: str) -> Callable[[list[Record]], Parsed]:
-    """A batch parser for a subscriber of hits and identities: each record by its topic."""
+def parse_with_identities(
+    identity_topic: str, hit: Callable[[bytes], Any] = event_from_json
+) -> Callable[[list[Record]], Parsed]:
+    """A batch parser for a subscriber of hits and identities: each record by its topic,
+    a hit through ``hit`` (the contract check, or the alerts consumer's re-match too)."""
+    hits, identities = parse_with(hit), parse_with(identity_from_json)
 
     def parse_batch(records: list[Record]) -> Parsed:
         good: list[Any] = []
-        invalid = []
+        invalid: list[Any] = []
         for rec in records:
-            try:
-                if rec.topic == identity_topic:
-                    good.append(identity_from_json(rec.value))
-                else:
-                    good.append(event_from_json(rec.value))
-            except EventError as exc:
-                invalid.append((rec, str(exc)))
+            g, i = (identities if rec.topic == identity_topic else hits)([rec])
+            good += g
+            invalid += i
         return good, invalid
 
     return parse_batch

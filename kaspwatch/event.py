@@ -7,8 +7,10 @@ Sensors build events here; consumers parse them here. The JSON Schema in
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -257,46 +259,130 @@ _CORE: Final = frozenset(k for k, _ in _REQUIRED) | {
 }
 
 
-def event_from_json(raw: bytes) -> Event:
-    """Parse and check a bus message; raise EventError saying what is wrong."""
+# What a message may be, beyond its types: whatever passes these stays small and sane in
+# every consumer (alerts, metrics labels, store rows, the dead-letter envelope).
+MAX_EVENT_BYTES: Final = 64 * 1024
+MAX_NAME: Final = 255  # the schema's name, query and indicator pattern limit
+MAX_SENSOR: Final = 128
+MAX_ANSWERS: Final = 256
+EARLIEST_TS: Final = datetime(1990, 1, 1, tzinfo=UTC)
+MAX_FUTURE_S: Final = 86_400  # a packet time more than a day ahead of this clock is forged
+_EVENT_ID: Final = re.compile(r"[0-9a-f]{32}")
+_NAME: Final = re.compile(r"[^A-Z\s]*[^A-Z.\s]")
+_IND_ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,79}")
+MATCHES: Final = frozenset(
+    {"exact", "suffix", "wildcard", "range", "cidr", "path", "user_agent", "magic"}
+)
+MAX_TEXT: Final = 4096  # an indicator's description or remediation
+MAX_SOURCES: Final = 32  # an indicator's sources, each at most MAX_TEXT
+CONFIDENCES: Final = frozenset({"high", "medium", "low"})
+
+
+def show(value: object, limit: int = 60) -> str:
+    """A value for an error message, cut: a reason must never carry a forged megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _check_address(key: str, value: str) -> None:
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise EventError("not a JSON object")
-    if doc.get("schema") != SCHEMA_VERSION:
-        raise EventError(f"unsupported schema {doc.get('schema')!r} (expected {SCHEMA_VERSION})")
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise EventError(f"field {key!r} is not an IP address: {show(value)}") from None
+
+
+def check_ts(ts: str, now: float | None = None) -> datetime:
+    """The packet time, or EventError if it is malformed or outside 1990..now + 1 day."""
+    try:
+        when = parse_ts(ts)
+    except ValueError:
+        raise EventError(f"bad ts {show(ts)}") from None
+    latest = (time.time() if now is None else now) + MAX_FUTURE_S
+    if not EARLIEST_TS <= when <= datetime.fromtimestamp(latest, UTC):
+        raise EventError(f"ts {ts} is outside 1990-01-01 .. a day from now")
+    return when
+
+
+def _check_indicator(ind: object) -> IndicatorRef:
+    if not isinstance(ind, dict):
+        raise EventError("field 'indicator' is not an object or null")
+    ref = _indicator_ref(ind)
+    # the schema's enums: these become metric labels, so nothing else may pass
+    if ref.category not in CATEGORIES:
+        raise EventError(f"unknown indicator category {show(ref.category)}")
+    if ref.severity not in SEVERITIES:
+        raise EventError(f"unknown indicator severity {show(ref.severity)}")
+    if ref.evidence and ref.evidence not in EVIDENCE:
+        raise EventError(f"unknown indicator evidence {show(ref.evidence)}")
+    if ref.match not in MATCHES or ref.confidence not in CONFIDENCES:
+        raise EventError(f"bad indicator match/confidence {show((ref.match, ref.confidence))}")
+    if not _IND_ID.fullmatch(ref.id) or not 0 < len(ref.pattern) <= MAX_NAME:
+        raise EventError(f"bad indicator id or pattern {show((ref.id, ref.pattern))}")
+    return ref
+
+
+def _check_fields(doc: dict[str, Any]) -> None:
+    """The schema's limits on the required fields, and address syntax."""
     for key, typ in _REQUIRED:
         value = doc.get(key)
         if not isinstance(value, typ) or isinstance(value, bool):
             raise EventError(f"field {key!r} missing or not {typ.__name__}")
     if doc["kind"] not in KINDS:
-        raise EventError(f"unknown kind {doc['kind']!r}")
+        raise EventError(f"unknown kind {show(doc['kind'])}")
+    if doc["transport"] not in TRANSPORTS:
+        raise EventError(f"unknown transport {show(doc['transport'])}")
+    if not _EVENT_ID.fullmatch(doc["event_id"]):
+        raise EventError(f"bad event_id {show(doc['event_id'])}")
+    if not 0 < len(doc["sensor"]) <= MAX_SENSOR:
+        raise EventError(f"field 'sensor' is empty or over {MAX_SENSOR} characters")
+    name = doc["name"]
+    if len(name) > MAX_NAME or not _NAME.fullmatch(name):
+        raise EventError(f"bad name {show(name)} (lowercase, no spaces, at most {MAX_NAME})")
+    for key in ("src_port", "dst_port"):
+        if not 0 <= doc[key] <= 65535:
+            raise EventError(f"field {key!r} out of range: {show(doc[key])}")
+    for key in ("src_ip", "dst_ip"):
+        _check_address(key, doc[key])
+    query = doc.get("query")
+    if query is not None and (not isinstance(query, str) or len(query) > MAX_NAME):
+        raise EventError(f"bad query {show(query)}")
+    answers = doc.get("answers")
+    if answers is not None:
+        if not isinstance(answers, list) or len(answers) > MAX_ANSWERS:
+            raise EventError(f"field 'answers' is not a list of at most {MAX_ANSWERS}")
+        for a in answers:
+            if not isinstance(a, str):
+                raise EventError(f"answer {show(a)} is not a string")
+            _check_address("answers", a)
+
+
+def event_from_json(raw: bytes, now: float | None = None) -> Event:
+    """Parse and check a bus message against the contract (types, the schema's sizes and
+    enums, address syntax, a packet time between 1990 and a day from ``now``); raise
+    EventError saying what is wrong."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError(f"message of {len(raw)} bytes, over {MAX_EVENT_BYTES}")
     try:
-        parse_ts(doc["ts"])
-    except ValueError:
-        raise EventError(f"bad ts {doc['ts']!r}") from None
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise EventError(f"not JSON: {show(str(exc), 120)}") from None
+    if not isinstance(doc, dict):
+        raise EventError("not a JSON object")
+    if doc.get("schema") != SCHEMA_VERSION:
+        raise EventError(
+            f"unsupported schema {show(doc.get('schema'))} (expected {SCHEMA_VERSION})"
+        )
+    _check_fields(doc)
+    check_ts(doc["ts"], now)
     ind = doc.get("indicator")
-    ref: IndicatorRef | None = None
-    if ind is not None:
-        if not isinstance(ind, dict):
-            raise EventError("field 'indicator' is not an object or null")
-        ref = _indicator_ref(ind)
-        # the schema's enums: these become metric labels, so nothing else may pass
-        if ref.category not in CATEGORIES:
-            raise EventError(f"unknown indicator category {ref.category!r}")
-        if ref.severity not in SEVERITIES:
-            raise EventError(f"unknown indicator severity {ref.severity!r}")
-        if ref.evidence and ref.evidence not in EVIDENCE:
-            raise EventError(f"unknown indicator evidence {ref.evidence!r}")
+    ref = _check_indicator(ind) if ind is not None else None
     answers = doc.get("answers") or []
     packet_id = doc.get("packet_id")
-    if packet_id is not None and not isinstance(packet_id, str):
-        raise EventError("field 'packet_id' is not a string")
+    if packet_id is not None and not (isinstance(packet_id, str) and len(packet_id) <= 64):
+        raise EventError("field 'packet_id' is not a string of at most 64")
     source = doc.get("source")
-    if source is not None and not isinstance(source, str):
-        raise EventError("field 'source' is not a string")
+    if source is not None and not (isinstance(source, str) and len(source) <= 32):
+        raise EventError("field 'source' is not a string of at most 32")
     return Event(
         event_id=doc["event_id"],
         ts=doc["ts"],
@@ -321,19 +407,25 @@ _REF_REQUIRED: Final = ("id", "pattern", "match", "category", "severity", "confi
 
 
 def _indicator_ref(ind: dict[str, Any]) -> IndicatorRef:
-    try:
-        core = {k: str(ind[k]) for k in _REF_REQUIRED}
-    except KeyError as exc:
-        raise EventError(f"indicator lacks {exc}") from None
+    core = {}
+    for key in _REF_REQUIRED:
+        value = ind.get(key)
+        if not isinstance(value, str):
+            raise EventError(f"indicator lacks {key!r} (a string)")
+        core[key] = value
     texts = {}
     for key in ("evidence", "description", "remediation"):
         value = ind.get(key, "")
-        if not isinstance(value, str):
-            raise EventError(f"indicator field {key!r} is not a string")
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise EventError(f"indicator field {key!r} is not a string of at most {MAX_TEXT}")
         texts[key] = value
     sources = ind.get("sources", [])
-    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
-        raise EventError("indicator field 'sources' is not a list of strings")
+    if (
+        not isinstance(sources, list)
+        or len(sources) > MAX_SOURCES
+        or not all(isinstance(x, str) and len(x) <= MAX_TEXT for x in sources)
+    ):
+        raise EventError(f"indicator field 'sources' is not a list of at most {MAX_SOURCES} texts")
     return IndicatorRef(**core, **texts, sources=tuple(sources))
 
 
@@ -343,6 +435,8 @@ def heartbeat_from_json(raw: bytes) -> dict[str, Any]:
     ``ts`` is when the sensor sent it (the consumers' "last heartbeat" time). Optional
     ``final: true`` marks the last beat of a sensor that finished its capture files (not
     one that was stopped or died): offline work is done, its silence is not an outage."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError(f"message of {len(raw)} bytes, over {MAX_EVENT_BYTES}")
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -351,6 +445,8 @@ def heartbeat_from_json(raw: bytes) -> dict[str, Any]:
         raise EventError("not a v1 heartbeat")
     if not isinstance(doc.get("sensor"), str) or not isinstance(doc.get("interval_s"), int | float):
         raise EventError("heartbeat lacks sensor or interval_s")
+    if not 0 < len(doc["sensor"]) <= MAX_SENSOR:
+        raise EventError(f"heartbeat sensor is empty or over {MAX_SENSOR} characters")
     for key in HEARTBEAT_FIELDS:
         if not isinstance(doc.get(key), int) or isinstance(doc.get(key), bool):
             raise EventError(f"heartbeat field {key!r} missing or not an integer")

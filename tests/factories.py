@@ -14,11 +14,14 @@ UPDATE = IndicatorRef("kw-update-x", "upd.kaspersky.com", "suffix", "update", "h
 KSN = IndicatorRef("kw-telemetry-x", "ksn.kaspersky-labs.com", "suffix", "telemetry", "high", "low")
 
 
+EPOCH = 1_750_000_000  # 2025-06-15: hits are dated after it; the contract refuses the future
+
+
 def hit(
     host: str, seconds: float, ind: IndicatorRef = UPDATE, name: str = "s01.upd.kaspersky.com"
 ) -> Event:
     """A DNS query hit from ``host`` at ``seconds`` after a fixed epoch (event time)."""
-    ts_ns = int((1_800_000_000 + seconds) * 1e9)
+    ts_ns = int((EPOCH + seconds) * 1e9)
     return Event(
         event_id=make_event_id("s", ts_ns, host, 1, "10.0.0.53", 53, "udp", "dns_query", name),
         ts=format_ts(ts_ns),

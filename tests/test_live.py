@@ -193,6 +193,7 @@ def test_sensor_drops_root_after_opening_its_socket(tmp_path: Path) -> None:
         status = Path(f"/proc/{run.pid}/status").read_text()
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         caps = next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1]
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
         out = net.run(net.client, "dig", "+tries=1", "+time=2", f"@{SERVER_V4}", "ds.kaspersky.com")
         assert out.returncode == 0, out.stderr
         time.sleep(0.5)
@@ -200,6 +201,8 @@ def test_sensor_drops_root_after_opening_its_socket(tmp_path: Path) -> None:
         stdout, stderr = run.communicate(timeout=30)
     assert set(uids) == {"65534"}, status  # real, effective, saved, fs: all nobody
     assert int(caps, 16) == 0  # no capability left
+    assert int(fields["CapBnd"].strip(), 16) == 0  # and none can come back (setuid binaries)
+    assert fields["NoNewPrivs"].strip() == "1"
     alerts = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert [(a["host"], a["name"]) for a in alerts] == [("10.78.0.2", "ds.kaspersky.com")], stderr
 

@@ -30,7 +30,7 @@ from consumers.alerts.sinks.webhook import WebhookSink, delivery_id, load_secret
 from consumers.assets import Asset, AssetMap
 from kaspwatch.event import IndicatorRef, parse_ts
 from tests.alertmanager import am_alerts, running_alertmanager
-from tests.factories import UPDATE, hit
+from tests.factories import EPOCH, UPDATE, hit
 from tests.httpserve import serving
 from tests.testenv import free_port
 
@@ -43,7 +43,7 @@ PLANT = AssetMap([(ipaddress.ip_network("10.9.0.0/16"), Asset("plant-a", "ot", "
 def alert(
     host: str = "10.1.1.1", name: str = "s01.upd.kaspersky.com", ind: IndicatorRef = UPDATE
 ) -> Alert:
-    recent = time.time() - 1_800_000_000 - 60  # hit() counts from 1.8e9; a minute ago
+    recent = time.time() - EPOCH - 60  # hit() counts from EPOCH; a minute ago
     [a] = AlertEngine(assets=PLANT).feed(hit(host, recent, ind, name))
     return a
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from consumers.alerts.engine import MAX_WINDOWS, Window
+from kaspwatch.secretfile import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS windows (
@@ -45,6 +46,8 @@ def _dt(us: int) -> datetime:
 class AlertState:
     def __init__(self, path: str | None) -> None:
         self.path = path or ":memory:"
+        if path:
+            private_file(path)  # alert state names hosts: for the owner only
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from consumers.store import schema
 
@@ -63,6 +63,9 @@ def ensure_schema(b: Backend, text: str, integer: str, clustered: str = "") -> N
                 version += 1
             if migrated:
                 b.query("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
+            if version == schema.SCHEMA_VERSION:
+                for stmt in schema.INDEXES:  # indexes added since the store was made
+                    b.query(stmt)
         b.commit()
     except BaseException:
         b.rollback()
@@ -114,11 +117,25 @@ def default_db_url() -> str:
     return f"sqlite:///{base / 'store.sqlite'}"
 
 
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced, safe for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with any password replaced (``user:PASSWORD@`` and ``?password=``, as libpq
+    takes both), safe for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<a malformed database URL>"
+    secret_query = any(k.lower() in _SECRET_PARAMS for k, _ in parse_qsl(parts.query))
+    if password is None and not secret_query:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if secret_query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        clean = [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in query]
+        parts = parts._replace(query=urlencode(clean, safe="*"))
+    return urlunsplit(parts)

@@ -73,9 +73,11 @@ def parse_pattern(pattern: str, exact: bool = False) -> NameMatch:
     subdomains_only = text.startswith("*.")
     if subdomains_only:
         text = text[2:]
-    if not text or "*" in text or any(c.isspace() for c in text) or ".." in text:
+    # no whitespace nor control characters: a NUL is an error in PostgreSQL's text
+    if not text or "*" in text or not text.isprintable() or " " in text or ".." in text:
         raise PatternError(
-            f"name pattern {pattern!r}: expected NAME, ZONE or *.ZONE (one leading '*.' at most)"
+            f"name pattern {pattern[:300]!r}: expected NAME, ZONE or *.ZONE (one leading '*.' "
+            "at most)"
         )
     rname = reverse_name(text)
     if exact and not subdomains_only:

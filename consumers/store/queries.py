@@ -75,7 +75,7 @@ def parse_time(text: str, end_of_day: bool = False) -> int:
             dt = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return (dt - _EPOCH) // timedelta(microseconds=1) - (1 if end_of_day else 0)
         dt = datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # 9999-12-31 as the end of a day: past datetime.max
         raise QueryError(
             f"time {text!r}: expected YYYY-MM-DD or RFC 3339 (2026-11-01T00:00:00Z)"
         ) from None

@@ -1,7 +1,9 @@
 """Query results on a terminal or to a file: table, csv, json, ndjson.
 
-- ``table``: the result's table columns, aligned; lists joined with ", ".
-- ``csv``: every column, a header row; lists joined with spaces, objects as JSON.
+- ``table``: the result's table columns, aligned; lists joined with ", "; control
+  characters escaped (``\\x1b``).
+- ``csv``: every column, a header row; lists joined with spaces, objects as JSON; a cell
+  that starts like a formula (``=``, ``+``, ``-``, ``@``) gets a leading apostrophe.
 - ``json``: one array of row objects (an empty result is ``[]``).
 - ``ndjson``: one row object per line.
 """
@@ -13,6 +15,17 @@ import json
 from typing import Any, Final, TextIO
 
 from consumers.store.queries import Result
+from kaspwatch.table import printable
+
+# A cell a spreadsheet would run as a formula (=HYPERLINK(...), +cmd, -1+1, @SUM, a tab or
+# CR first): written with a leading apostrophe, shown as text (OWASP "CSV injection").
+_FORMULA: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> str:
+    text = _cell(value, " ")
+    return "'" + text if isinstance(value, str) and text.startswith(_FORMULA) else text
+
 
 FORMATS: Final = ("table", "csv", "json", "ndjson")
 
@@ -38,7 +51,7 @@ def render(result: Result, fmt: str, out: TextIO) -> None:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(result.columns)
         for row in result.rows:
-            writer.writerow([_cell(row.get(c), " ") for c in result.columns])
+            writer.writerow([_csv_cell(row.get(c)) for c in result.columns])
     elif fmt == "table":
         if result.rows:
             _table(result, out)
@@ -48,7 +61,7 @@ def render(result: Result, fmt: str, out: TextIO) -> None:
 
 def _table(result: Result, out: TextIO) -> None:
     cols = result.table
-    cells = [[_cell(row.get(c), ", ") for c in cols] for row in result.rows]
+    cells = [[printable(_cell(row.get(c), ", ")) for c in cols] for row in result.rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     out.write("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
     out.write("\n")

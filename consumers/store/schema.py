@@ -154,8 +154,12 @@ _TABLES: Final = (
     ){clustered}""",
 )
 
-INDEXES: Final = ("CREATE INDEX IF NOT EXISTS hits_host_ts ON hits (host, ts_us)",)
-INDEX_NAMES: Final = ("hits_host_ts",)
+INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS hits_host_ts ON hits (host, ts_us)",
+    # who contacted a name: a range scan on rname, not a scan of every (host, name) row
+    "CREATE INDEX IF NOT EXISTS host_names_rname ON host_names (rname)",
+)
+INDEX_NAMES: Final = ("hits_host_ts", "host_names_rname")
 
 # version → the statements that bring a store of that version to the next one, in one
 # transaction. 1 → 2 keeps every count: host_names and host_category are copied into

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from consumers.store import schema
 from consumers.store.base import Row, StoreError, check_version, ensure_schema
+from kaspwatch.secretfile import private_file
 
 log = logging.getLogger("kaspwatch.store")
 
@@ -58,6 +59,7 @@ class SQLiteBackend:
                     timeout=30,
                 )
             else:
+                private_file(path)  # the inventory of weak spots: for the owner only
                 self.conn = sqlite3.connect(
                     path, isolation_level=None, check_same_thread=False, timeout=30
                 )

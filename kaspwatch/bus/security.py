@@ -21,7 +21,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from kaspwatch.bus import BusError
 from kaspwatch.secretfile import read_secret_file
@@ -57,31 +57,62 @@ class Secret:
     __str__ = __repr__
 
 
+# The client library's records that carry an authentication exchange: withheld whole,
+# whatever the secret's encoding (a SCRAM exchange holds no password, yet lets a reader
+# test password guesses offline).
+_AUTH_TYPES: Final = ("SaslHandshake", "SaslAuthenticate")
+WITHHELD: Final = "<authentication exchange withheld>"
+
+
 class RedactSecrets(logging.Filter):
-    """Replaces every registered secret in a log record's message (and traceback text)."""
+    """Keeps secrets out of log lines, by structure first: any argument of a record that is
+    an authentication request or response (or raw bytes from the Kafka client) is replaced
+    before formatting; then every registered secret, in the forms it can take in a message
+    (as given, ``repr``'d, its escaped UTF-8 bytes), is replaced in the message and
+    traceback text."""
 
     _secrets: ClassVar[set[str]] = set()
 
     @classmethod
     def register(cls, value: str) -> None:
         if value:
-            cls._secrets.add(value)
+            raw = value.encode("utf-8", "surrogateescape")
+            cls._secrets |= {value, repr(value)[1:-1], repr(raw)[2:-1], raw.hex()}
 
     @classmethod
     def scrub(cls, text: str) -> str:
-        for secret in cls._secrets:
+        for secret in sorted(cls._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         return text
 
+    @staticmethod
+    def _withhold(record: logging.LogRecord) -> None:
+        args = record.args
+        if not args or not isinstance(args, tuple):
+            return
+        kafka = record.name.startswith("aiokafka")
+        clean = tuple(
+            WITHHELD
+            if type(a).__name__.startswith(_AUTH_TYPES)
+            or (kafka and isinstance(a, bytes | bytearray | memoryview))
+            else a
+            for a in args
+        )
+        if clean != args:
+            record.args = clean
+
     def filter(self, record: logging.LogRecord) -> bool:
+        self._withhold(record)
         if self._secrets:
             message = record.getMessage()
             clean = self.scrub(message)
             if clean != message:
                 record.msg, record.args = clean, None
             if record.exc_info and record.exc_info[1] is not None:
-                text = self.scrub(logging.Formatter().formatException(record.exc_info))
-                record.exc_info, record.exc_text = None, text
+                trace = logging.Formatter().formatException(record.exc_info)
+                text = self.scrub(trace)
+                if text != trace:  # else the record keeps its exception for other handlers
+                    record.exc_info, record.exc_text = None, text
         return True
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import struct
 import time
 import zlib
@@ -124,12 +125,29 @@ class Spool:
         self._last_drop_log = 0.0
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._check_owner()
             probe = self.dir / ".probe"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
             raise SpoolError(f"spool {self.dir}: not writable: {exc.strerror or exc}") from None
         self._recover()
+
+    def _check_owner(self) -> None:
+        """Whoever can write the spool makes the sensor publish it with its credentials:
+        only a directory of the sensor's own user that nobody else can write will do."""
+        st = self.dir.stat()
+        if st.st_uid != os.geteuid():
+            raise SpoolError(
+                f"spool {self.dir}: owned by uid {st.st_uid}, not by this sensor's user "
+                f"(uid {os.geteuid()}); use a directory of the sensor's own user"
+            )
+        if st.st_mode & 0o022:
+            raise SpoolError(
+                f"spool {self.dir}: writable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); run chmod 700 {self.dir}"
+            )
+        self.dir.chmod(0o700)
 
     # ------------------------------------------------------------------ recovery
     def _recover(self) -> None:

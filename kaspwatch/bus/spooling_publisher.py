@@ -48,12 +48,17 @@ class SpoolingPublisher:
         retry_s: float = 1.0,
         passthrough: tuple[str, ...] = (),
         grace_s: float = 5.0,
+        topics: tuple[str, ...] | None = None,
     ) -> None:
         self._connect = connect
         self.inner = connect()
         self._inner_ok = False
         self._abandoned: set[asyncio.Task[None]] = set()
         self.passthrough = passthrough  # topics sent straight to the bus, never spooled
+        # the topics a spooled record may be replayed to: the topic is stored per record, and
+        # a record for any other was not written by this sensor (counted, logged, dropped)
+        self.topics = frozenset(topics) if topics is not None else None
+        self.foreign = 0
         self.spool = spool
         self.delivery_timeout = delivery_timeout
         self.round_records = round_records
@@ -225,6 +230,21 @@ class SpoolingPublisher:
         idle = not self._queue and not self._to_spool and self._flight is None
         return idle and (not self.spool.depth_records or self.down)
 
+    def _configured(self, recs: list[SpoolRecord]) -> list[SpoolRecord]:
+        if self.topics is None:
+            return recs
+        mine = [r for r in recs if r.topic in self.topics]
+        if len(mine) < len(recs):
+            self.foreign += len(recs) - len(mine)
+            log.error(
+                "spool %s: %d records for topics this sensor does not publish to (%s): "
+                "not replayed",
+                self.spool.dir,
+                len(recs) - len(mine),
+                ", ".join(sorted({repr(r.topic[:80]) for r in recs if r.topic not in self.topics})),
+            )
+        return mine
+
     async def _run(self) -> None:
         while True:
             if self._is_settled():
@@ -233,9 +253,10 @@ class SpoolingPublisher:
                     return
             if self.spool.depth_records:
                 recs, pos = self.spool.peek(self.round_records, self.round_bytes)
-                if await self._send_round(recs) is not None:
+                mine = self._configured(recs)
+                if not mine or await self._send_round(mine) is not None:
                     self.spool.ack(pos, len(recs))
-                    self.stats.replayed += len(recs)
+                    self.stats.replayed += len(mine)
                     if not self._spooling:
                         log.info("spool drained: %d hits replayed in total", self.stats.replayed)
                     continue

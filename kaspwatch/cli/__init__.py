@@ -119,6 +119,11 @@ def _logging(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactSecrets())  # a secret never reaches a log line
     logging.getLogger("aiokafka").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # aiokafka.conn's debug log dumps every request and response, the SASL exchange
+    # included: never on, -v or not (RedactSecrets withholds such records structurally too).
+    logging.getLogger("aiokafka.conn").setLevel(
+        max(logging.INFO, logging.getLogger("aiokafka").level)
+    )
     if not verbose:
         logging.getLogger("aiokafka").addFilter(_RateLimit(30.0))
 

@@ -21,6 +21,7 @@ from consumers.alerts.state import AlertState
 from consumers.assets import AssetMap, load_assets
 from kaspwatch.bus import Publisher, TopicReader
 from kaspwatch.event import ALERTS_TOPIC
+from kaspwatch.secretfile import private_dir
 
 DEFAULT_WINDOW = 3600.0
 # sinks switched on by their own flags, in the order they get each alert
@@ -117,8 +118,7 @@ def state_path(args: argparse.Namespace, group: str | None) -> str | None:
         return str(args.state)
     if group is None:
         return None
-    base = Path(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch"))
-    base.mkdir(parents=True, exist_ok=True)
+    base = private_dir(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch"))
     return str(base / f"alerts-{group}.sqlite")
 
 

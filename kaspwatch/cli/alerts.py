@@ -14,7 +14,7 @@ from consumers.alerts.resend import resend_firing
 from consumers.alerts.sinks import SinkOptionError
 from consumers.alerts.sinks.ecs import render_ecs
 from consumers.identity import parse_with_identities
-from consumers.loop import DeadLetters, consume
+from consumers.loop import ConsumerHealth, DeadLetters, consume
 from consumers.metrics import HitMetrics
 from kaspwatch.bus import open_publisher, open_reader, open_subscriber
 from kaspwatch.cli.alerting import (
@@ -24,7 +24,7 @@ from kaspwatch.cli.alerting import (
     open_delivery,
 )
 from kaspwatch.cli.kafka import add_kafka_options
-from kaspwatch.cli.options import add_bus_option, add_metrics_addr
+from kaspwatch.cli.options import add_bus_option, add_metrics_addr, add_rule_options, verified_hit
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
 from kaspwatch.identity import IDENTITY_TOPIC
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dead-letter-topic", default=DEAD_LETTER_TOPIC)
     add_metrics_addr(p, "serve this consumer's metrics (deliveries, sink failures, dead letters)")
     add_alert_options(p, state_default=True)
+    add_rule_options(p)  # the pack hits are re-matched against: a hit's indicator is a claim
     add_kafka_options(p)
 
 
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.group_wait >= 0:
         raise SinkOptionError(f"--group-wait {args.group_wait:g}: give 0 or more seconds")
     metrics = HitMetrics()
+    parse = parse_with_identities(args.identity_topic, verified_hit(args))
 
     async def main() -> None:
         stopper = Stopper()
@@ -80,15 +82,10 @@ def run(args: argparse.Namespace) -> int:
             await sink.start()
         await sub.start()
         dead = DeadLetters(metrics.invalid, publisher, args.dead_letter_topic)
+        health = ConsumerHealth(metrics.registry).group(args.group)
         try:
             await asyncio.gather(
-                consume(
-                    sub,
-                    [delivery],
-                    stopper.stop,
-                    dead,
-                    parse=parse_with_identities(args.identity_topic),
-                ),
+                consume(sub, [delivery], stopper.stop, dead, parse=parse, health=health),
                 resend_firing(delivery.sinks, stopper.stop),
                 flush_every(delivery.flush_groups, stopper.stop),
             )

@@ -12,11 +12,12 @@ import threading
 
 from consumers.assets import load_assets
 from consumers.store import StoreError
-from consumers.store.api import make_server
+from consumers.store.api import LOOPBACK, make_server
 from kaspwatch.cli.options import add_assets_option, add_db_option, db_url, listen_addr
 from kaspwatch.secretfile import read_secret_file
 
 log = logging.getLogger("kaspwatch")
+MIN_TOKEN = 16  # a guessable token is no token
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,11 @@ def read_token(path: str) -> str:
         raise StoreError(str(exc)) from None
     if not text or any(c.isspace() for c in text):
         raise StoreError(f"{path}: the token file must hold one token (no spaces)")
+    if len(text) < MIN_TOKEN:
+        raise StoreError(
+            f"{path}: the token has {len(text)} characters, at least {MIN_TOKEN} are needed "
+            "(e.g. openssl rand -hex 32 > FILE)"
+        )
     return text
 
 
@@ -54,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
     token = read_token(args.token_file) if args.token_file else None
     assets = load_assets(args.assets) if args.assets else None
     host, port = args.listen
+    if token is None and host not in LOOPBACK:
+        raise StoreError(
+            f"--listen {host}: beyond loopback the API needs --token-file (anyone who can "
+            "reach it could read the inventory)"
+        )
     server = make_server(db_url(args), (host, port), token, assets)
-    if token is None and host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("serving the store on %s without a token: use --token-file", host)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from prometheus_client import start_http_server
 
 from consumers.assets import load_assets
-from consumers.loop import DeadLetters, consume, parse_with
+from consumers.loop import ConsumerHealth, DeadLetters, consume, parse_with
 from consumers.metrics import HitMetrics, LagCollector, SensorHealth
 from kaspwatch.bus import open_subscriber
 from kaspwatch.cli.kafka import add_kafka_options
-from kaspwatch.cli.options import add_bus_option, listen_addr
+from kaspwatch.cli.options import add_bus_option, add_rule_options, listen_addr, verified_hit
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, heartbeat_from_json
 from sensor.rules.indicators import Indicator, load_pack, shipped_pack_paths
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="kaspwatch-alerts,kaspwatch-metrics,kaspwatch-store",
         help="consumer groups whose lag to export, comma-separated",
     )
+    add_rule_options(p)  # hits are counted by this pack's indicators, not by their claims
     add_kafka_options(p)
 
 
@@ -53,6 +54,7 @@ def known_pairs(indicators: Iterable[Indicator] | None = None) -> set[tuple[str,
 
 def run(args: argparse.Namespace) -> int:
     metrics = HitMetrics(assets=load_assets(args.assets), known=known_pairs())
+    parse = parse_with(verified_hit(args))
     health = SensorHealth()
     lag = LagCollector()
     for collector in (health, lag):
@@ -77,15 +79,24 @@ def run(args: argparse.Namespace) -> int:
         await sub.start()
         await beats.start()
         groups = [g for g in args.lag_groups.split(",") if g]
+        progress = ConsumerHealth(metrics.registry)
         try:
             await asyncio.gather(
-                consume(sub, [metrics], stopper.stop, DeadLetters(metrics.invalid)),
+                consume(
+                    sub,
+                    [metrics],
+                    stopper.stop,
+                    DeadLetters(metrics.invalid),
+                    parse=parse,
+                    health=progress.group(args.group),
+                ),
                 consume(
                     beats,
                     [health],
                     stopper.stop,
                     DeadLetters(metrics.invalid),
                     parse=parse_with(heartbeat_from_json),
+                    health=progress.group(f"{args.group}-heartbeats"),
                 ),
                 lag.refresh(args.bus, groups, stopper.stop, security=args.kafka),
             )

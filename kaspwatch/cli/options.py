@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
+from collections.abc import Callable
 
 from consumers.store.base import default_db_url
 from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
 from kaspwatch.cli.config import parse_size
+from kaspwatch.event import Event, event_from_json
+from kaspwatch.secretfile import private_dir
 from sensor.pipeline import Sensor
+from sensor.rules.match import Matcher
 from sensor.rules.ruleset import Reloader, RuleSource, source_from
+from sensor.verify import hit_verifier
 
 
 def listen_addr(text: str) -> tuple[str, int]:
@@ -117,9 +121,25 @@ def db_url(args: argparse.Namespace, create_default: bool = False) -> str:
         return str(args.db)
     url = default_db_url()
     if create_default and not os.environ.get("KASPWATCH_DB"):
-        Path(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch")).mkdir(parents=True, exist_ok=True)
+        private_dir(os.environ.get("KASPWATCH_STATE_DIR", ".kaspwatch"))
     return url
 
 
 def add_assets_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assets", metavar="FILE", help="asset map (YAML or CSV): adds the site")
+
+
+def verified_hit(args: argparse.Namespace) -> Callable[[bytes], Event]:
+    """The record parser of a consumer that decides on hits: the contract check, then the
+    hit re-matched against this consumer's own pack (``--pack``, the config's
+    packs, the shipped pack; reloaded when a file changes). A hit it does not match is
+    dead-lettered; see ``sensor.verify``."""
+    source = rule_source(args)
+    reloader = Reloader(source, source.load())
+
+    def matcher() -> Matcher:
+        reloader.maybe_reload()
+        return reloader.rules.matcher
+
+    verify = hit_verifier(matcher)
+    return lambda raw: verify(event_from_json(raw))

@@ -14,7 +14,7 @@ from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json, render_text
 from consumers.alerts.sinks.ecs import render_ecs
 from consumers.identity import parse_with_identities
-from consumers.loop import DeadLetters, consume
+from consumers.loop import ConsumerHealth, DeadLetters, consume
 from consumers.metrics import HitMetrics
 from consumers.store import open_store
 from consumers.summary import Summary
@@ -104,27 +104,39 @@ def run(args: argparse.Namespace) -> int:
 
         # Consumers keep up while the sensor runs; once it ends (end of capture, or a
         # signal) they drain everything it published, so no accepted hit goes unreported.
-        never = asyncio.Event()
+        # A second signal ends the drain too (a sink that stays down must not hold the run).
+        health = ConsumerHealth(metrics.registry)
+        done = sensing_done.is_set
+        abort = stopper.again
         await asyncio.gather(
             sense(),
             consume(
                 alerts_sub,
                 [delivery, summary],
-                never,
+                abort,
                 on_invalid,
-                sensing_done.is_set,
+                done,
                 parse_with_identities(IDENTITY_TOPIC),
+                health=health.group("kaspwatch-alerts"),
             ),
-            consume(metrics_sub, [metrics], never, on_invalid, sensing_done.is_set),
+            consume(
+                metrics_sub,
+                [metrics],
+                abort,
+                on_invalid,
+                done,
+                health=health.group("kaspwatch-metrics"),
+            ),
             *(
                 [
                     consume(
                         store_sub,
                         [store],
-                        never,
+                        abort,
                         on_invalid,
-                        sensing_done.is_set,
+                        done,
                         parse_with_identities(IDENTITY_TOPIC),
+                        health=health.group("kaspwatch-store"),
                     )
                 ]
                 if store is not None

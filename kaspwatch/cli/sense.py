@@ -26,7 +26,7 @@ from kaspwatch.cli.options import (
     add_spool_options,
     build_sensor,
 )
-from kaspwatch.cli.process import Stopper
+from kaspwatch.cli.process import Stopper, hand_over
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC
 from kaspwatch.identity import IDENTITY_TOPIC
 from sensor.health import register_sensor
@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     sensor, reloader = build_sensor(args, observations=args.observations)
+    if args.user and not args.pcap:  # made while still root, for the user live capture drops to
+        hand_over(args.spool_dir, args.user)
     sources = open_sources(args, sensor)
     spool = Spool(args.spool_dir, args.spool_max_bytes, policy=args.spool_policy)
     publish = PublishStats()
@@ -77,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
             )
 
         publisher = publish.spooling = SpoolingPublisher(
-            connect, spool, args.delivery_timeout, passthrough=(args.heartbeats_topic,)
+            connect,
+            spool,
+            args.delivery_timeout,
+            passthrough=(args.heartbeats_topic,),
+            topics=(args.topic,),
         )
         await publisher.start()
         await publisher.prepare([args.topic, args.heartbeats_topic, args.identity_topic])

@@ -22,6 +22,7 @@ from typing import Any, Final
 from consumers.alerts.engine import Alert
 from consumers.alerts.sinks import SinkError, SinkOptionError
 from consumers.alerts.sinks.http import check_url, post
+from kaspwatch.table import printable
 
 ALERTNAME: Final = "KasperskyTraffic"
 MAX_FIRING: Final = 100_000  # firing alerts remembered for re-sending
@@ -56,6 +57,15 @@ def _description(a: Alert) -> str:
     return "\n\n".join(parts)
 
 
+LABEL_MAX: Final = 128
+
+
+def _label(value: str) -> str:
+    """A label value: printable (controls escaped) and bounded; labels group and route."""
+    value = printable(value)
+    return value if len(value) <= LABEL_MAX else value[: LABEL_MAX - 3] + "..."
+
+
 def to_am(a: Alert, ends_at: float, generator_url: str | None = None) -> dict[str, Any]:
     """One Alertmanager v2 ``postableAlert``. ``generatorURL`` is the alert's dashboard link
     (``--dashboard-url``), else the sink's ``generator_url``."""
@@ -76,13 +86,16 @@ def to_am(a: Alert, ends_at: float, generator_url: str | None = None) -> dict[st
         annotations["sources"] = "\n".join(d["sources"])
     doc: dict[str, Any] = {
         "labels": {
-            "alertname": ALERTNAME,
-            "severity": a.severity,
-            "category": a.category,
-            "stage": a.stage,
-            "site": a.asset.site,
-            "zone": a.asset.zone,
-            "host": a.event.host,
+            k: _label(v)
+            for k, v in (
+                ("alertname", ALERTNAME),
+                ("severity", a.severity),
+                ("category", a.category),
+                ("stage", a.stage),
+                ("site", a.asset.site),
+                ("zone", a.asset.zone),
+                ("host", a.event.host),
+            )
         },
         "annotations": annotations,
         # Alertmanager refuses startsAt after endsAt (sensor clock ahead): clamp.

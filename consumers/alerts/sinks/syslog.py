@@ -26,6 +26,7 @@ from consumers.alerts.sinks.endpoint import kaspersky_endpoint
 from consumers.alerts.sinks.group import group_summary
 from kaspwatch import __version__
 from kaspwatch.event import parse_ts
+from kaspwatch.table import printable
 
 FORMATS: Final = ("rfc5424", "cef", "cef-rfc3164")
 FACILITY_LOCAL4: Final = 20
@@ -50,7 +51,9 @@ def parse_url(url: str) -> tuple[str, str, int]:
 
 
 def _oneline(v: str) -> str:
-    return re.sub(r"[\r\n\x00]+", " ", v)
+    """Every control, line separator and bidi/format character escaped (``\\x1b``,
+    ``\\u202e``): nothing a SIEM or a terminal showing the log would act on."""
+    return printable(v)
 
 
 def _sd_escape(v: str) -> str:
@@ -85,8 +88,7 @@ def _cef_head(v: str) -> str:
 
 
 def _cef_ext(v: str) -> str:
-    v = v.replace("\\", "\\\\").replace("=", "\\=")
-    return v.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+    return _oneline(v).replace("\\", "\\\\").replace("=", "\\=")
 
 
 def cef(alert: Alert) -> str:
