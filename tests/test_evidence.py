@@ -66,7 +66,7 @@ def test_site_packs_may_leave_it_out_or_name_one_from_the_list(tmp_path: Path) -
 
 def _event(indicator: dict[str, str]) -> bytes:
     return json.dumps({
-        "schema": 1, "event_id": "e", "ts": "2026-11-27T18:00:00.000000Z", "sensor": "s",
+        "schema": 1, "event_id": "e" * 32, "ts": "2026-11-27T18:00:00.000000Z", "sensor": "s",
         "kind": "tls_sni", "name": "x.kaspersky.com", "src_ip": "10.0.0.1", "src_port": 1,
         "dst_ip": "10.0.0.2", "dst_port": 443, "transport": "tcp", "indicator": indicator,
     }).encode()  # fmt: skip

@@ -27,7 +27,7 @@ from consumers.alerts.sinks.webhook import WebhookSink
 from consumers.alerts.state import AlertState
 from kaspwatch.event import Event, IndicatorRef
 from tests.alertmanager import running_alertmanager
-from tests.factories import hit
+from tests.factories import EPOCH, hit
 from tests.httpserve import serving
 from tests.testenv import REPO, free_port
 
@@ -177,7 +177,7 @@ async def test_alertmanager_with_the_shipped_routes_pages_once_per_host(tmp_path
         cfg["route"]["group_wait"] = "1s"
         with running_alertmanager(tmp_path / "am", config=yaml.safe_dump(cfg)) as am:
             engine = AlertEngine()
-            recent = time.time() - 1_800_000_000 - 60
+            recent = time.time() - EPOCH - 60
             alerts = [
                 a
                 for i, c in enumerate(CATS)

@@ -18,7 +18,7 @@ from consumers.alerts.sinks.alertmanager import AlertmanagerSink
 from kaspwatch.event import CATEGORIES, EventError, event_from_json
 from sensor.rules.indicators import Indicator, PackError, load_pack, shipped_pack_paths
 from tests.alertmanager import am_alerts, running_alertmanager
-from tests.factories import HEAD, ROW, UPDATE, hit
+from tests.factories import EPOCH, HEAD, ROW, UPDATE, hit
 from tests.testenv import KASPWATCH, SAMPLE
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,7 +102,7 @@ def test_links_are_percent_encoded_and_templates_checked() -> None:
     )
     [a] = AlertEngine(links=links).feed(hit("fd00::1", 0))
     assert a.runbook_url == "https://wiki.example/kw/update#kw-update-x"
-    assert a.dashboard_url == "https://graf.example/d/kw?var-host=fd00%3A%3A1&from=1800000000000"
+    assert a.dashboard_url == f"https://graf.example/d/kw?var-host=fd00%3A%3A1&from={EPOCH * 1000}"
     assert a.to_dict()["runbook_url"] == a.runbook_url
     for bad in ("https://x/{nope}", "ftp://x/{host}", "https://x/{host", "/relative/{host}"):
         with pytest.raises(LinkError, match="--runbook-url"):
@@ -145,7 +145,7 @@ def am(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def test_alertmanager_gets_guidance_annotations_and_generator_url(am: str) -> None:
     ind = shipped()["kw-oem-juniper-kaspersky-av"]
     links = Links("https://wiki.example/kw/{indicator}", "https://graf.example/d/kw?h={host}")
-    recent = time.time() - 1_800_000_000 - 60
+    recent = time.time() - EPOCH - 60
     [a] = AlertEngine(links=links).feed(hit("10.4.4.4", recent, ind.ref, "update.juniper-updates.net"))  # fmt: skip
     await AlertmanagerSink([am]).send([a])
     deadline = time.monotonic() + 5

@@ -33,7 +33,7 @@ from sensor.sources.pcapfile import CaptureFile
 from tests import cliprocs
 from tests.alertmanager import am_alerts, running_alertmanager
 from tests.cliprocs import cli_env, wait_for
-from tests.factories import KSN, UPDATE, hit
+from tests.factories import EPOCH, KSN, UPDATE, hit
 from tests.kafkautil import create_topics, read_topic, standard_topics, wait_committed
 from tests.netns import SERVER_V4, namespace_pair, need_tools, sh
 from tests.testenv import KASPWATCH, REPO
@@ -84,7 +84,7 @@ def test_run_on_the_capture_alerts_name_the_machine() -> None:
 
 
 def ts(seconds: float) -> str:
-    return format_ts(int((1_800_000_000 + seconds) * 1e9))
+    return format_ts(int((EPOCH + seconds) * 1e9))
 
 
 def ident(addr: str, at: float, mac: str, name: str = "", lease: int | None = 3600) -> Identity:

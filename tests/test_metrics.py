@@ -12,7 +12,7 @@ from consumers.assets import load_assets
 from consumers.metrics import HitMetrics, SensorHealth
 from kaspwatch.event import EventError, format_ts, heartbeat_from_json
 from sensor.rules.match import Matcher
-from tests.factories import KSN, hit
+from tests.factories import EPOCH, KSN, hit
 
 
 def samples(registry) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -31,7 +31,9 @@ async def test_hits_by_site_active_hosts_and_zero_series(tmp_path: Path) -> None
         "  - {cidr: 10.9.0.0/16, site: substation-3, zone: OT, criticality: critical}\n"
     )
     m = HitMetrics(
-        assets=load_assets(str(assets)), known={("update", "high"), ("telemetry", "high")}
+        assets=load_assets(str(assets)),
+        known={("update", "high"), ("telemetry", "high")},
+        clock=lambda: EPOCH + 10.0,  # the hits' own time: active hosts count by it
     )
     before = samples(m.registry)
     assert (
@@ -149,7 +151,7 @@ def test_heartbeat_final_must_be_true_or_false() -> None:
 
 async def test_active_hosts_count_by_the_hits_own_time() -> None:
     """Hits read late (a backlog) count in the windows of their own time, not the read's."""
-    now = 1_800_000_000 + 3600.0  # tests.test_alerts.hit times are 1_800_000_000 + seconds
+    now = EPOCH + 3600.0  # tests.factories.hit times are EPOCH + seconds
     m = HitMetrics(known={("update", "high")}, clock=Clock(now))
     await m.handle([hit("10.1.1.1", 0), hit("10.1.1.2", 3590), hit("10.1.1.3", 9999)])
     got = samples(m.registry)
@@ -197,7 +199,7 @@ async def test_a_sensor_stopped_before_its_end_sends_no_final_beat(matcher: Matc
 
 
 async def test_active_hosts_age_out_of_each_window() -> None:
-    now = [1_800_000_000.0]
+    now = [float(EPOCH)]
     m = HitMetrics(known={("update", "high")}, clock=lambda: now[0])
     await m.handle([hit("10.9.1.1", 0)])
     now[0] += 100
