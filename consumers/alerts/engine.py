@@ -238,8 +238,13 @@ class AlertEngine:
         if not new:
             self.suppressed += 1
             return []
-        asset = self.assets.lookup(event.host)
         who = self.identities.at(event.host, event.ts)  # what is known now, at the hit's time
+        # the machine's own entry (its MAC, its name) wins over the address's network
+        asset = (
+            self.assets.lookup(event.host, who.mac, who.hostname)
+            if who is not None
+            else self.assets.lookup(event.host)
+        )
         out = []
         for stage in new:
             win.stages.add(stage)
