@@ -63,6 +63,30 @@ class IdentityWatch:
         out, self.pending = self.pending, []
         return out
 
+    def peer_dhcp(
+        self, ts_ns: int, mac: str, address: str = "", hostname: str = "", fqdn: str = "",
+        lease_s: int | None = None,
+    ) -> None:  # fmt: skip
+        """A peer sensor's DHCP record (Suricata EVE ``dhcp``, Zeek ``dhcp.log``; ``mac``
+        normalised): without ``address`` a client's message naming its MAC; with one, the
+        binding the server granted (names from the record, else the client's last one)."""
+        names = _Client(clean_text(hostname.encode()), clean_text(fqdn.encode()), "")
+        key = bytes.fromhex(mac.replace(":", ""))
+        if not address:
+            if names.hostname or names.fqdn:
+                self._remember(key, names)
+            return
+        if not (names.hostname or names.fqdn):
+            names = self.clients.get(key) or names
+        self._bind(address, mac, names, ts_ns, "dhcp", lease_s)
+
+    def _remember(self, mac: bytes, names: _Client) -> None:
+        self.clients.pop(mac, None)
+        self.clients[mac] = names
+        if len(self.clients) > self.max_clients:
+            del self.clients[next(iter(self.clients))]
+            self.clients_evicted += 1
+
     def dhcp(self, payload: bytes, ts_ns: int) -> None:
         """Read one DHCP message (DecodeError when malformed)."""
         msg = decode_dhcp(payload)

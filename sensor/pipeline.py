@@ -112,6 +112,11 @@ class Sensor:
         """A name (or flow start) another sensor decoded: from here on, exactly the path
         of a frame's sightings. An address that does not parse is a ``peer`` error."""
         self.stats.records += 1
+        if rec.kind == "dhcp":  # the peer's DHCP log: an identity, not a name to match
+            x = rec.extra
+            self.identity.peer_dhcp(rec.ts_ns, x["mac"], rec.src, rec.name, x.get("fqdn", ""),
+                                    x.get("lease_s"))  # fmt: skip
+            return []
         try:
             src = ipaddress.ip_address(rec.src).packed
             dst = ipaddress.ip_address(rec.dst).packed

@@ -209,9 +209,10 @@ def test_eve_allowlist_applies(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert _hits(events) == _hits(from_capture)
 
 
-def test_fileinfo_and_dhcp_are_read_and_skipped(matcher: Matcher) -> None:
-    """The contract has no place for a file's magic or a DHCP identity yet: their lines
-    are read (no bad line) and give no event; the names around them still do."""
+def test_fileinfo_and_dhcp_are_read_and_give_no_hit(matcher: Matcher) -> None:
+    """The contract has no place for a file's magic yet, and DHCP is identity (see
+    tests/test_peer_identity.py): their lines are read (no bad line) and give no event;
+    the names around them still do."""
     [source] = open_peer(str(PEERS / "suricata-8.0.6" / "dhcp-workstation.pcap.eve.json"), "eve")
     events = _read(source, Sensor(matcher, "t"))
     assert source.bad == 0

@@ -12,8 +12,13 @@ One EVE line is one JSON object. What becomes a record:
   authority). The user agent has no place in the event contract and is not read.
 - ``flow``: a TCP or UDP flow start (its ``flow.start`` time) for the prefixes and the
   DNS attribution.
-- ``fileinfo`` (libmagic's ``magic``) and ``dhcp`` (host name, MAC): the event contract
-  has no place for either yet; they are skipped, as are ``alert``, ``stats``, ``anomaly``.
+- ``dhcp``: identity (kaspwatch.identity), not a hit: a client's ``request`` names its
+  MAC (``hostname``), the server's ``reply`` (``ack``, or any reply when ``dhcp_type`` is
+  not logged) binds ``assigned_ip`` (else ``client_ip``) to ``client_mac`` for
+  ``lease_time``. A ``PeerRecord`` of kind ``dhcp``: ``src`` the address ("" for a
+  client's message), ``name`` the host name, ``extra`` ``mac`` and ``lease_s``.
+- ``fileinfo`` (libmagic's ``magic``): the event contract has no place for it yet; it is
+  skipped, as are ``alert``, ``stats``, ``anomaly``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import ipaddress
 from datetime import datetime
 from typing import Any, Final
 
+from kaspwatch.identity import normalize_mac
 from sensor.decode import host_name, normalise_name
 from sensor.decode.http import strip_port
 from sensor.sources.base import PeerRecord
@@ -29,8 +35,9 @@ from sensor.sources.base import PeerRecord
 SOURCE: Final = "suricata-eve"
 DNS_PORTS: Final = frozenset({53, 5353, 5355})
 TRANSPORTS: Final = {"TCP": "tcp", "UDP": "udp"}
-SKIPPED: Final = frozenset({"alert", "stats", "anomaly", "fileinfo", "dhcp", "netflow", "drop"})
+SKIPPED: Final = frozenset({"alert", "stats", "anomaly", "fileinfo", "netflow", "drop"})
 ADDRESS_TYPES: Final = frozenset({"A", "AAAA"})
+NO_ADDRESS: Final = str(ipaddress.IPv4Address(0))  # DHCP's "none yet"
 
 
 class PeerLineError(ValueError):
@@ -210,4 +217,49 @@ def _flow(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRe
     return [_record(parse_ts(start), "ip_flow", "", ends)]
 
 
-_READERS: Final = {"dns": _dns, "tls": _tls, "quic": _tls, "http": _http, "flow": _flow}
+def dhcp_record(
+    ts: int, source: str, mac: Any, address: Any = None, hostname: Any = None,
+    fqdn: Any = None, lease: Any = None,
+) -> list[PeerRecord]:  # fmt: skip
+    """A peer's DHCP observation as a ``dhcp`` record (see the module's text); [] without
+    a MAC, PeerLineError for a MAC or address that is none."""
+    if not isinstance(mac, str) or not mac:
+        return []
+    try:
+        norm = normalize_mac(mac)
+        addr = str(ipaddress.ip_address(address)) if isinstance(address, str) else ""
+    except ValueError:
+        raise PeerLineError(
+            f"dhcp: bad MAC or address ({mac[:20]!r}, {str(address)[:40]!r})"
+        ) from None
+    if addr and ipaddress.ip_address(addr).is_unspecified:
+        addr = ""
+    try:
+        lease_s = round(float(lease)) if isinstance(lease, int | float | str) else None
+    except ValueError:
+        raise PeerLineError(f"dhcp: lease {str(lease)[:20]!r} is not a number") from None
+    extra = {"mac": norm, "lease_s": lease_s if lease_s is None or lease_s >= 0 else None}
+    if isinstance(fqdn, str) and fqdn:
+        extra["fqdn"] = fqdn
+    name = hostname if isinstance(hostname, str) else ""
+    return [PeerRecord(ts, "dhcp", name, addr, 68, "", 67, "udp", source, extra=extra)]
+
+
+def _dhcp(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRecord]:
+    ts = parse_ts(doc.get("timestamp"))
+    mac, kind = body.get("client_mac"), body.get("type")
+    if kind == "request":
+        return dhcp_record(ts, SOURCE, mac, hostname=body.get("hostname"))
+    if kind != "reply" or body.get("dhcp_type", "ack") != "ack":
+        return []
+    addr = body.get("assigned_ip")
+    if addr in (None, NO_ADDRESS):
+        addr = body.get("client_ip")
+    if addr in (None, NO_ADDRESS):
+        return []
+    return dhcp_record(ts, SOURCE, mac, addr, body.get("hostname"), lease=body.get("lease_time"))
+
+
+_READERS: Final = {
+    "dns": _dns, "tls": _tls, "quic": _tls, "http": _http, "flow": _flow, "dhcp": _dhcp,
+}  # fmt: skip

@@ -1,5 +1,7 @@
-"""Zeek logs -> ``PeerRecord``: dns, ssl, http, quic, conn (files and dhcp are read and
-skipped: the event contract has no place for a MIME type or a DHCP identity yet).
+"""Zeek logs -> ``PeerRecord``: dns, ssl, http, quic, conn, and dhcp as identity (a
+transaction with an ``ACK`` binds ``assigned_addr`` to ``mac`` with ``host_name``,
+``client_fqdn`` and ``lease_time``; one without names the MAC for a later ACK). files is
+read and skipped: the event contract has no place for a MIME type yet.
 
 Both of Zeek's writers: TSV (``#separator``, ``#set_separator``, ``#empty_field``,
 ``#unset_field``, ``#path``, ``#fields``, ``#types`` headers; ``\\xNN`` escapes; ``-`` unset,
@@ -23,7 +25,7 @@ from typing import Any, Final
 
 from sensor.decode import host_name, normalise_name
 from sensor.decode.http import strip_port
-from sensor.peers.eve import PeerLineError
+from sensor.peers.eve import PeerLineError, dhcp_record
 from sensor.sources.base import PeerRecord
 
 SOURCE: Final = "zeek"
@@ -256,7 +258,19 @@ def _conn(row: dict[str, Any]) -> list[PeerRecord]:
     return [_record(row, "ip_flow", "", ends)] if ends[4] in ("tcp", "udp") else []
 
 
+def _dhcp(row: dict[str, Any]) -> list[PeerRecord]:
+    ts, mac, types = _ts(row.get("ts")), row.get("mac"), row.get("msg_types") or []
+    name, fqdn = row.get("host_name"), row.get("client_fqdn")
+    if isinstance(types, str):
+        types = types.split(",")
+    addr = row.get("assigned_addr")
+    if "ACK" not in types or not addr:
+        return dhcp_record(ts, SOURCE, mac, hostname=name, fqdn=fqdn)
+    return dhcp_record(ts, SOURCE, mac, addr, name, fqdn, row.get("lease_time"))
+
+
 _READERS: Final = {
+    "dhcp": _dhcp,
     "dns": _dns,
     "ssl": _sni("tls_sni", "tcp"),
     "quic": _sni("quic_sni", "udp"),
