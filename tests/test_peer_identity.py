@@ -116,3 +116,25 @@ def test_bad_eve_dhcp_is_a_bad_line(dhcp: dict[str, object]) -> None:
     }  # fmt: skip
     with pytest.raises(PeerLineError, match="dhcp: "):
         eve_records(doc)
+
+
+def test_run_on_eve_takes_the_asset_of_the_machine_its_dhcp_names(tmp_path: Path) -> None:
+    """Both halves together: the EVE's DHCP names the machine, the asset map lists it by
+    MAC, so its alerts carry its site and escalate for its OT zone (the address's own
+    network says office)."""
+    assets = tmp_path / "assets.csv"
+    assets.write_text(
+        "cidr,mac,site,zone,owner,criticality\n10.81.0.0/24,,hq,office,it,low\n"
+        ",02:11:22:33:44:07,plant-2,OT,ops,critical\n"
+    )
+    proc = subprocess.run(
+        [*KASPWATCH, "run", "--eve", str(EVE), "--assets", str(assets), "--format", "ndjson"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    docs = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert len(docs) == 2
+    for d in docs:
+        assert (d["site"], d["zone"], d["owner"], d["criticality"]) == (
+            "plant-2", "OT", "ops", "critical",
+        )  # fmt: skip
+        assert d["severity"] == "critical" and d["indicator_severity"] == "high"
