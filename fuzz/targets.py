@@ -127,9 +127,9 @@ _IDENTITY = IdentityWatch("fuzz", max_clients=64, max_bindings=64)
 
 
 def fuzz_identity(data: bytes) -> None:
-    """DHCP payloads, mDNS/LLMNR responses and ARP frames (the first byte picks) into one
-    long-lived IdentityWatch, whose tables must stay bounded; records it makes must be
-    valid."""
+    """DHCP payloads, mDNS/LLMNR responses, Kerberos AS-REQs and ARP frames (the first
+    byte picks) into one long-lived IdentityWatch, whose tables must stay bounded; records
+    it makes must be valid."""
     if not data:
         return
     try:
@@ -137,6 +137,9 @@ def fuzz_identity(data: bytes) -> None:
             _IDENTITY.dhcp(data[1:], 1_700_000_000_000_000_000)
         elif data[0] & 3 == 3:  # an mDNS/LLMNR response from 10.0.0.1
             _IDENTITY.announce(data[1:], 5353, b"\x0a\0\0\x01", 1_700_000_000_000_000_000)
+        elif data[0] & 7 == 2:  # a Kerberos AS-REQ (bit 3: over TCP) from 10.0.0.2
+            _IDENTITY.kerberos(data[1:], b"\x0a\0\0\x02", 1_700_000_000_000_000_000,
+                               tcp=bool(data[0] & 8))  # fmt: skip
         else:
             _IDENTITY.frame(1, data[1:], 1_700_000_000_000_000_000)
     except DecodeError:
@@ -217,4 +220,6 @@ def _pick(target: str, dec: PacketDecoder, linktype: int, frame: bytes, ts: int)
         return p
     if target == "identity" and seg.proto == PROTO_UDP and {seg.sport, seg.dport} <= {67, 68}:
         return b"\x01" + p
+    if target == "identity" and seg.proto == PROTO_UDP and seg.dport == 88:
+        return b"\x02" + p
     return None

@@ -23,11 +23,16 @@ from kaspwatch.identity import Identity, clean_text, normalize_mac
 from sensor.decode import DecodeError
 from sensor.decode.dhcp import ACK, DISCOVER, INFORM, REQUEST, decode_arp, decode_dhcp
 from sensor.decode.dns import announced
+from sensor.decode.kerberos import decode_as_req
 
 MAX_CLIENTS: Final = 16_384  # DHCP clients whose names wait for their ACK
 MAX_BINDINGS: Final = 65_536  # address -> last published binding
 REFRESH_S: Final = 3600.0
 _ZERO: Final = b"\0\0\0\0"
+
+
+def _addr(src: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(src) == 4 else socket.AF_INET6, src)
 
 
 class _Client(NamedTuple):
@@ -122,6 +127,30 @@ class IdentityWatch:
             source = "mdns" if sport == 5353 else "llmnr"
             self._bind(addr, mac, _Client(clean_text(host.encode()), "", ""), ts_ns, source, None)
             return
+
+    def kerberos(self, payload: bytes, src: bytes, ts_ns: int, tcp: bool = False) -> None:
+        """A Kerberos AS-REQ to port 88: a machine account's principal (``WS-NAME$``) names
+        the sender; a user's principal names no machine (DecodeError when malformed)."""
+        req = decode_as_req(payload, tcp)
+        if req is None or len(req.name) != 1 or not req.name[0].endswith("$"):
+            return
+        host = req.name[0][:-1]
+        if not host or "." in host:
+            return
+        self._named(_addr(src), clean_text(host.encode()), ts_ns, "kerberos")
+
+    def _named(self, addr: str, host: str, ts_ns: int, source: str) -> None:
+        """A name, without a MAC, for an address: the MAC known for it is kept when it has
+        no name yet or the same one."""
+        known = self.bindings.get(addr)
+        if known is not None and known.key[1].lower() == host.lower():
+            if ts_ns - known.published_ns < self.refresh_ns:
+                return  # what is known already, in other letters: nothing new
+            host = known.key[1]
+        mac = (
+            known.key[0] if known is not None and known.key[1].lower() in ("", host.lower()) else ""
+        )
+        self._bind(addr, mac, _Client(host, "", ""), ts_ns, source, None)
 
     def _bind(
         self, addr: str, mac: str, c: _Client, ts_ns: int, source: str, lease_s: int | None

@@ -20,6 +20,7 @@ from sensor.content import ContentWatch, content_hit
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dhcp import DHCP_PORTS
 from sensor.decode.dns import decode_dns, looks_like_dns
+from sensor.decode.kerberos import AS_REQ, KERBEROS_PORT
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
 from sensor.decode.stream import STREAM_STARTS, StreamTable
@@ -221,6 +222,9 @@ class Sensor:
             if seg.sport in DHCP_PORTS and seg.dport in DHCP_PORTS:
                 self.identity.dhcp(payload, ts_ns)
                 return []
+            if seg.dport == KERBEROS_PORT and payload[0] == AS_REQ:  # names a machine account
+                self.identity.kerberos(payload, seg.src, ts_ns)
+                return []
             if seg.sport in DNS_PORTS or seg.dport in DNS_PORTS:
                 if seg.sport in NAME_PORTS:  # mDNS/LLMNR responses name their sender
                     self.identity.announce(payload, seg.sport, seg.src, ts_ns)
@@ -235,6 +239,9 @@ class Sensor:
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         try:
             if not payload:
+                return []
+            if seg.dport == KERBEROS_PORT and payload[4:5] == bytes([AS_REQ]):
+                self.identity.kerberos(payload, seg.src, ts_ns, tcp=True)
                 return []
             if key in self.content:
                 return self.content.response(key, seg.seq, payload)

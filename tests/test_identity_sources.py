@@ -1,0 +1,141 @@
+"""Passive identity from more of the wire (issue 17): Kerberos AS-REQ machine accounts
+(a real MIT KDC and kinit in namespaces), NetBIOS name service, DHCPv6 and NDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from kaspwatch.identity import identity_from_json
+from sensor.decode import DecodeError
+from sensor.decode.kerberos import decode_as_req
+from sensor.identity import IdentityWatch
+from sensor.pipeline import Sensor
+from sensor.rules.indicators import load_pack, shipped_pack_paths
+from sensor.rules.match import Matcher
+from sensor.sources.pcapfile import CaptureFile
+from tests.netns import CLIENT_V4, SERVER_V4, namespace_pair, need_tools
+from tests.testenv import KASPWATCH, REPO
+
+SCHEMA = json.loads((REPO / "kaspwatch" / "schema" / "identity.v1.schema.json").read_text())
+TS = 1_800_000_000 * 10**9
+
+
+def sensor() -> Sensor:
+    return Sensor(Matcher([load_pack(p) for p in shipped_pack_paths()]), "edge", strict=True)
+
+
+def valid(watch: IdentityWatch) -> list[tuple[str, str, str, str]]:
+    out = []
+    for ident in watch.drain():
+        jsonschema.validate(ident.to_dict(), SCHEMA)
+        assert identity_from_json(ident.to_json()) == ident
+        out.append((ident.address, ident.hostname, ident.source, ident.mac))
+    return out
+
+
+# ---------------------------------------------------------------- Kerberos
+
+
+def _kdc_files(tmp: Path) -> dict[str, str]:
+    (tmp / "krb5.conf").write_text(
+        "[libdefaults]\n default_realm = LAB.TEST\n dns_lookup_kdc = false\n"
+        " dns_lookup_realm = false\n rdns = false\n udp_preference_limit = 1465\n"
+        f"[realms]\n LAB.TEST = {{\n  kdc = {SERVER_V4}\n  admin_server = {SERVER_V4}\n }}\n"
+    )
+    (tmp / "kdc.conf").write_text(
+        "[kdcdefaults]\n kdc_ports = 88\n kdc_tcp_ports = 88\n"
+        f"[realms]\n LAB.TEST = {{\n  database_name = {tmp}/principal\n"
+        f"  key_stash_file = {tmp}/stash\n  acl_file = {tmp}/kadm5.acl\n }}\n"
+        f"[logging]\n kdc = FILE:{tmp}/kdc.log\n"
+    )
+    (tmp / "kadm5.acl").write_text("")
+    return {"KRB5_CONFIG": str(tmp / "krb5.conf"), "KRB5_KDC_PROFILE": str(tmp / "kdc.conf"),
+            "KRB5CCNAME": f"FILE:{tmp}/ccache"}  # fmt: skip
+
+
+@pytest.mark.live
+@pytest.mark.timeout(90)
+def test_live_kinit_machine_account_names_the_machine_and_its_alerts(tmp_path: Path) -> None:
+    """An MIT KDC (krb5kdc) in one namespace; in the other, a workstation takes its machine
+    account's ticket with kinit and a keytab, as a domain member does at boot, then looks
+    up a Kaspersky update host. The capture's AS-REQ names WS-LAB7 at the client address;
+    the alert for the lookup names it."""
+    need_tools("ip", "tcpdump", "krb5kdc", "kdb5_util", "kadmin.local", "kinit", "dnsmasq", "dig")
+    env = _kdc_files(tmp_path)
+    envs = [f"{k}={v}" for k, v in env.items()]
+    subprocess.run(["kdb5_util", "create", "-s", "-r", "LAB.TEST", "-P", "master-not-secret"],
+                   env={**os.environ, **env}, capture_output=True, check=True)  # fmt: skip
+    keytab = tmp_path / "ws.keytab"
+    for q in ("addprinc -randkey WS-LAB7$", f"ktadd -k {keytab} WS-LAB7$"):
+        subprocess.run(["kadmin.local", "-r", "LAB.TEST", "-q", q], env={**os.environ, **env},
+                       capture_output=True, check=True)  # fmt: skip
+    with namespace_pair("kr") as net:
+        sif = net.server[:15]
+        dns = tmp_path / "dnsmasq.conf"
+        dns.write_text(f"no-resolv\nno-hosts\nbind-interfaces\nlisten-address={SERVER_V4}\n"
+                       f"port=53\naddress=/kaspersky.com/{SERVER_V4}\n")  # fmt: skip
+        net.spawn(net.server, "dnsmasq", "-k", f"--conf-file={dns}",
+                  f"--pid-file={tmp_path}/dnsmasq.pid")  # fmt: skip
+        kdc = net.spawn(net.server, "env", *envs, "krb5kdc", "-n")
+        pcap = tmp_path / "krb.pcap"
+        tcpdump = net.spawn(net.server, "tcpdump", "-i", sif, "-n", "--immediate-mode", "-U",
+                            "-s", "0", "-w", str(pcap))  # fmt: skip
+        time.sleep(1.0)  # tcpdump's and krb5kdc's readiness go to pipes: give them a moment
+        assert kdc.poll() is None, kdc.stderr.read() if kdc.stderr else ""
+        got = net.run(net.client, "env", *envs, "kinit", "-k", "-t", str(keytab),
+                      "WS-LAB7$@LAB.TEST")  # fmt: skip
+        assert got.returncode == 0, got.stderr + (tmp_path / "kdc.log").read_text()
+        dig = net.run(net.client, "dig", f"@{SERVER_V4}", "upd.kaspersky.com", "+short")
+        assert dig.stdout.strip() == SERVER_V4, dig.stdout + dig.stderr
+        time.sleep(0.5)
+        tcpdump.send_signal(2)
+        tcpdump.wait(10)
+    s = sensor()
+    for frame in CaptureFile(str(pcap)):
+        s.process_frame(*frame)
+    named = [i for i in valid(s.identity) if i[2] == "kerberos"]
+    assert [i[:3] for i in named] == [(CLIENT_V4, "WS-LAB7", "kerberos")]
+    proc = subprocess.run([*KASPWATCH, "run", "--pcap", str(pcap), "--format", "ndjson"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    alerts = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert alerts and all(a["host"] == CLIENT_V4 for a in alerts), proc.stdout + proc.stderr
+    assert {a["host_name"] for a in alerts} == {"WS-LAB7"}
+    assert {a["identity_source"] for a in alerts} == {"kerberos"}
+
+
+def _as_req(*names: str, realm: str = "LAB.TEST") -> bytes:
+    from scapy.layers.kerberos import KRB_AS_REQ, KRB_KDC_REQ_BODY, PrincipalName
+
+    body = KRB_KDC_REQ_BODY(
+        cname=PrincipalName(nameType=1, nameString=list(names)), realm=realm,
+        sname=PrincipalName(nameType=2, nameString=["krbtgt", realm]),
+    )  # fmt: skip
+    return bytes(KRB_AS_REQ(reqBody=body))
+
+
+def test_kerberos_user_principals_name_no_machine_and_odd_bytes_are_decode_errors() -> None:
+    w = IdentityWatch("s")
+    src = bytes([10, 0, 0, 7])
+    w.kerberos(_as_req("alice"), src, TS)  # a person, not a machine
+    w.kerberos(_as_req("host", "ws7.lab.test"), src, TS)  # a service principal
+    assert valid(w) == []
+    w.kerberos(_as_req("WS-7$"), src, TS)
+    w.kerberos(_as_req("ws-7$"), src, TS + 1)  # the same name in other letters
+    assert valid(w) == [("10.0.0.7", "WS-7", "kerberos", "")]
+    record = _as_req("WS-8$")
+    w.kerberos(len(record).to_bytes(4, "big") + record, src, TS, tcp=True)
+    assert valid(w) == [("10.0.0.7", "WS-8", "kerberos", "")]
+    for bad in (record[:-3], b"\x6a\x84\xff\xff\xff\xff", b"\x6a\x01", b"\x6a\x03\x30\x01\x00",
+                b"\x6a\x80\x30\x00", b"\x6a\x1f"):  # fmt: skip
+        with pytest.raises(DecodeError):
+            decode_as_req(bad)
+    many = _as_req(*[f"n{i}" for i in range(9)])
+    with pytest.raises(DecodeError):
+        decode_as_req(many)
