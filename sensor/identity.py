@@ -24,6 +24,7 @@ from sensor.decode import DecodeError
 from sensor.decode.dhcp import ACK, DISCOVER, INFORM, REQUEST, decode_arp, decode_dhcp
 from sensor.decode.dns import announced
 from sensor.decode.kerberos import decode_as_req
+from sensor.decode.netbios import decode_nbns
 
 MAX_CLIENTS: Final = 16_384  # DHCP clients whose names wait for their ACK
 MAX_BINDINGS: Final = 65_536  # address -> last published binding
@@ -138,6 +139,14 @@ class IdentityWatch:
         if not host or "." in host:
             return
         self._named(_addr(src), clean_text(host.encode()), ts_ns, "kerberos")
+
+    def netbios(self, payload: bytes, src: bytes, ts_ns: int) -> None:
+        """A NetBIOS name registration, refresh or query response (UDP 137): a machine name
+        bound to the sender's own address names it (DecodeError when malformed)."""
+        for host, addr in decode_nbns(payload):
+            if addr == src:  # a WINS server answering for another host: not proof
+                self._named(_addr(src), clean_text(host.encode()), ts_ns, "netbios")
+                return
 
     def _named(self, addr: str, host: str, ts_ns: int, source: str) -> None:
         """A name, without a MAC, for an address: the MAC known for it is kept when it has

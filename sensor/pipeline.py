@@ -21,6 +21,7 @@ from sensor.decode import DecodeError, Sighting
 from sensor.decode.dhcp import DHCP_PORTS
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.kerberos import AS_REQ, KERBEROS_PORT
+from sensor.decode.netbios import NETBIOS_NS_PORT
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
 from sensor.decode.stream import STREAM_STARTS, StreamTable
@@ -224,6 +225,9 @@ class Sensor:
                 return []
             if seg.dport == KERBEROS_PORT and payload[0] == AS_REQ:  # names a machine account
                 self.identity.kerberos(payload, seg.src, ts_ns)
+                return []
+            if seg.sport == NETBIOS_NS_PORT:  # registrations and answers name their sender
+                self.identity.netbios(payload, seg.src, ts_ns)
                 return []
             if seg.sport in DNS_PORTS or seg.dport in DNS_PORTS:
                 if seg.sport in NAME_PORTS:  # mDNS/LLMNR responses name their sender

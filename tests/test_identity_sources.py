@@ -139,3 +139,67 @@ def test_kerberos_user_principals_name_no_machine_and_odd_bytes_are_decode_error
     many = _as_req(*[f"n{i}" for i in range(9)])
     with pytest.raises(DecodeError):
         decode_as_req(many)
+
+
+# ---------------------------------------------------------------- NetBIOS
+
+
+def _udp4(src: str, sport: int, dport: int, payload: object) -> tuple[int, int, bytes]:
+    from scapy.all import IP, UDP, Ether, raw
+
+    pkt = Ether(src="02:00:00:00:00:99", dst="ff:ff:ff:ff:ff:ff") / IP(src=src, dst="10.0.0.255")
+    return TS, 1, raw(pkt / UDP(sport=sport, dport=dport) / payload)  # type: ignore[operator]
+
+
+def test_netbios_registrations_and_answers_name_their_sender() -> None:
+    from scapy.layers.netbios import (
+        NBNS_ADD_ENTRY,
+        NBNSHeader,
+        NBNSQueryResponse,
+        NBNSRegistrationRequest,
+    )
+
+    def reg(name: str, addr: str, group: bool = False, suffix: int = 0x4141) -> object:
+        body = NBNSRegistrationRequest(
+            QUESTION_NAME=name, SUFFIX=suffix, NB_ADDRESS=addr, G=int(group)
+        )
+        return NBNSHeader(OPCODE=5, NM_FLAGS=0x11, QDCOUNT=1, ARCOUNT=1) / body
+
+    answer = NBNSHeader(RESPONSE=1, NM_FLAGS=0x50, QDCOUNT=0, ANCOUNT=1) / NBNSQueryResponse(
+        RR_NAME="WS-LAB10", ADDR_ENTRY=[NBNS_ADD_ENTRY(NB_ADDRESS="10.0.0.10")]
+    )
+    wins = NBNSHeader(RESPONSE=1, NM_FLAGS=0x50, QDCOUNT=0, ANCOUNT=1) / NBNSQueryResponse(
+        RR_NAME="WS-FAR", ADDR_ENTRY=[NBNS_ADD_ENTRY(NB_ADDRESS="10.0.0.77")]
+    )
+    s = sensor()
+    s.process_frame(*_udp4("10.0.0.9", 137, 137, reg("WS-LAB9", "10.0.0.9")))
+    s.process_frame(*_udp4("10.0.0.9", 137, 137, reg("WS-LAB9", "10.0.0.9", suffix=0x4341)))
+    s.process_frame(*_udp4("10.0.0.9", 137, 137, reg("LABDOMAIN", "10.0.0.9", group=True)))
+    s.process_frame(*_udp4("10.0.0.9", 137, 137, reg("WS-OTHER", "10.0.0.8")))  # not its own
+    s.process_frame(*_udp4("10.0.0.10", 137, 5000, answer))
+    s.process_frame(*_udp4("10.0.0.2", 137, 5000, wins))  # a WINS server answers for another
+    assert valid(s.identity) == [
+        ("10.0.0.9", "WS-LAB9", "netbios", ""),
+        ("10.0.0.10", "WS-LAB10", "netbios", ""),
+    ]
+
+
+def test_malformed_netbios_is_a_decode_error() -> None:
+    from sensor.decode.netbios import decode_nbns
+
+    head = bytes.fromhex("000029100001000000000001")
+    name = b"\x20" + b"FHFDCNEMEBECDJCACACACACACACACAAA" + b"\x00"
+    for bad in (
+        head[:8],
+        head + b"\xc0\x0c" + b"\x00\x20\x00\x01",  # a pointer to itself
+        head + b"\x20" + b"z" * 32 + b"\x00\x00\x20\x00\x01",  # not first-level encoded
+        head + name + b"\x00\x20\x00\x01" + b"\xc0\x0c\x00\x20\x00\x01\0\0\0\0\x00\x07" + b"x" * 7,
+        head + name,  # the question runs off the end: its type, then the record
+        bytes.fromhex("0000291000ff000000000001"),  # too many records
+    ):
+        with pytest.raises(DecodeError):
+            r = decode_nbns(bad)
+            assert not r, r
+    s = sensor()
+    s.process_frame(*_udp4("10.0.0.9", 137, 137, head[:8]))
+    assert s.stats.decode_errors == 1 and valid(s.identity) == []
