@@ -22,6 +22,7 @@ from kaspwatch.event import format_ts
 from kaspwatch.identity import Identity, clean_text, normalize_mac
 from sensor.decode import DecodeError
 from sensor.decode.dhcp import ACK, DISCOVER, INFORM, REQUEST, decode_arp, decode_dhcp
+from sensor.decode.dhcpv6 import CLIENT_MESSAGES, REPLY, decode_advert, decode_dhcpv6
 from sensor.decode.dns import announced
 from sensor.decode.kerberos import decode_as_req
 from sensor.decode.netbios import decode_nbns
@@ -92,19 +93,51 @@ class IdentityWatch:
                        msg.lease_s)  # fmt: skip
 
     def frame(self, linktype: int, data: bytes, ts_ns: int) -> None:
-        """Read an Ethernet frame that carried no TCP/UDP: ARP (DecodeError if malformed)."""
+        """Read an Ethernet frame that carried no TCP/UDP: ARP, or an NDP neighbour
+        advertisement of the sender's own address (DecodeError if malformed)."""
         if linktype != 1:
             return
         arp = decode_arp(data)
-        if arp is None or arp.sender_ip == _ZERO or arp.sender_mac in (b"\0" * 6, b"\xff" * 6):
+        if arp is not None:
+            if arp.sender_ip != _ZERO:
+                self._pair(socket.inet_ntoa(arp.sender_ip), arp.sender_mac, ts_ns, "arp")
             return
-        addr, mac = socket.inet_ntoa(arp.sender_ip), normalize_mac(arp.sender_mac)
+        advert = decode_advert(data)
+        if advert is not None and advert.mac and advert.target == advert.src:
+            self._pair(_addr(advert.target), advert.mac, ts_ns, "ndp")  # not a proxy's
+
+    def _pair(self, addr: str, raw_mac: bytes, ts_ns: int, source: str) -> None:
+        if raw_mac in (b"\0" * 6, b"\xff" * 6):
+            return
+        mac = normalize_mac(raw_mac)
         known = self.bindings.get(addr)
         if known is not None and known.key[0] in (mac, ""):
-            names = _Client(*known.key[1:])  # ARP adds no names: keep DHCP's (or mDNS's)
+            names = _Client(*known.key[1:])  # ARP/NDP add no names: keep DHCP's (or mDNS's)
         else:
             names = _Client("", "", "")
-        self._bind(addr, mac, names, ts_ns, "arp", None)
+        self._bind(addr, mac, names, ts_ns, source, None)
+
+    def dhcpv6(self, payload: bytes, ts_ns: int) -> None:
+        """Read one DHCPv6 message: a client's names wait, by DUID, for the server's REPLY
+        that binds its IA addresses (DecodeError when malformed)."""
+        msg = decode_dhcpv6(payload)
+        if not msg.duid:
+            return
+        key = b"duid:" + msg.duid
+        if msg.msg_type in CLIENT_MESSAGES:
+            names = _Client("", clean_text(msg.fqdn.encode()), clean_text(msg.vendor_class))
+            self.clients.pop(key, None)
+            self.clients[key] = names
+            if len(self.clients) > self.max_clients:
+                del self.clients[next(iter(self.clients))]
+                self.clients_evicted += 1
+            return
+        if msg.msg_type == REPLY:
+            client = self.clients.get(key) or _Client("", clean_text(msg.fqdn.encode()), "")
+            mac = normalize_mac(msg.mac) if msg.mac else ""
+            for raw, valid_s in msg.addresses:
+                if valid_s:  # a valid lifetime of 0: the address is given back
+                    self._bind(_addr(raw), mac, client, ts_ns, "dhcpv6", valid_s)
 
     def announce(self, payload: bytes, sport: int, src: bytes, ts_ns: int) -> None:
         """An mDNS (5353) or LLMNR (5355) response naming its sender: the sender's address
@@ -167,7 +200,7 @@ class IdentityWatch:
         key = (mac, c.hostname, c.fqdn, c.vendor_class)
         known = self.bindings.get(addr)
         if known is not None and known.key == key:
-            if source != "dhcp" and ts_ns - known.published_ns < self.refresh_ns:
+            if source not in ("dhcp", "dhcpv6") and ts_ns - known.published_ns < self.refresh_ns:
                 return  # nothing new
             first_ns = known.first_ns
         else:

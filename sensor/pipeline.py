@@ -19,6 +19,7 @@ from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
 from sensor.content import ContentWatch, content_hit
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dhcp import DHCP_PORTS
+from sensor.decode.dhcpv6 import DHCPV6_PORTS
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.kerberos import AS_REQ, KERBEROS_PORT
 from sensor.decode.netbios import NETBIOS_NS_PORT
@@ -225,6 +226,9 @@ class Sensor:
                 return []
             if seg.dport == KERBEROS_PORT and payload[0] == AS_REQ:  # names a machine account
                 self.identity.kerberos(payload, seg.src, ts_ns)
+                return []
+            if seg.sport in DHCPV6_PORTS and seg.dport in DHCPV6_PORTS:
+                self.identity.dhcpv6(payload, ts_ns)
                 return []
             if seg.sport == NETBIOS_NS_PORT:  # registrations and answers name their sender
                 self.identity.netbios(payload, seg.src, ts_ns)

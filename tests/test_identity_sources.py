@@ -203,3 +203,70 @@ def test_malformed_netbios_is_a_decode_error() -> None:
     s = sensor()
     s.process_frame(*_udp4("10.0.0.9", 137, 137, head[:8]))
     assert s.stats.decode_errors == 1 and valid(s.identity) == []
+
+
+# ---------------------------------------------------------------- DHCPv6 and NDP
+
+V6_MAC = "02:11:22:33:44:66"
+
+
+def _udp6(src: str, dst: str, sport: int, dport: int, payload: object) -> tuple[int, int, bytes]:
+    from scapy.all import UDP, Ether, IPv6, raw
+
+    pkt = Ether(src=V6_MAC, dst="33:33:00:01:00:02") / IPv6(src=src, dst=dst)
+    return TS, 1, raw(pkt / UDP(sport=sport, dport=dport) / payload)  # type: ignore[operator]
+
+
+def test_dhcpv6_reply_binds_the_clients_fqdn_and_duid_mac() -> None:
+    from scapy.layers.dhcp6 import (
+        DUID_LLT,
+        DHCP6_Reply,
+        DHCP6_Request,
+        DHCP6OptClientFQDN,
+        DHCP6OptClientId,
+        DHCP6OptIA_NA,
+        DHCP6OptIAAddress,
+    )
+
+    duid = DHCP6OptClientId(duid=DUID_LLT(lladdr=V6_MAC, timeval=1))
+    fqdn = DHCP6OptClientFQDN(fqdn="ws-lab6.lab.test.")
+    request = DHCP6_Request(trid=7) / duid / fqdn
+    ia = DHCP6OptIA_NA(iaid=1, ianaopts=[DHCP6OptIAAddress(addr="fd78::50", validlft=7200)])
+    reply = DHCP6_Reply(trid=7) / duid / ia
+    s = sensor()
+    s.process_frame(*_udp6("fe80::11", "ff02::1:2", 546, 547, request))
+    assert valid(s.identity) == []  # only the server's reply binds
+    s.process_frame(*_udp6("fe80::1", "fe80::11", 547, 546, reply))
+    [ident] = s.identity.pending
+    assert (ident.fqdn, ident.lease_s, ident.names()) == ("ws-lab6.lab.test", 7200, "ws-lab6")
+    assert valid(s.identity) == [("fd78::50", "", "dhcpv6", V6_MAC)]
+    gone = DHCP6OptIA_NA(iaid=1, ianaopts=[DHCP6OptIAAddress(addr="fd78::51", validlft=0)])
+    s.process_frame(*_udp6("fe80::1", "fe80::11", 547, 546, DHCP6_Reply(trid=8) / duid / gone))
+    assert valid(s.identity) == []  # a released address binds nothing
+    for bad in (b"\x07\0\0", b"\x07\0\0\x07\x00\x01\x00\x09ab", b"\x07\0\0\x07\x00\x03\x00\x02ab"):
+        with pytest.raises(DecodeError):
+            s.identity.dhcpv6(bad, TS)
+
+
+def _advert(src: str, target: str, mac: str | None) -> tuple[int, int, bytes]:
+    from scapy.all import Ether, ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6, raw
+
+    na = ICMPv6ND_NA(tgt=target, R=0, S=0, O=1)
+    if mac:
+        na = na / ICMPv6NDOptDstLLAddr(lladdr=mac)
+    return TS, 1, raw(Ether(src=mac or V6_MAC, dst="33:33:00:00:00:01") / IPv6(src=src) / na)
+
+
+def test_ndp_advertisements_of_own_addresses_bind_ipv6_to_mac() -> None:
+    s = sensor()
+    s.process_frame(*_advert("fd78::2", "fd78::2", V6_MAC))
+    s.process_frame(*_advert("fd78::2", "fd78::2", V6_MAC))  # chatter: nothing new
+    s.process_frame(*_advert("fd78::1", "fd78::99", "02:00:00:00:00:01"))  # a proxy's
+    s.process_frame(*_advert("fd78::3", "fd78::3", None))  # no link-layer option
+    assert valid(s.identity) == [("fd78::2", "", "ndp", V6_MAC)]
+    _, _, frame = _advert("fd78::2", "fd78::2", V6_MAC)
+    s.process_frame(TS, 1, frame[:-4])  # the option cut short
+    bad = bytearray(frame)
+    bad[-7] = 0  # an option of length 0 would never end
+    s.process_frame(TS, 1, bytes(bad))
+    assert s.stats.errors_by_layer == {"ndp": 2} and valid(s.identity) == []
