@@ -22,7 +22,7 @@ from kaspwatch.event import format_ts
 from kaspwatch.identity import Identity, clean_text, normalize_mac
 from sensor.decode import DecodeError
 from sensor.decode.dhcp import ACK, DISCOVER, INFORM, REQUEST, decode_arp, decode_dhcp
-from sensor.decode.dhcpv6 import CLIENT_MESSAGES, REPLY, decode_advert, decode_dhcpv6
+from sensor.decode.dhcpv6 import CLIENT_MESSAGES, REPLY, decode_dhcpv6, decode_ndp
 from sensor.decode.dns import announced
 from sensor.decode.kerberos import decode_as_req
 from sensor.decode.netbios import decode_nbns
@@ -93,8 +93,8 @@ class IdentityWatch:
                        msg.lease_s)  # fmt: skip
 
     def frame(self, linktype: int, data: bytes, ts_ns: int) -> None:
-        """Read an Ethernet frame that carried no TCP/UDP: ARP, or an NDP neighbour
-        advertisement of the sender's own address (DecodeError if malformed)."""
+        """Read an Ethernet frame that carried no TCP/UDP: ARP, or NDP naming its sender's own
+        address and MAC (DecodeError if malformed)."""
         if linktype != 1:
             return
         arp = decode_arp(data)
@@ -102,9 +102,9 @@ class IdentityWatch:
             if arp.sender_ip != _ZERO:
                 self._pair(socket.inet_ntoa(arp.sender_ip), arp.sender_mac, ts_ns, "arp")
             return
-        advert = decode_advert(data)
-        if advert is not None and advert.mac and advert.target == advert.src:
-            self._pair(_addr(advert.target), advert.mac, ts_ns, "ndp")  # not a proxy's
+        neighbour = decode_ndp(data)
+        if neighbour is not None:
+            self._pair(_addr(neighbour.address), neighbour.mac, ts_ns, "ndp")
 
     def _pair(self, addr: str, raw_mac: bytes, ts_ns: int, source: str) -> None:
         if raw_mac in (b"\0" * 6, b"\xff" * 6):

@@ -20,7 +20,7 @@ from sensor.pipeline import Sensor
 from sensor.rules.indicators import load_pack, shipped_pack_paths
 from sensor.rules.match import Matcher
 from sensor.sources.pcapfile import CaptureFile
-from tests.netns import CLIENT_V4, SERVER_V4, namespace_pair, need_tools
+from tests.netns import CLIENT_V4, SERVER_V4, SERVER_V6, namespace_pair, need_tools, sh
 from tests.testenv import KASPWATCH, REPO
 
 SCHEMA = json.loads((REPO / "kaspwatch" / "schema" / "identity.v1.schema.json").read_text())
@@ -257,8 +257,18 @@ def _advert(src: str, target: str, mac: str | None) -> tuple[int, int, bytes]:
     return TS, 1, raw(Ether(src=mac or V6_MAC, dst="33:33:00:00:00:01") / IPv6(src=src) / na)
 
 
-def test_ndp_advertisements_of_own_addresses_bind_ipv6_to_mac() -> None:
+def _solicit(src: str, mac: str) -> tuple[int, int, bytes]:
+    from scapy.all import Ether, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, raw
+
+    ns = ICMPv6ND_NS(tgt="fd78::1") / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+    return TS, 1, raw(Ether(src=mac, dst="33:33:ff:00:00:01") / IPv6(src=src) / ns)
+
+
+def test_ndp_names_its_senders_own_address_and_mac() -> None:
     s = sensor()
+    s.process_frame(*_solicit("::", "02:00:00:00:00:07"))  # duplicate address detection
+    s.process_frame(*_solicit("fd78::7", "02:00:00:00:00:07"))
+    assert valid(s.identity) == [("fd78::7", "", "ndp", "02:00:00:00:00:07")]
     s.process_frame(*_advert("fd78::2", "fd78::2", V6_MAC))
     s.process_frame(*_advert("fd78::2", "fd78::2", V6_MAC))  # chatter: nothing new
     s.process_frame(*_advert("fd78::1", "fd78::99", "02:00:00:00:00:01"))  # a proxy's
@@ -270,3 +280,74 @@ def test_ndp_advertisements_of_own_addresses_bind_ipv6_to_mac() -> None:
     bad[-7] = 0  # an option of length 0 would never end
     s.process_frame(TS, 1, bytes(bad))
     assert s.stats.errors_by_layer == {"ndp": 2} and valid(s.identity) == []
+
+
+@pytest.mark.live
+@pytest.mark.timeout(90)
+def test_live_dhcpv6_and_ndp_name_the_machine_and_its_alerts(tmp_path: Path) -> None:
+    """dnsmasq leases one IPv6 address; dhclient -6 (DUID-LL of its MAC, FQDN
+    ws-lab6.lab.test) takes it and looks a Kaspersky update host up over IPv6 from it, so
+    its neighbour solicitation for the server names it. The capture binds the address by
+    DHCPv6 (NDP names the link-local address), and the alert names the machine."""
+    need_tools("ip", "dnsmasq", "dig", "tcpdump", "dhclient")
+    with namespace_pair("v6") as net:
+        sif, cif = net.server[:15], net.client_if
+        sh("ip", "-n", net.client, "link", "set", cif, "address", V6_MAC)
+        conf = tmp_path / "dnsmasq.conf"
+        conf.write_text(
+            f"no-resolv\nno-hosts\nbind-interfaces\ninterface={sif}\nlisten-address={SERVER_V6}\n"
+            f"dhcp-range=fd78::50,fd78::50,64,1h\ndhcp-leasefile={tmp_path}/leases\n"
+            f"address=/kaspersky.com/{SERVER_V6}\n"
+        )
+        dnsmasq = net.spawn(net.server, "dnsmasq", "-k", f"--conf-file={conf}",
+                            f"--pid-file={tmp_path}/dnsmasq.pid")  # fmt: skip
+        pcap = tmp_path / "v6.pcap"
+        tcpdump = net.spawn(net.server, "tcpdump", "-i", sif, "-n", "--immediate-mode", "-U",
+                            "-s", "0", "-w", str(pcap))  # fmt: skip
+        deadline = time.monotonic() + 20  # dhclient -6 needs a link-local address past DAD
+        while "tentative" in net.run(net.client, "ip", "-6", "addr", "show", "dev", cif).stdout:
+            assert time.monotonic() < deadline, "the client's link-local address stayed tentative"
+            time.sleep(0.2)
+        time.sleep(1.0)  # tcpdump's "listening" goes to a pipe: give it its moment
+        assert dnsmasq.poll() is None and tcpdump.poll() is None
+        script = tmp_path / "dhclient-script"  # sets the address only: no resolv.conf
+        script.write_text(
+            '#!/bin/sh\ncase "$reason" in BOUND6|RENEW6|REBIND6|REBOOT6)\n'
+            '  ip -6 addr add "$new_ip6_address/64" dev "$interface" nodad;;\nesac\nexit 0\n'
+        )
+        script.chmod(0o755)
+        dconf = tmp_path / "dhclient6.conf"
+        dconf.write_text('send fqdn.fqdn "ws-lab6.lab.test.";\n')
+        got = net.run(net.client, "dhclient", "-6", "-1", "-D", "LL", "-sf", str(script),
+                      "-cf", str(dconf), "-lf", str(tmp_path / "v6.leases"),
+                      "-pf", str(tmp_path / "v6.pid"), cif, timeout=40)  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        addrs = net.run(net.client, "ip", "-6", "-o", "addr", "show", "dev", cif).stdout
+        assert "fd78::50/64" in addrs, addrs
+        dig = net.run(net.client, "dig", f"@{SERVER_V6}", "-b", "fd78::50", "AAAA",
+                      "dnl-09.geo.kaspersky.com", "+short")  # fmt: skip
+        assert dig.stdout.strip() == SERVER_V6, dig.stdout + dig.stderr
+        net.run(net.client, "dhclient", "-6", "-x", "-pf", str(tmp_path / "v6.pid"), cif)
+        time.sleep(0.5)
+        tcpdump.send_signal(2)
+        tcpdump.wait(10)
+    s = sensor()
+    for frame in CaptureFile(str(pcap)):
+        s.process_frame(*frame)
+    pending = list(s.identity.pending)
+    got6 = valid(s.identity)
+    assert ("fd78::50", "", "dhcpv6", V6_MAC) in got6, got6
+    # NDP names the client's link-local address; its solicitation from fd78::50 only
+    # confirms what DHCPv6 said (same MAC): nothing new to publish
+    assert any(a.startswith("fe80:") and (src, mac) == ("ndp", V6_MAC)
+               for a, _, src, mac in got6), got6  # fmt: skip
+    assert [g for g in got6 if g[0] == "fd78::50"] == [("fd78::50", "", "dhcpv6", V6_MAC)]
+    [lease] = [i for i in pending if i.source == "dhcpv6"]
+    assert lease.fqdn == "ws-lab6.lab.test" and lease.lease_s == 3600
+    proc = subprocess.run([*KASPWATCH, "run", "--pcap", str(pcap), "--format", "ndjson"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    alerts = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert alerts, proc.stdout + proc.stderr
+    assert {(a["host"], a["host_name"], a["mac"]) for a in alerts} == {
+        ("fd78::50", "ws-lab6", V6_MAC)
+    }

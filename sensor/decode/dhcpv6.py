@@ -1,10 +1,11 @@
-"""DHCPv6 (RFC 8415) and NDP neighbour advertisements (RFC 4861): which machine holds an
+"""DHCPv6 (RFC 8415) and NDP (RFC 4861): which machine holds an
 IPv6 address. Only what identity needs is read; anything malformed is a DecodeError.
 
 DHCPv6 options read: 1 client DUID (its MAC when a DUID-LLT or DUID-LL of Ethernet),
 39 client FQDN (RFC 4704), 16 vendor class, 3 IA_NA with its 5 IA addresses (address,
-valid lifetime). Relay messages are not opened. NDP: an advertisement's target address
-and its target link-layer address option, from an Ethernet frame (VLAN tags skipped).
+valid lifetime). Relay messages are not opened. NDP: the sender's own address and
+link-layer address from an advertisement or a solicitation, in an Ethernet frame (VLAN
+tags skipped).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ MAX_ADDRESSES: Final = 8
 _ETH_IPV6: Final = 0x86DD
 _ETH_VLAN: Final = frozenset({0x8100, 0x88A8})
 _ICMPV6: Final = 58
+_NEIGHBOR_SOLICIT: Final = 135
 _NEIGHBOR_ADVERT: Final = 136
 
 
@@ -35,10 +37,9 @@ class Dhcpv6(NamedTuple):
     addresses: tuple[tuple[bytes, int], ...]  # IA_NA addresses (16 bytes, valid lifetime s)
 
 
-class Advert(NamedTuple):
-    src: bytes  # IPv6 source (16 bytes)
-    target: bytes  # the advertised address
-    mac: bytes  # target link-layer address option, b"" when absent
+class Neighbour(NamedTuple):
+    address: bytes  # the sender's own IPv6 address (16 bytes)
+    mac: bytes  # its link-layer address (6 bytes)
 
 
 def _options(buf: bytes) -> list[tuple[int, bytes]]:
@@ -104,8 +105,11 @@ def decode_dhcpv6(payload: bytes) -> Dhcpv6:
     return Dhcpv6(msg_type, duid, mac, fqdn, vendor, tuple(addrs))
 
 
-def decode_advert(frame: bytes) -> Advert | None:
-    """An Ethernet frame's NDP neighbour advertisement; None when the frame is not one."""
+def decode_ndp(frame: bytes) -> Neighbour | None:
+    """An Ethernet frame's NDP message naming its sender's own (address, MAC): a neighbour
+    advertisement whose target is its source, with a target link-layer address option, or
+    a solicitation from a real (not unspecified) source with a source link-layer address
+    option. None for anything else (a proxy's advertisement for another address too)."""
     if len(frame) < 14:
         return None
     ethertype, off = struct.unpack_from("!H", frame, 12)[0], 14
@@ -117,16 +121,19 @@ def decode_advert(frame: bytes) -> Advert | None:
         return None
     src, icmp = frame[off + 8 : off + 24], off + 40
     end = min(len(frame), icmp + int.from_bytes(frame[off + 4 : off + 6], "big"))
-    if end < icmp + 1 or frame[icmp] != _NEIGHBOR_ADVERT:
+    if end < icmp + 1 or frame[icmp] not in (_NEIGHBOR_SOLICIT, _NEIGHBOR_ADVERT):
         return None
     if end < icmp + 24:
-        raise DecodeError("ndp advertisement cut short")
-    target, mac, pos = frame[icmp + 8 : icmp + 24], b"", icmp + 24
+        raise DecodeError("ndp message cut short")
+    advert, target = frame[icmp] == _NEIGHBOR_ADVERT, frame[icmp + 8 : icmp + 24]
+    want, mac, pos = (2 if advert else 1), b"", icmp + 24  # target / source link-layer
     while pos + 2 <= end:
         kind, units = frame[pos], frame[pos + 1]
         if units == 0 or pos + 8 * units > end:
             raise DecodeError("ndp option length")
-        if kind == 2 and units == 1:  # target link-layer address
+        if kind == want and units == 1:
             mac = frame[pos + 2 : pos + 8]
         pos += 8 * units
-    return Advert(src, target, mac)
+    if not mac or src == bytes(16) or (advert and target != src):
+        return None
+    return Neighbour(src, mac)
