@@ -192,7 +192,7 @@ class Sensor:
         return (
             first not in STREAM_STARTS
             and sport != 53
-            and dport != 53
+            and dport not in (53, KERBEROS_PORT)  # a Kerberos record starts with its length
             and key not in self.streams
             and key not in self.content  # an HTTP answer being read (sensor/content.py)
         )

@@ -43,10 +43,11 @@ def valid(watch: IdentityWatch) -> list[tuple[str, str, str, str]]:
 # ---------------------------------------------------------------- Kerberos
 
 
-def _kdc_files(tmp: Path) -> dict[str, str]:
+def _kdc_files(tmp: Path, transport: str) -> dict[str, str]:
+    limit = 1 if transport == "tcp" else 1465  # 1: every request over TCP
     (tmp / "krb5.conf").write_text(
         "[libdefaults]\n default_realm = LAB.TEST\n dns_lookup_kdc = false\n"
-        " dns_lookup_realm = false\n rdns = false\n udp_preference_limit = 1465\n"
+        f" dns_lookup_realm = false\n rdns = false\n udp_preference_limit = {limit}\n"
         f"[realms]\n LAB.TEST = {{\n  kdc = {SERVER_V4}\n  admin_server = {SERVER_V4}\n }}\n"
     )
     (tmp / "kdc.conf").write_text(
@@ -62,13 +63,16 @@ def _kdc_files(tmp: Path) -> dict[str, str]:
 
 @pytest.mark.live
 @pytest.mark.timeout(90)
-def test_live_kinit_machine_account_names_the_machine_and_its_alerts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_live_kinit_machine_account_names_the_machine_and_its_alerts(
+    tmp_path: Path, transport: str
+) -> None:
     """An MIT KDC (krb5kdc) in one namespace; in the other, a workstation takes its machine
     account's ticket with kinit and a keytab, as a domain member does at boot, then looks
     up a Kaspersky update host. The capture's AS-REQ names WS-LAB7 at the client address;
     the alert for the lookup names it."""
     need_tools("ip", "tcpdump", "krb5kdc", "kdb5_util", "kadmin.local", "kinit", "dnsmasq", "dig")
-    env = _kdc_files(tmp_path)
+    env = _kdc_files(tmp_path, transport)
     envs = [f"{k}={v}" for k, v in env.items()]
     subprocess.run(["kdb5_util", "create", "-s", "-r", "LAB.TEST", "-P", "master-not-secret"],
                    env={**os.environ, **env}, capture_output=True, check=True)  # fmt: skip
@@ -92,6 +96,8 @@ def test_live_kinit_machine_account_names_the_machine_and_its_alerts(tmp_path: P
         got = net.run(net.client, "env", *envs, "kinit", "-k", "-t", str(keytab),
                       "WS-LAB7$@LAB.TEST")  # fmt: skip
         assert got.returncode == 0, got.stderr + (tmp_path / "kdc.log").read_text()
+        kdc_log = (tmp_path / "kdc.log").read_text()
+        assert "AS_REQ (" in kdc_log and "WS-LAB7$@LAB.TEST" in kdc_log, kdc_log
         dig = net.run(net.client, "dig", f"@{SERVER_V4}", "upd.kaspersky.com", "+short")
         assert dig.stdout.strip() == SERVER_V4, dig.stdout + dig.stderr
         time.sleep(0.5)
@@ -100,6 +106,8 @@ def test_live_kinit_machine_account_names_the_machine_and_its_alerts(tmp_path: P
     s = sensor()
     for frame in CaptureFile(str(pcap)):
         s.process_frame(*frame)
+    seen = {(f[2][23], int.from_bytes(f[2][36:38], "big")) for f in CaptureFile(str(pcap))}
+    assert (6 if transport == "tcp" else 17, 88) in seen  # the AS-REQ went as asked
     named = [i for i in valid(s.identity) if i[2] == "kerberos"]
     assert [i[:3] for i in named] == [(CLIENT_V4, "WS-LAB7", "kerberos")]
     proc = subprocess.run([*KASPWATCH, "run", "--pcap", str(pcap), "--format", "ndjson"],
