@@ -359,3 +359,15 @@ def test_live_dhcpv6_and_ndp_name_the_machine_and_its_alerts(tmp_path: Path) -> 
     assert {(a["host"], a["host_name"], a["mac"]) for a in alerts} == {
         ("fd78::50", "ws-lab6", V6_MAC)
     }
+
+
+def test_real_kerberos_capture_names_the_machine() -> None:
+    """The committed capture of the live test (UDP): no root needed to pin the decoder on
+    the bytes a real kinit sends."""
+    s = sensor()
+    events = [e for f in CaptureFile(str(REPO / "tests/captures/kerberos-workstation.pcap"))
+              for e in s.process_frame(*f)]  # fmt: skip
+    assert [i[:3] for i in valid(s.identity) if i[2] == "kerberos"] == [
+        ("10.78.0.2", "WS-LAB7", "kerberos")
+    ]
+    assert events and s.stats.decode_errors == 0
