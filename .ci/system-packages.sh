@@ -14,6 +14,10 @@ have dnsmasq || need+=(dnsmasq-base)
 # tests/test_identity.py: a real DHCP client sending its host name
 [[ -x /sbin/dhclient ]] || need+=(isc-dhcp-client)
 have tcpdump || need+=(tcpdump)
+# tests/test_identity_sources.py: a real MIT KDC and kinit (Kerberos AS-REQ machine accounts)
+[[ -x /usr/sbin/krb5kdc ]] || need+=(krb5-kdc)
+[[ -x /usr/sbin/kadmin.local ]] || need+=(krb5-admin-server)
+have kinit || need+=(krb5-user)
 # bench/scan_bench.py: the peers it times, and GNU time for each child's CPU time and peak RSS
 have tshark || need+=(tshark)
 [[ -x /usr/bin/time ]] || need+=(time)

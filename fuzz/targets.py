@@ -127,9 +127,10 @@ _IDENTITY = IdentityWatch("fuzz", max_clients=64, max_bindings=64)
 
 
 def fuzz_identity(data: bytes) -> None:
-    """DHCP payloads, mDNS/LLMNR responses and ARP frames (the first byte picks) into one
-    long-lived IdentityWatch, whose tables must stay bounded; records it makes must be
-    valid."""
+    """DHCP payloads, mDNS/LLMNR responses, Kerberos AS-REQs, NetBIOS
+    name service and DHCPv6 messages and Ethernet frames (ARP, NDP) (the first
+    byte picks) into one long-lived IdentityWatch, whose tables must stay bounded; records
+    it makes must be valid."""
     if not data:
         return
     try:
@@ -137,6 +138,13 @@ def fuzz_identity(data: bytes) -> None:
             _IDENTITY.dhcp(data[1:], 1_700_000_000_000_000_000)
         elif data[0] & 3 == 3:  # an mDNS/LLMNR response from 10.0.0.1
             _IDENTITY.announce(data[1:], 5353, b"\x0a\0\0\x01", 1_700_000_000_000_000_000)
+        elif data[0] & 7 == 2:  # a Kerberos AS-REQ (bit 3: over TCP) from 10.0.0.2
+            _IDENTITY.kerberos(data[1:], b"\x0a\0\0\x02", 1_700_000_000_000_000_000,
+                               tcp=bool(data[0] & 8))  # fmt: skip
+        elif data[0] & 7 == 4:  # a DHCPv6 message
+            _IDENTITY.dhcpv6(data[1:], 1_700_000_000_000_000_000)
+        elif data[0] & 7 == 6:  # a NetBIOS name service message from 10.0.0.3
+            _IDENTITY.netbios(data[1:], b"\x0a\0\0\x03", 1_700_000_000_000_000_000)
         else:
             _IDENTITY.frame(1, data[1:], 1_700_000_000_000_000_000)
     except DecodeError:
@@ -217,4 +225,10 @@ def _pick(target: str, dec: PacketDecoder, linktype: int, frame: bytes, ts: int)
         return p
     if target == "identity" and seg.proto == PROTO_UDP and {seg.sport, seg.dport} <= {67, 68}:
         return b"\x01" + p
+    if target == "identity" and seg.proto == PROTO_UDP and seg.dport == 88:
+        return b"\x02" + p
+    if target == "identity" and seg.proto == PROTO_UDP and {seg.sport, seg.dport} <= {546, 547}:
+        return b"\x04" + p
+    if target == "identity" and seg.proto == PROTO_UDP and seg.sport == 137:
+        return b"\x06" + p
     return None

@@ -22,12 +22,19 @@ from kaspwatch.event import format_ts
 from kaspwatch.identity import Identity, clean_text, normalize_mac
 from sensor.decode import DecodeError
 from sensor.decode.dhcp import ACK, DISCOVER, INFORM, REQUEST, decode_arp, decode_dhcp
+from sensor.decode.dhcpv6 import CLIENT_MESSAGES, REPLY, decode_dhcpv6, decode_ndp
 from sensor.decode.dns import announced
+from sensor.decode.kerberos import decode_as_req
+from sensor.decode.netbios import decode_nbns
 
 MAX_CLIENTS: Final = 16_384  # DHCP clients whose names wait for their ACK
 MAX_BINDINGS: Final = 65_536  # address -> last published binding
 REFRESH_S: Final = 3600.0
 _ZERO: Final = b"\0\0\0\0"
+
+
+def _addr(src: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(src) == 4 else socket.AF_INET6, src)
 
 
 class _Client(NamedTuple):
@@ -110,19 +117,51 @@ class IdentityWatch:
                        msg.lease_s)  # fmt: skip
 
     def frame(self, linktype: int, data: bytes, ts_ns: int) -> None:
-        """Read an Ethernet frame that carried no TCP/UDP: ARP (DecodeError if malformed)."""
+        """Read an Ethernet frame that carried no TCP/UDP: ARP, or NDP naming its sender's own
+        address and MAC (DecodeError if malformed)."""
         if linktype != 1:
             return
         arp = decode_arp(data)
-        if arp is None or arp.sender_ip == _ZERO or arp.sender_mac in (b"\0" * 6, b"\xff" * 6):
+        if arp is not None:
+            if arp.sender_ip != _ZERO:
+                self._pair(socket.inet_ntoa(arp.sender_ip), arp.sender_mac, ts_ns, "arp")
             return
-        addr, mac = socket.inet_ntoa(arp.sender_ip), normalize_mac(arp.sender_mac)
+        neighbour = decode_ndp(data)
+        if neighbour is not None:
+            self._pair(_addr(neighbour.address), neighbour.mac, ts_ns, "ndp")
+
+    def _pair(self, addr: str, raw_mac: bytes, ts_ns: int, source: str) -> None:
+        if raw_mac in (b"\0" * 6, b"\xff" * 6):
+            return
+        mac = normalize_mac(raw_mac)
         known = self.bindings.get(addr)
         if known is not None and known.key[0] in (mac, ""):
-            names = _Client(*known.key[1:])  # ARP adds no names: keep DHCP's (or mDNS's)
+            names = _Client(*known.key[1:])  # ARP/NDP add no names: keep DHCP's (or mDNS's)
         else:
             names = _Client("", "", "")
-        self._bind(addr, mac, names, ts_ns, "arp", None)
+        self._bind(addr, mac, names, ts_ns, source, None)
+
+    def dhcpv6(self, payload: bytes, ts_ns: int) -> None:
+        """Read one DHCPv6 message: a client's names wait, by DUID, for the server's REPLY
+        that binds its IA addresses (DecodeError when malformed)."""
+        msg = decode_dhcpv6(payload)
+        if not msg.duid:
+            return
+        key = b"duid:" + msg.duid
+        if msg.msg_type in CLIENT_MESSAGES:
+            names = _Client("", clean_text(msg.fqdn.encode()), clean_text(msg.vendor_class))
+            self.clients.pop(key, None)
+            self.clients[key] = names
+            if len(self.clients) > self.max_clients:
+                del self.clients[next(iter(self.clients))]
+                self.clients_evicted += 1
+            return
+        if msg.msg_type == REPLY:
+            client = self.clients.get(key) or _Client("", clean_text(msg.fqdn.encode()), "")
+            mac = normalize_mac(msg.mac) if msg.mac else ""
+            for raw, valid_s in msg.addresses:
+                if valid_s:  # a valid lifetime of 0: the address is given back
+                    self._bind(_addr(raw), mac, client, ts_ns, "dhcpv6", valid_s)
 
     def announce(self, payload: bytes, sport: int, src: bytes, ts_ns: int) -> None:
         """An mDNS (5353) or LLMNR (5355) response naming its sender: the sender's address
@@ -147,13 +186,45 @@ class IdentityWatch:
             self._bind(addr, mac, _Client(clean_text(host.encode()), "", ""), ts_ns, source, None)
             return
 
+    def kerberos(self, payload: bytes, src: bytes, ts_ns: int, tcp: bool = False) -> None:
+        """A Kerberos AS-REQ to port 88: a machine account's principal (``WS-NAME$``) names
+        the sender; a user's principal names no machine (DecodeError when malformed)."""
+        req = decode_as_req(payload, tcp)
+        if req is None or len(req.name) != 1 or not req.name[0].endswith("$"):
+            return
+        host = req.name[0][:-1]
+        if not host or "." in host:
+            return
+        self._named(_addr(src), clean_text(host.encode()), ts_ns, "kerberos")
+
+    def netbios(self, payload: bytes, src: bytes, ts_ns: int) -> None:
+        """A NetBIOS name registration, refresh or query response (UDP 137): a machine name
+        bound to the sender's own address names it (DecodeError when malformed)."""
+        for host, addr in decode_nbns(payload):
+            if addr == src:  # a WINS server answering for another host: not proof
+                self._named(_addr(src), clean_text(host.encode()), ts_ns, "netbios")
+                return
+
+    def _named(self, addr: str, host: str, ts_ns: int, source: str) -> None:
+        """A name, without a MAC, for an address: the MAC known for it is kept when it has
+        no name yet or the same one."""
+        known = self.bindings.get(addr)
+        if known is not None and known.key[1].lower() == host.lower():
+            if ts_ns - known.published_ns < self.refresh_ns:
+                return  # what is known already, in other letters: nothing new
+            host = known.key[1]
+        mac = (
+            known.key[0] if known is not None and known.key[1].lower() in ("", host.lower()) else ""
+        )
+        self._bind(addr, mac, _Client(host, "", ""), ts_ns, source, None)
+
     def _bind(
         self, addr: str, mac: str, c: _Client, ts_ns: int, source: str, lease_s: int | None
     ) -> None:
         key = (mac, c.hostname, c.fqdn, c.vendor_class)
         known = self.bindings.get(addr)
         if known is not None and known.key == key:
-            if source != "dhcp" and ts_ns - known.published_ns < self.refresh_ns:
+            if source not in ("dhcp", "dhcpv6") and ts_ns - known.published_ns < self.refresh_ns:
                 return  # nothing new
             first_ns = known.first_ns
         else:

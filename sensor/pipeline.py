@@ -19,7 +19,10 @@ from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
 from sensor.content import ContentWatch, content_hit
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.dhcp import DHCP_PORTS
+from sensor.decode.dhcpv6 import DHCPV6_PORTS
 from sensor.decode.dns import decode_dns, looks_like_dns
+from sensor.decode.kerberos import AS_REQ, KERBEROS_PORT
+from sensor.decode.netbios import NETBIOS_NS_PORT
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
 from sensor.decode.stream import STREAM_STARTS, StreamTable
@@ -194,7 +197,7 @@ class Sensor:
         return (
             first not in STREAM_STARTS
             and sport != 53
-            and dport != 53
+            and dport not in (53, KERBEROS_PORT)  # a Kerberos record starts with its length
             and key not in self.streams
             and key not in self.content  # an HTTP answer being read (sensor/content.py)
         )
@@ -226,6 +229,15 @@ class Sensor:
             if seg.sport in DHCP_PORTS and seg.dport in DHCP_PORTS:
                 self.identity.dhcp(payload, ts_ns)
                 return []
+            if seg.dport == KERBEROS_PORT and payload[0] == AS_REQ:  # names a machine account
+                self.identity.kerberos(payload, seg.src, ts_ns)
+                return []
+            if seg.sport in DHCPV6_PORTS and seg.dport in DHCPV6_PORTS:
+                self.identity.dhcpv6(payload, ts_ns)
+                return []
+            if seg.sport == NETBIOS_NS_PORT:  # registrations and answers name their sender
+                self.identity.netbios(payload, seg.src, ts_ns)
+                return []
             if seg.sport in DNS_PORTS or seg.dport in DNS_PORTS:
                 if seg.sport in NAME_PORTS:  # mDNS/LLMNR responses name their sender
                     self.identity.announce(payload, seg.sport, seg.src, ts_ns)
@@ -240,6 +252,9 @@ class Sensor:
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         try:
             if not payload:
+                return []
+            if seg.dport == KERBEROS_PORT and payload[4:5] == bytes([AS_REQ]):
+                self.identity.kerberos(payload, seg.src, ts_ns, tcp=True)
                 return []
             if key in self.content:
                 return self.content.response(key, seg.seq, payload)

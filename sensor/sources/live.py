@@ -21,6 +21,10 @@ BPF_FILTER: Final = " or ".join(
     (
         "udp port 53 or udp port 5353 or udp port 5355 or tcp port 53",
         "udp port 67 or udp port 68 or arp",  # identity: DHCP and ARP name the machines
+        "udp dst port 88",  # identity: a Kerberos AS-REQ names a machine account
+        "udp port 546 or udp port 547",  # identity: DHCPv6 names the machines
+        "(icmp6 and (ip6[40] = 135 or ip6[40] = 136))",  # identity: NDP binds IPv6 to MAC
+        "udp src port 137",  # identity: NetBIOS registrations and answers name their sender
         "(ip and udp and udp[8] & 0x80 = 0x80)",
         "(ip6 and ip6[6] = 17 and ip6[48] & 0x80 = 0x80)",
         "(ip and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0)",
