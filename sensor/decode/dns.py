@@ -118,7 +118,7 @@ def decode_dns(payload: bytes) -> list[Sighting]:
         answers = None  # a damaged answer section must not hide the asked name
     if answers is None:
         return [Sighting("dns_answer", q) for q in names[:1] if q is not None]
-    return [_answer(q, *answers) for q in names if q is not None]
+    return [answer_sighting(q, *answers) for q in names if q is not None]
 
 
 def announced(payload: bytes) -> dict[str, list[str]]:
@@ -171,9 +171,11 @@ def _answers(msg: bytes, pos: int, count: int) -> _Answers:
     return cnames, addrs, ttls
 
 
-def _answer(
+def answer_sighting(
     qname: str, cnames: dict[str, str], addrs: dict[str, list[str]], ttls: dict[str, int]
 ) -> Sighting:
+    """The ``dns_answer`` sighting of ``qname``: its CNAME chain (bounded, loops cut) and the
+    addresses and smallest TTL the chain ends in. Peer logs' answers take the same walk."""
     chain: list[str] = []
     seen = {qname}
     cur = qname

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from kaspwatch.identity import normalize_mac
 from sensor.decode import host_name, normalise_name
+from sensor.decode.dns import answer_sighting
 from sensor.decode.http import strip_port
 from sensor.sources.base import PeerRecord
 
@@ -147,20 +148,8 @@ def _dns(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRec
             ttls[owner] = min(ttls.get(owner, ttl), ttl)
     out = []
     for q in _questions(body):
-        chain: list[str] = []
-        seen, cur = {q}, q
-        while cur in cnames and len(chain) < 16:
-            cur = cnames[cur]
-            if cur in seen:
-                break
-            seen.add(cur)
-            chain.append(cur)
-        found = tuple(addrs.get(cur, ()))
-        out.append(
-            _record(
-                ts, "dns_answer", q, ends, chain=tuple(chain), answers=found, ttl=ttls.get(cur, 0)
-            )
-        )
+        a = answer_sighting(q, cnames, addrs, ttls)
+        out.append(_record(ts, "dns_answer", q, ends, chain=a.chain, answers=a.answers, ttl=a.ttl))
     return out
 
 
