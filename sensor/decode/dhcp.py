@@ -41,13 +41,17 @@ def _fqdn(value: bytes) -> str:
     flags, name = value[0], value[3:]
     if not flags & 0x04:
         return name.decode("ascii", "replace").rstrip(".")
+    return wire_name(name, "dhcp option 81")
+
+
+def wire_name(name: bytes, what: str) -> str:
+    """A host name in DNS wire format without compression (DHCP option 81, DHCPv6 option
+    39): labels up to a zero length or the end; ``what`` starts the DecodeError."""
     labels, pos = [], 0
-    while pos < len(name):
+    while pos < len(name) and name[pos]:
         n = name[pos]
-        if n == 0:
-            break
         if n > 63 or pos + 1 + n > len(name):
-            raise DecodeError("dhcp option 81 bad label")
+            raise DecodeError(f"{what} bad label")
         labels.append(name[pos + 1 : pos + 1 + n].decode("ascii", "replace"))
         pos += 1 + n
     return ".".join(labels)

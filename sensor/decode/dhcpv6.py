@@ -14,6 +14,7 @@ import struct
 from typing import Final, NamedTuple
 
 from sensor.decode import DecodeError
+from sensor.decode.dhcp import wire_name
 
 DHCPV6_PORTS: Final = frozenset({546, 547})
 SOLICIT, ADVERTISE, REQUEST, CONFIRM, RENEW, REBIND, REPLY = range(1, 8)
@@ -56,17 +57,6 @@ def _options(buf: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def _wire_name(name: bytes) -> str:
-    labels, pos = [], 0
-    while pos < len(name) and name[pos]:
-        n = name[pos]
-        if n > 63 or pos + 1 + n > len(name):
-            raise DecodeError("dhcpv6 fqdn bad label")
-        labels.append(name[pos + 1 : pos + 1 + n].decode("ascii", "replace"))
-        pos += 1 + n
-    return ".".join(labels)
-
-
 def _duid_mac(duid: bytes) -> bytes:
     if len(duid) == 14 and duid[:4] == b"\x00\x01\x00\x01":  # LLT, Ethernet
         return duid[8:]
@@ -90,7 +80,7 @@ def decode_dhcpv6(payload: bytes) -> Dhcpv6:
         elif code == 39:
             if not value:
                 raise DecodeError("dhcpv6 fqdn option empty")
-            fqdn = _wire_name(value[1:])
+            fqdn = wire_name(value[1:], "dhcpv6 fqdn")
         elif code == 16:
             vendor = value[4:]  # enterprise number, then length-prefixed strings
             vendor = vendor[2 : 2 + int.from_bytes(vendor[:2], "big")] if len(vendor) > 2 else b""
