@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from consumers.alerts.state import AlertState
 from kaspwatch.event import Event, IndicatorRef
 from tests.alertmanager import running_alertmanager
 from tests.factories import EPOCH, hit
-from tests.httpserve import serving
+from tests.httpserve import webhook
 from tests.testenv import REPO, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,20 +55,8 @@ class Clock:
 
 @contextmanager
 def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    got: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with serving(Handler) as port:
-        yield f"http://127.0.0.1:{port}/hook", got
+    with webhook() as (url, posts):
+        yield url, posts.bodies
 
 
 class Udp(asyncio.DatagramProtocol):

@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from kaspwatch.bus import BusError, Record, parse_bus_url
 from kaspwatch.bus.memory import MemoryBus
 from kaspwatch.cli.options import db_url
 from tests.factories import hit
-from tests.httpserve import serving
+from tests.httpserve import webhook
 from tests.testenv import KASPWATCH, SAMPLE, free_port
 
 
@@ -121,23 +120,8 @@ def test_failed_connect_leaves_no_unclosed_client(tmp_path: Path, command: str) 
 @pytest.fixture
 def flaky_receiver() -> Iterator[tuple[str, list[int]]]:
     """A webhook receiver answering 503 to the first POST and 200 after."""
-    answers = [503]
-    got: list[int] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            status = answers.pop(0) if answers else 200
-            got.append(status)
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with serving(Handler) as port:
-        yield f"http://127.0.0.1:{port}/hook", got
+    with webhook([503]) as (url, posts):
+        yield url, posts.statuses
 
 
 async def deliver_through_the_loop(
