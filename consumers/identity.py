@@ -115,15 +115,4 @@ def parse_with_identities(
 ) -> Callable[[list[Record]], Parsed]:
     """A batch parser for a subscriber of hits and identities: each record by its topic,
     a hit through ``hit`` (the contract check, or the alerts consumer's re-match too)."""
-    hits, identities = parse_with(hit), parse_with(identity_from_json)
-
-    def parse_batch(records: list[Record]) -> Parsed:
-        good: list[Any] = []
-        invalid: list[Any] = []
-        for rec in records:
-            g, i = (identities if rec.topic == identity_topic else hits)([rec])
-            good += g
-            invalid += i
-        return good, invalid
-
-    return parse_batch
+    return parse_with(hit, {identity_topic: identity_from_json})

@@ -65,14 +65,19 @@ class Handler(Protocol):
 Parsed = tuple[list[tuple[Record, Any]], list[tuple[Record, str]]]
 
 
-def parse_with(parse: Callable[[bytes], Any]) -> Callable[[list[Record]], Parsed]:
-    """A batch parser: what ``parse`` accepts (with its record), and the rest with the reason."""
+def parse_with(
+    parse: Callable[[bytes], Any], by_topic: dict[str, Callable[[bytes], Any]] | None = None
+) -> Callable[[list[Record]], Parsed]:
+    """A batch parser: what ``parse`` accepts (with its record), and the rest with the
+    reason. ``by_topic``: another parser for the records of those topics (a subscriber of
+    hits and identities)."""
+    other = by_topic or {}
 
     def parse_batch(records: list[Record]) -> Parsed:
         good, invalid = [], []
         for rec in records:
             try:
-                good.append((rec, parse(rec.value)))
+                good.append((rec, other.get(rec.topic, parse)(rec.value)))
             except EventError as exc:
                 invalid.append((rec, str(exc)))
             except EVENT_FAULTS as exc:  # a parser bug a record triggers: that record only
