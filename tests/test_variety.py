@@ -324,3 +324,16 @@ def test_ayiya_other_messages_and_payloads_are_plain_udp() -> None:
     frame[14 + 20 + 8 + 2] = 0x10 | 4  # opcode 4 (echo request): no packet to forward
     seg = decode_frame(1, bytes(frame))
     assert seg is not None and (seg.sport, seg.dport) == (5072, 5072)
+
+
+def test_every_live_link_type_is_decoded_and_its_filter_compiles() -> None:
+    """A live interface's frames take its link type (a wifi monitor interface: radiotap);
+    the kernel filter is compiled by libpcap for that link type, as scapy does it."""
+    from scapy.arch.common import compile_filter
+
+    from sensor.sources.live import LINKTYPE_OF_HATYPE, bpf_filter
+
+    assert LINKTYPE_OF_HATYPE[803] == 127 and LINKTYPE_OF_HATYPE[801] == 105
+    for linktype in set(LINKTYPE_OF_HATYPE.values()):
+        assert linktype in LINKTYPES
+        assert compile_filter(bpf_filter(linktype), linktype=linktype).bf_len > 0
