@@ -31,7 +31,8 @@ from sensor.sources.base import CaptureError
 from sensor.sources.pcapfile import CaptureFile
 
 Harness = Callable[[bytes], None]
-LINKTYPES: Final = (1, 101, 113, 276, 0, 239, 228, 229)
+# the first byte of a packet input picks one (new link types go at the end)
+LINKTYPES: Final = (1, 101, 113, 276, 0, 239, 228, 229, 127, 105, 9, 50, 104, 108)
 FLOW: Final = (b"\x0a\x00\x00\x01", 40000, b"\x0a\x00\x00\x02", 443)
 
 
