@@ -110,6 +110,15 @@ class _BpfProgram(ctypes.Structure):
     _fields_ = (("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p))
 
 
+class _PktHdr(ctypes.Structure):  # struct pcap_pkthdr
+    _fields_ = (
+        ("tv_sec", ctypes.c_long),
+        ("tv_usec", ctypes.c_long),
+        ("caplen", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+    )
+
+
 def _load() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
     try:
@@ -137,6 +146,14 @@ def _load() -> ctypes.CDLL | None:
     lib.pcap_close.argtypes = (ctypes.c_void_p,)
     lib.pcap_file.argtypes = (ctypes.c_void_p,)
     lib.pcap_file.restype = ctypes.c_void_p
+    lib.pcap_open_dead.argtypes = (ctypes.c_int, ctypes.c_int)
+    lib.pcap_open_dead.restype = ctypes.c_void_p
+    lib.pcap_offline_filter.argtypes = (
+        ctypes.POINTER(_BpfProgram),
+        ctypes.POINTER(_PktHdr),
+        ctypes.c_char_p,
+    )
+    lib.pcap_offline_filter.restype = ctypes.c_int
     return lib
 
 
@@ -282,24 +299,75 @@ class PrefilteredFile(FileReader):
         """libpcap stopped on a block it will not read: in a file without fault, an
         interface whose link type or snapshot length differs from the first's. Its message
         names no position, so the pure reader reads the file again from the start, yielding
-        the packets of the blocks past where libpcap stopped (a broken file thus gets the
-        pure reader's own message: the byte, and the packets of the whole file kept; a
-        cut-off file keeps what was read)."""
+        the packets of the blocks past where libpcap stopped, each through the filter
+        compiled for its interface's link type (a broken file thus gets the pure reader's
+        own message: the byte, and the packets of the whole file kept; a cut-off file
+        keeps what was read)."""
         at = self.position
         self.close()
         log.info(
-            "%s: libpcap stopped at byte %d (%s); the rest is read without the prefilter",
-            self.path, at, err,
+            "%s: libpcap stopped at byte %d (%s); the rest is read by the pure reader, "
+            "filtered per interface", self.path, at, err,
         )  # fmt: skip
         walk = CaptureFile(self.path, readable=self.readable, skip_before=at)
+        filters = LinkFilters(self.expression)
+        passes = filters.passes
         try:
             for frame in walk:
-                self.stats.packets += 1
-                yield frame
+                if passes(frame[1], frame[2]):
+                    self.stats.packets += 1
+                    yield frame
         except CaptureError as exc:
             raise CaptureError(f"{exc} (libpcap: {err})") from None
         finally:
             walk.close()
+            filters.close()
             self.stats.skipped = walk.stats.skipped
         self.stats.truncated = walk.stats.truncated
         self.stats.note = walk.stats.note
+
+
+# pcap link types whose libpcap DLT differs (pcap_open_dead takes a DLT)
+_DLT_OF_LINKTYPE: Final = {101: 12}
+
+
+class LinkFilters:
+    """``expression`` compiled once per link type and applied to frames read in Python
+    (``pcap_offline_filter``: libpcap's own filter machine, as ``pcap_next_ex`` runs it).
+    A link type the filter is not written for, or that does not compile, passes whole."""
+
+    def __init__(self, expression: str) -> None:
+        self._expression = expression.encode()
+        self._programs: dict[int, _BpfProgram | None] = {}
+        self._hdr = _PktHdr()
+        self._hdr_ref = ctypes.byref(self._hdr)
+
+    def _compile(self, linktype: int) -> _BpfProgram | None:
+        prog = None
+        if _LIB is not None and linktype in SUPPORTED_DLTS:
+            handle = _LIB.pcap_open_dead(_DLT_OF_LINKTYPE.get(linktype, linktype), _MAX_CAPLEN)
+            if handle:
+                prog = _BpfProgram()
+                if _LIB.pcap_compile(handle, ctypes.byref(prog), self._expression, 1,
+                                     _PCAP_NETMASK_UNKNOWN) != 0:  # fmt: skip
+                    prog = None
+                _LIB.pcap_close(handle)
+        self._programs[linktype] = prog
+        return prog
+
+    def passes(self, linktype: int, data: bytes) -> bool:
+        try:
+            prog = self._programs[linktype]
+        except KeyError:
+            prog = self._compile(linktype)
+        if prog is None or _LIB is None:
+            return True
+        hdr = self._hdr
+        hdr.caplen = hdr.len = len(data)
+        return bool(_LIB.pcap_offline_filter(prog, self._hdr_ref, data))
+
+    def close(self) -> None:
+        for prog in self._programs.values():
+            if prog is not None and _LIB is not None:
+                _LIB.pcap_freecode(ctypes.byref(prog))
+        self._programs.clear()
