@@ -242,6 +242,29 @@ def test_some_unreadable_packets_are_a_warning_naming_the_link_type(
     ]
 
 
+def test_readable_packets_the_prefilter_drops_still_make_a_file_readable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only ACKs (dropped in C) beside USB packets: a warning, not a bad file."""
+    ack = _ether(GEN.v4(GEN.tcp(b"", 41000, 443, flags="A")))
+    path = tmp_path / "acks.pcapng"
+    path.write_bytes(_shb() + _idb(1, 65535) + _epb(0, ack, 0) + _idb(220, 65535)
+                     + _epb(1, b"usb", 1) + _epb(0, ack, 2))  # fmt: skip
+    for prefilter in (True, False):
+        caplog.clear()
+        found, warnings = kaspwatch_names(path, prefilter)
+        assert found == {}
+        assert warnings == [
+            f"{path}: skipped packets of link types kaspwatch does not decode: "
+            "1 of link type 220 (USB)"
+        ], prefilter
+        files = CaptureFiles([str(path)], prefilter=prefilter, readable=LINKTYPES)
+        frames = [f for f in files if f is not None]
+        assert [f[1] for f in frames] == ([] if prefilter else [1, 1])  # ACKs dropped in C
+        assert files.errors == []
+        assert any("1 of link type 220 (USB)" in r.getMessage() for r in caplog.records)
+
+
 def test_sense_files_name_a_file_with_nothing_readable(tmp_path: Path) -> None:
     """``sense``/``run --pcap`` read through ``CaptureFiles``: the same rule."""
     usb = _pcap(tmp_path / "usb.pcap", 220, [b"\x00" * 40])

@@ -151,15 +151,15 @@ def scan(
                 # libpcap drops the rest in C without counting them (savefiles have no
                 # pcap_stats); bench/scan_bench.py reports the share skipped
                 log.debug("%s: %d %s", path, n, cap.counts)
-                skipped = skipped_note(path, cap.stats, n)
+                read = cap.packets_read()
+                skipped = skipped_note(path, cap.stats, read)
                 if skipped:  # nothing readable is a bad file, some unreadable a warning
-                    (warnings if n else errors).append(skipped)
+                    (warnings if read else errors).append(skipped)
                 if cap.stats.truncated:
                     warnings.append(cap.stats.note)
                 elif n == 0 and cap.counts == "packets" and not skipped:
-                    warnings.append(
-                        f"{path}: capture holds no packets"
-                    )  # past a prefilter, 0 is no news
+                    # past a prefilter, 0 is no news
+                    warnings.append(f"{path}: capture holds no packets")
                 if note := _wifi_note(path, wifi_before, sensor.decoder.wifi_skipped):
                     warnings.append(note)
         except CaptureError as exc:

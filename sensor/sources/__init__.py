@@ -132,8 +132,8 @@ class CaptureFiles:
                 self.stats.packets += reader.stats.packets
             if reader.stats.truncated:
                 log.warning("%s", reader.stats.note)  # file, byte and packets kept, as scan
-            if note := skipped_note(path, reader.stats, reader.stats.packets):
-                if reader.stats.packets:
+            if note := skipped_note(path, reader.stats, reader.packets_read()):
+                if reader.packets_read():
                     log.warning("%s", note)
                 else:
                     self.errors.append(note)  # nothing readable: a bad file, as scan says

@@ -77,7 +77,8 @@ LINKTYPE_NAMES: Final = {
 
 def skipped_note(path: str, stats: ReadStats, read: int) -> str:
     """One line naming the link types of a file that were skipped and how many packets
-    each; ``read`` is the packets that were read. Empty when nothing was skipped."""
+    each; ``read`` is the packets of other link types read (``FileReader.packets_read``):
+    0 makes it a bad file. Empty when nothing was skipped."""
     if not stats.skipped:
         return ""
     kinds = ", ".join(
@@ -128,6 +129,12 @@ class FileReader:
     counts = "packets"
     live = False
     stopped = False  # the read ended on ``stop``, not at the end of the file
+    stats: ReadStats
+
+    def packets_read(self) -> int:
+        """Packets of link types the decoder reads that were read, before any filter;
+        0 after a whole file means it held none (``skipped_note``)."""
+        return self.stats.packets
 
     def kernel_drops(self) -> int:
         return 0

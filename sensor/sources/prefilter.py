@@ -207,6 +207,7 @@ class PrefilteredFile(FileReader):
         self.path = path
         self.expression = expression
         self.readable = readable
+        self._walked = 0  # packets of readable link types the pure reader read (``_rest``)
         self.stats = ReadStats()
         self.format = "libpcap"
         self.size = os.path.getsize(path)
@@ -240,6 +241,11 @@ class PrefilteredFile(FileReader):
                 raise CaptureError(f"{path}: prefilter not accepted: {err}")
         finally:
             _LIB.pcap_freecode(ctypes.byref(prog))
+
+    def packets_read(self) -> int:
+        """Past the prefilter, or (once the pure reader took over) every packet of a
+        readable link type in the file: libpcap counts none it drops."""
+        return max(self.stats.packets, self._walked)
 
     def _error(self) -> str:
         assert _LIB is not None and self._pcap is not None
@@ -323,6 +329,7 @@ class PrefilteredFile(FileReader):
             walk.close()
             filters.close()
             self.stats.skipped = walk.stats.skipped
+            self._walked = walk.stats.packets  # the blocks libpcap read too
         self.stats.truncated = walk.stats.truncated
         self.stats.note = walk.stats.note
 
