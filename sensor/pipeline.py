@@ -17,7 +17,7 @@ from typing import Final
 
 from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
 from sensor.content import ContentWatch, content_hit
-from sensor.decode import DecodeError, Sighting
+from sensor.decode import NOT_HOST, DecodeError, Sighting
 from sensor.decode.dhcp import DHCP_PORTS
 from sensor.decode.dhcpv6 import DHCPV6_PORTS
 from sensor.decode.dns import decode_dns, looks_like_dns
@@ -274,7 +274,9 @@ class Sensor:
         if s.kind in CONTENT_KINDS:
             return self._content_event(ts_ns, seg, s, source)
         matcher = self.rules.matcher
-        hit_name, ind = s.name, matcher.match_name(s.name, s.kind, s.path)
+        hit_name, ind = s.name, None
+        if NOT_HOST not in s.extra:  # a value that is not a host name is only observed
+            ind = matcher.match_name(s.name, s.kind, s.path)
         if ind is None:
             for target in s.chain:  # an innocent name whose CNAME chain leads into Kaspersky
                 ind = matcher.match_name(target, s.kind)
