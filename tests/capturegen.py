@@ -266,6 +266,29 @@ A2_PACKET: Final = bytes.fromhex(  # the protected packet, 1200 bytes
     "43b1ca70a2d8d3f725ead1391377dcc0"
 )
 
+
+def reorder_answer(src: Path, dst: Path, port: int) -> int:
+    """Copy ``src`` to ``dst`` with the first two payload segments from TCP ``port`` of the
+    connection whose answer took the most segments swapped (each keeps its time slot, so
+    times still rise): the answer's start arrives after its continuation. Returns how many
+    segments that answer had (at least 2, else AssertionError)."""
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap, wrpcap
+
+    packets = list(rdpcap(str(src)))
+    by_conn: dict[int, list[int]] = {}
+    for i, p in enumerate(packets):
+        if TCP in p and p[TCP].sport == port and len(bytes(p[TCP].payload)):
+            by_conn.setdefault(p[TCP].dport, []).append(i)
+    segments = max(by_conn.values(), key=len, default=[])
+    assert len(segments) >= 2, f"no answer from port {port} took two segments: {by_conn}"
+    a, b = segments[:2]
+    packets[a].time, packets[b].time = packets[b].time, packets[a].time
+    packets[a], packets[b] = packets[b], packets[a]
+    wrpcap(str(dst), packets)
+    return len(segments)
+
+
 BUILT: Final = {
     "quic-drafts.pcap": lambda: quic_drafts(A2_PACKET),
     "quic-version-negotiation.pcap": quic_vn,
