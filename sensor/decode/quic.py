@@ -1,4 +1,5 @@
-"""QUIC Initial packets: the ClientHello server_name, QUIC v1 (RFC 9000/9001) and v2 (RFC 9369).
+"""QUIC Initial packets: the ClientHello server_name, QUIC v1 (RFC 9000/9001), v2 (RFC 9369) and
+drafts 23-34 (``0xff0000NN``: v1's wire format, labels and packet types; each draft's salt).
 
 A client's Initial packets are encrypted with keys anyone can derive from the Destination
 Connection ID of its first Initial (RFC 9001 section 5.2). ``QuicInitialTracker`` removes header
@@ -31,16 +32,24 @@ from sensor.decode.tls import parse_client_hello
 VERSION_1: Final = 0x00000001
 VERSION_2: Final = 0x6B3343CF
 
+_SALT_V1: Final = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
+# draft-ietf-quic-tls section 5.2: one salt for drafts 23-28, another for 29-32; 33 and 34
+# already use v1's. Draft 22 and older are not decoded (other frame and header details).
+_DRAFT_SALTS: Final = (
+    (range(23, 29), bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")),
+    (range(29, 33), bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")),
+    (range(33, 35), _SALT_V1),
+)
 _SALTS: Final = {
-    VERSION_1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
+    VERSION_1: _SALT_V1,
     VERSION_2: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
+    **{0xFF000000 | draft: salt for drafts, salt in _DRAFT_SALTS for draft in drafts},
 }
-_LABELS: Final = {  # key, iv, hp
-    VERSION_1: (b"quic key", b"quic iv", b"quic hp"),
-    VERSION_2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp"),
-}
-_INITIAL_TYPE: Final = {VERSION_1: 0b00, VERSION_2: 0b01}  # long-header packet type bits
-_RETRY_TYPE: Final = {VERSION_1: 0b11, VERSION_2: 0b00}
+_LABELS_V1: Final = (b"quic key", b"quic iv", b"quic hp")  # key, iv, hp; the drafts' too
+_LABELS: Final = {VERSION_2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp")}
+# long-header packet type bits: v2 swapped them; the drafts have v1's
+_INITIAL_TYPE: Final = {v: 0b01 if v == VERSION_2 else 0b00 for v in _SALTS}
+_RETRY_TYPE: Final = {v: 0b00 if v == VERSION_2 else 0b11 for v in _SALTS}
 
 _MAX_CID: Final = 20
 _SAMPLE_LEN: Final = 16
@@ -93,7 +102,7 @@ def client_initial_secrets(version: int, dcid: bytes) -> InitialSecrets:
         raise DecodeError(f"no Initial salt for QUIC version {version:#010x}")
     initial = _hmac_sha256(salt, dcid)  # HKDF-Extract(salt, DCID)
     secret = hkdf_expand_label(initial, b"client in", 32)
-    key_label, iv_label, hp_label = _LABELS[version]
+    key_label, iv_label, hp_label = _LABELS.get(version, _LABELS_V1)
     return InitialSecrets(
         secret=secret,
         key=hkdf_expand_label(secret, key_label, 16),
@@ -141,7 +150,7 @@ class _Header(NamedTuple):
 
 
 def looks_like_quic_initial(payload: bytes) -> bool:
-    """Cheap test: long header with the fixed bit, QUIC v1 or v2, Initial packet type."""
+    """Cheap test: long header with the fixed bit, a known version, Initial packet type."""
     if len(payload) < 7 or payload[0] & 0xC0 != 0xC0:
         return False
     itype = _INITIAL_TYPE.get(int.from_bytes(payload[1:5], "big"))
@@ -320,6 +329,7 @@ class _Conn:
     key_dcid: bytes  # the DCID the client's Initial keys come from (changed by a Retry)
     last_seen: float
     stream: CryptoStream | None  # None once the hello was handled
+    version: int  # a client Initial in another version starts over (after Version Negotiation)
     largest_pn: int = -1
     aliases: list[bytes] = field(default_factory=list)  # every DCID indexed in ``_by_dcid``
 
@@ -385,10 +395,13 @@ class QuicInitialTracker:
 
     def _initial(self, flow: Flow, data: bytes, hdr: _Header, now: float) -> Sighting | None:
         conn = self._by_dcid.get((flow, hdr.dcid))
-        if conn is not None and conn.stream is None:
+        if conn is not None and conn.stream is None and conn.version == hdr.version:
             self._touch(conn, now)
             return None  # hello already handled: retransmissions and ACK-only Initials
         known = conn if conn is not None else self._by_flow.get(flow)
+        if known is not None and known.version != hdr.version:
+            # after Version Negotiation the client starts over in a version the server offered
+            known = None
         candidates = [hdr.dcid] if known is None else [known.key_dcid, hdr.dcid]
         for key_dcid in dict.fromkeys(candidates):
             largest = known.largest_pn if known is not None and key_dcid == known.key_dcid else -1
@@ -428,7 +441,8 @@ class QuicInitialTracker:
         old = self._conns.get((flow, hdr.dcid))
         if old is not None:
             self._evict(old)  # a new connection reusing a DCID on the same 4-tuple
-        conn = _Conn(flow, hdr.dcid, hdr.scid, hdr.dcid, now, CryptoStream(self.max_crypto_bytes))
+        stream = CryptoStream(self.max_crypto_bytes)
+        conn = _Conn(flow, hdr.dcid, hdr.scid, hdr.dcid, now, stream, hdr.version)
         self._conns[(flow, hdr.dcid)] = conn
         self._by_flow[flow] = conn
         return conn
