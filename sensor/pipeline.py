@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
 from sensor.content import ContentWatch, content_hit
@@ -24,7 +24,6 @@ from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.kerberos import AS_REQ, KERBEROS_PORT
 from sensor.decode.netbios import NETBIOS_NS_PORT
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
-from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
 from sensor.decode.stream import STREAM_STARTS, StreamTable
 from sensor.flows import FlowWatch
 from sensor.identity import IdentityWatch
@@ -34,6 +33,9 @@ from sensor.rules.indicators import Indicator
 from sensor.rules.match import Matcher
 from sensor.rules.ruleset import Rules
 from sensor.sources.base import Frame, PeerRecord
+
+if TYPE_CHECKING:  # QUIC's decoder (and cryptography) load with the first long header
+    from sensor.decode.quic import QuicInitialTracker
 
 log = logging.getLogger("kaspwatch.sensor")
 
@@ -83,18 +85,29 @@ class Sensor:
         # per-connection state, each table bounded
         self.decoder = PacketDecoder()
         self.streams = StreamTable()
-        self.quic = QuicInitialTracker()
+        self._quic: QuicInitialTracker | None = None
         self.flows = FlowWatch()
         self.content = ContentWatch()
         self.identity = IdentityWatch(sensor_name)  # DHCP/ARP: drained by the publisher
 
+    @property
+    def quic(self) -> QuicInitialTracker:
+        """The QUIC Initial tracker, made (and ``cryptography`` imported, ≈ 15 ms) with the
+        first UDP long header: a capture without QUIC never pays for it."""
+        if self._quic is None:
+            from sensor.decode.quic import QuicInitialTracker
+
+            self._quic = QuicInitialTracker()
+        return self._quic
+
     def evictions(self) -> dict[str, int]:
         """Entries each bounded state table has had to evict."""
+        quic = self._quic
         return {
             "fragments": self.decoder.fragments_evicted,
             "tcp_streams": self.streams.evicted,
-            "quic_connections": self.quic.evicted,
-            "quic_keys": self.quic.keys_evicted,
+            "quic_connections": quic.evicted if quic else 0,
+            "quic_keys": quic.keys_evicted if quic else 0,
             "flows": self.flows.evicted,
             "http_responses": self.content.evicted,
             "identity_clients": self.identity.clients_evicted,
@@ -242,7 +255,7 @@ class Sensor:
                 if seg.sport in NAME_PORTS:  # mDNS/LLMNR responses name their sender
                     self.identity.announce(payload, seg.sport, seg.src, ts_ns)
                 return decode_dns(payload)
-            if looks_like_quic_initial(payload):
+            if len(payload) > 6 and payload[0] & 0xC0 == 0xC0 and _looks_initial(payload):
                 flow = (seg.src, seg.sport, seg.dst, seg.dport)
                 hello = self.quic.feed(flow, payload, ts_ns / 1e9)
                 return [hello] if hello else []
@@ -386,3 +399,11 @@ class Sensor:
         if name is not None:
             event.extra["attributed_by"] = "dns"
         return event
+
+
+def _looks_initial(payload: bytes) -> bool:
+    """``sensor.decode.quic.looks_like_quic_initial``, imported on the first UDP payload with
+    a long header (the cheap test above) rather than with the pipeline."""
+    from sensor.decode.quic import looks_like_quic_initial
+
+    return looks_like_quic_initial(payload)

@@ -6,16 +6,15 @@ import argparse
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from kaspwatch.cli.capture import add_peer_options
-from kaspwatch.cli.options import add_sensor_options, build_sensor
-from kaspwatch.event import Event
-from kaspwatch.table import print_table
-from sensor.peers import open_peer
-from sensor.pipeline import Sensor
+from kaspwatch.cli.options import add_peer_options, add_sensor_options, build_sensor
 from sensor.sources import open_capture
 from sensor.sources.base import CaptureError, FileSource
+
+if TYPE_CHECKING:  # imported where used: a scan of captures alone never loads the peers
+    from kaspwatch.event import Event
+    from sensor.pipeline import Sensor
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +143,8 @@ def scan(
                     warnings.append(f"{path}: capture holds no packets")
         except CaptureError as exc:
             errors.append(str(exc))
+    if peers:
+        from sensor.peers import open_peer
     for fmt_name, spec in peers or []:
         try:
             for source in open_peer(spec, fmt_name):
@@ -158,6 +159,8 @@ def scan(
         except CaptureError as exc:
             errors.append(str(exc))
     if fmt == "table":
+        from kaspwatch.table import print_table
+
         print_table(rows, out, TABLE_COLUMNS)
     out.flush()
     return warnings, errors
