@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
@@ -36,6 +36,7 @@ from sensor.sources.base import Frame, PeerRecord
 
 if TYPE_CHECKING:  # QUIC's decoder (and cryptography) load with the first long header
     from sensor.decode.quic import QuicInitialTracker
+    from sensor.shard import Shard
 
 log = logging.getLogger("kaspwatch.sensor")
 
@@ -89,6 +90,8 @@ class Sensor:
         self.flows = FlowWatch()
         self.content = ContentWatch()
         self.identity = IdentityWatch(sensor_name)  # DHCP/ARP: drained by the publisher
+        # ``scan --workers``: this sensor reports only its share of the flows (sensor/shard.py)
+        self.shard: Shard | None = None
 
     @property
     def quic(self) -> QuicInitialTracker:
@@ -159,6 +162,8 @@ class Sensor:
             return []
         try:
             seg = self.decoder.decode(linktype, data, ts_ns)
+            if self.shard is not None and not self.shard.owns(linktype, data, seg):
+                return self._elsewhere(seg, ts_ns)
             if seg is None:
                 self.identity.frame(linktype, data, ts_ns)  # ARP
                 return []
@@ -187,6 +192,19 @@ class Sensor:
             if flow is not None:
                 events.append(flow)
         return events
+
+    def _elsewhere(self, seg: Segment | None, ts_ns: int) -> list[Event]:
+        """A frame another worker reports on (``self.shard``). A DNS answer is still read,
+        for the addresses it attributes to a Kaspersky name (any host's later flows to them
+        are hits), but nothing is reported or counted: its owner does both."""
+        self.stats.packets -= 1
+        if seg is None or seg.sport not in DNS_PORTS:
+            return []
+        kept = replace(self.stats, errors_by_layer=dict(self.stats.errors_by_layer))
+        for s in self._sightings(seg, ts_ns):
+            self._event(ts_ns, seg, s)
+        self.stats = kept
+        return []
 
     def _mid_stream(self, data: bytes) -> bool:
         """A plain TCP segment (no SYN: no flow start) the full decode would read nothing

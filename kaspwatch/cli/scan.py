@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
@@ -36,6 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run every packet through Python (the reference path) instead of letting "
         "libpcap drop, in C, packets that cannot carry a name (sensor/sources/prefilter.py)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="scan with N processes (0: one per core), each keeping its share of the flows "
+        "(a symmetric hash of the address pair, sensor/shard.py); the same events as one, "
+        "in another order (default 1)",
+    )
     add_sensor_options(p)
 
 
@@ -43,11 +53,35 @@ def run(args: argparse.Namespace) -> int:
     if not (args.pcap or args.eve or args.zeek):
         print("kaspwatch scan: error: give capture files, --eve or --zeek", file=sys.stderr)
         return 2
+    workers = args.workers if args.workers > 0 else os.cpu_count() or 1
+    if args.workers < 0:
+        print("kaspwatch scan: error: --workers N: N is 0 (one per core) or more", file=sys.stderr)
+        return 2
+    if workers > 1 and (args.eve or args.zeek or "-" in args.pcap):
+        print(
+            "kaspwatch scan: error: --workers reads capture files only (not stdin, --eve or "
+            "--zeek): scan those with --workers 1",
+            file=sys.stderr,
+        )
+        return 2
     sensor, _ = build_sensor(args, observations=args.observations)
     peers = [("eve", p) for p in args.eve or []] + [("zeek", p) for p in args.zeek or []]
-    warnings, errors = scan(
-        args.pcap, sensor, args.format, prefilter=not args.no_prefilter, peers=peers
-    )
+    if workers > 1:
+        from kaspwatch.cli.scanworkers import scan_sharded
+
+        warnings, errors = scan_sharded(
+            scan,
+            args.pcap,
+            sensor,
+            args.format,
+            workers,
+            prefilter=not args.no_prefilter,
+            columns=TABLE_COLUMNS,
+        )
+    else:
+        warnings, errors = scan(
+            args.pcap, sensor, args.format, prefilter=not args.no_prefilter, peers=peers
+        )
     for warning in warnings:
         log.warning("%s", warning)
     for error in errors:
@@ -122,9 +156,10 @@ def scan(
         else:
             out.write(ev.to_json().decode() + "\n")
 
+    narrow = sensor.shard.bpf if sensor.shard is not None else None
     for path in paths:
         try:
-            with open_capture(path, prefilter, sensor.rules.matcher.cidrs()) as cap:
+            with open_capture(path, prefilter, sensor.rules.matcher.cidrs(), None, narrow) as cap:
                 started = time.monotonic()
                 n = 0
                 for frame in cap:

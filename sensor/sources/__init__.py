@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from sensor.sources.base import CaptureError, Frame, ReadStats, Stopped
 from sensor.sources.pcapfile import CaptureFile
@@ -19,18 +19,20 @@ def open_capture(
     prefilter: bool = True,
     cidrs: Iterable[str] = (),
     stop: threading.Event | None = None,
+    narrow: Callable[[int], str | None] | None = None,
 ) -> CaptureFile | PrefilteredFile:
     """The fastest reader for ``path``: libpcap with the prefilter when it can, else the
     pure-Python reader. Errors about the file come from the pure reader (it opens it
     first, so a missing or foreign file is named the same way on both paths). ``stop``
-    ends a read from stdin that waits for more input."""
+    ends a read from stdin that waits for more input. ``narrow(link type)``: a BPF clause
+    the prefilter is ANDed with (``sensor.shard.Shard.bpf``), or None."""
     cap = CaptureFile(path, stop)
     if not prefilter:
         return cap
     why = _no_prefilter(path, cap)
     if why is None:
         try:
-            fast = PrefilteredFile(path, prefilter_expression(cidrs))
+            fast = PrefilteredFile(path, prefilter_expression(cidrs), narrow)
         except CaptureError as exc:
             why = str(exc).removeprefix(f"{path}: ")
         else:

@@ -38,7 +38,7 @@ import ctypes.util
 import logging
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from sensor.sources.base import CaptureError, FileReader, Frame, ReadStats
@@ -172,7 +172,9 @@ class PrefilteredFile(FileReader):
 
     counts = "packets past the prefilter"  # libpcap skips the rest uncounted
 
-    def __init__(self, path: str, expression: str) -> None:
+    def __init__(
+        self, path: str, expression: str, narrow: Callable[[int], str | None] | None = None
+    ) -> None:
         if _LIB is None:
             raise CaptureError(f"{path}: libpcap is not available")
         self.path = path
@@ -197,6 +199,9 @@ class PrefilteredFile(FileReader):
         if self.linktype not in SUPPORTED_DLTS:
             self.close()
             raise CaptureError(f"{path}: link type {self.linktype} has no prefilter")
+        clause = narrow(self.linktype) if narrow is not None else None
+        if clause:  # ``scan --workers``: this worker's share of the flows (sensor/shard.py)
+            expression = self.expression = f"({expression}) and ({clause})"
         prog = _BpfProgram()
         if _LIB.pcap_compile(handle, ctypes.byref(prog), expression.encode(), 1,
                              _PCAP_NETMASK_UNKNOWN) != 0:  # fmt: skip
