@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"
 
@@ -50,11 +52,17 @@ def loaded(mods: set[str], name: str) -> bool:
     return any(m == name or m.startswith(name + ".") for m in mods)
 
 
-def test_scan_of_a_capture_loads_none_of_what_it_never_uses() -> None:
+def test_scan_of_a_capture_loads_none_of_what_it_never_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KASPWATCH_CACHE_DIR", str(tmp_path))
+    rc, mods, _ = modules_after("scan", str(ROOT / "samples" / "sample.pcap"))
+    assert rc == 0 and loaded(mods, "yaml")  # the first scan parses the packs
     rc, mods, out = modules_after("scan", str(ROOT / "samples" / "sample.pcap"))
     assert rc == 0 and out  # it did scan: the sample has hits
     assert [n for n in NEVER if loaded(mods, n)] == []
     assert not loaded(mods, "cryptography")  # no QUIC in the sample
+    assert not loaded(mods, "yaml")  # the packs came from the cache the first scan filled
     assert not loaded(mods, "sensor.decode.quic")
 
 
