@@ -133,6 +133,7 @@ def scan(
     out: TextIO | None = None,
     prefilter: bool = True,
     peers: list[tuple[str, str]] | None = None,
+    progress_on_tty: bool = True,
 ) -> tuple[list[str], list[str]]:
     """Scan every capture in turn; return (warnings, errors).
 
@@ -142,10 +143,11 @@ def scan(
     (or breaks off corrupt) is an error naming it; the scan goes on with the next file
     and keeps every event already printed. ``peers``: (``eve`` | ``zeek``, path or
     ``kafka://HOST:PORT/TOPIC``) read after the captures, through the same matcher; their
-    bad lines are warnings (file:line), a missing one an error.
+    bad lines are warnings (file:line), a missing one an error. ``progress_on_tty``:
+    False in ``--workers`` processes (N progress lines would overwrite each other).
     """
     out = out or sys.stdout
-    progress = Progress(sys.stderr, sys.stderr.isatty())
+    progress = Progress(sys.stderr, progress_on_tty and sys.stderr.isatty())
     warnings: list[str] = []
     errors: list[str] = []
     rows: list[tuple[str, ...]] = []

@@ -54,10 +54,10 @@ def _worker(index: int) -> tuple[list[str], list[str]]:
         warm, paths = runs[index]
         if warm is not None:  # the state one worker would bring into this run's first file
             with open(os.devnull, "w") as nowhere:
-                scan([warm], sensor, "ndjson", out=nowhere, prefilter=prefilter)
+                scan([warm], sensor, "ndjson", nowhere, prefilter, progress_on_tty=False)
     out_path = Path(_JOB["dir"]) / f"worker-{index}.ndjson"
     with out_path.open("w", encoding="utf-8") as out:
-        return scan(paths, sensor, "ndjson", out=out, prefilter=prefilter)
+        return scan(paths, sensor, "ndjson", out, prefilter, progress_on_tty=False)
 
 
 def file_runs(paths: list[str], workers: int) -> list[tuple[str | None, list[str]]]:
