@@ -122,12 +122,16 @@ def scan_sharded(
     out: TextIO | None = None,
     prefilter: bool = True,
     columns: tuple[str, ...] = (),
+    split: str = "auto",
 ) -> tuple[list[str], list[str]]:
     """``scan`` of ``paths`` by ``workers`` forked processes; (warnings, errors), each
-    once (every worker meets a missing or truncated file). ``columns``: of the table."""
+    once (every worker meets a missing or truncated file). ``columns``: of the table.
+    ``split``: ``files`` (runs of files), ``flows`` (every worker reads every file), or
+    ``auto``: files when there are at least as many as workers."""
     out = out or sys.stdout
     with tempfile.TemporaryDirectory(prefix="kaspwatch-scan-") as tmp:
-        runs = file_runs(paths, workers) if len(paths) >= workers else None
+        by_files = split == "files" or (split == "auto" and len(paths) >= workers)
+        runs = file_runs(paths, workers) if by_files else None
         workers = len(runs) if runs is not None else workers
         _JOB.update(
             sensor=sensor,
