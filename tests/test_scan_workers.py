@@ -74,9 +74,14 @@ def test_the_corpus_sharded_by_flow_gives_one_workers_events(rules: Rules, prefi
     assert n_workers(rules, sample, 2, prefilter) == one_worker(rules, sample, prefilter)
 
 
-def test_the_corpus_as_one_multi_file_set(rules: Rules) -> None:
-    expected = one_worker(rules, CORPUS)
-    assert n_workers(rules, CORPUS, 2) == expected  # runs of files, warm-up before each
+def test_the_corpus_as_one_multi_file_set(rules: Rules, tmp_path: Path) -> None:
+    """Runs of files with a warm-up; a missing file and a corrupt one (in the corpus) give
+    one worker's errors, once each, wherever the cuts fall."""
+    paths = [*CORPUS[:10], tmp_path / "missing.pcap", *CORPUS[10:]]
+    expected = one_worker(rules, paths)
+    assert len(expected[2]) == 2  # the missing file, the corrupt one
+    for n in (2, 3, 5):
+        assert n_workers(rules, paths, n) == expected, n
     assert n_workers(rules, CORPUS[:2], 3) == one_worker(rules, CORPUS[:2])  # fewer files
 
 

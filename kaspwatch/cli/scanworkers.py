@@ -58,14 +58,21 @@ def _scan_share(index: int) -> tuple[list[str], list[str]]:
     scan: ScanFiles = _JOB["scan"]
     prefilter: bool = _JOB["prefilter"]
     runs: list[tuple[str | None, list[str]]] | None = _JOB["runs"]
+    # a file's notes ("read without the prefilter: gzip") once, from the worker reporting it
+    sources = logging.getLogger("sensor.sources")
     if runs is None:
         sensor.shard = Shard(index, _JOB["workers"])
         paths = _JOB["paths"]
+        if index:
+            sources.setLevel(logging.WARNING)
     else:
         warm, paths = runs[index]
         if warm is not None:  # the state one worker would bring into this run's first file
+            level = sources.level
+            sources.setLevel(logging.WARNING)
             with open(os.devnull, "w") as nowhere:
                 scan([warm], sensor, "ndjson", nowhere, prefilter, progress_on_tty=False)
+            sources.setLevel(level)
     out_path = Path(_JOB["dir"]) / f"worker-{index}.ndjson"
     with out_path.open("w", encoding="utf-8") as out:
         return scan(paths, sensor, "ndjson", out, prefilter, progress_on_tty=False)
