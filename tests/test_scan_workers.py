@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable
+from itertools import combinations, pairwise
 from pathlib import Path
 
 import pytest
@@ -198,18 +199,35 @@ def read_linktype(path: Path) -> int | None:
         return cap.linktype if isinstance(cap, PrefilteredFile) else None
 
 
-def test_file_runs_are_contiguous_balanced_and_warmed_by_the_file_before(
+def test_file_runs_are_contiguous_warmed_by_the_file_before_and_balanced(
     tmp_path: Path,
 ) -> None:
+    sizes = [10, 10, 10, 10, 40, 10, 10]
     paths = []
-    for i, size in enumerate([10, 10, 10, 10, 40, 10, 10]):
+    for i, size in enumerate(sizes):
         p = tmp_path / f"{i}.pcap"
         p.write_bytes(b"x" * size)
         paths.append(str(p))
-    runs = file_runs(paths, 3)
-    assert [r for _, r in runs] == [paths[:4], paths[4:5], paths[5:]]
-    assert [w for w, _ in runs] == [None, paths[3], paths[4]]
-    assert [r for _, r in file_runs(paths[:3], 3)] == [[p] for p in paths[:3]]
+
+    def worst(runs: list[tuple[str | None, list[str]]]) -> int:
+        def size(p: str | None) -> int:
+            return 0 if p is None else sizes[paths.index(p)]
+
+        return max(size(warm) + sum(map(size, run)) for warm, run in runs)
+
+    for workers in (1, 2, 3, 7):
+        runs = file_runs(paths, workers)
+        assert len(runs) <= workers
+        assert [p for _, run in runs for p in run] == paths  # contiguous, in order, all
+        assert [w for w, _ in runs] == [None] + [run[-1] for _, run in runs[:-1]]
+        # no cut into at most ``workers`` runs does better (all of them, tried)
+        best = min(
+            worst([(paths[a - 1] if a else None, paths[a:b]) for a, b in pairwise(bounds)])
+            for k in range(workers)
+            for cut in combinations(range(1, len(paths)), k)
+            for bounds in [(0, *cut, len(paths))]
+        )
+        assert worst(runs) == best, workers
 
 
 @pytest.mark.parametrize(

@@ -79,19 +79,35 @@ def _scan_share(index: int) -> tuple[list[str], list[str]]:
 
 
 def file_runs(paths: list[str], workers: int) -> list[tuple[str | None, list[str]]]:
-    """``paths`` cut into at most ``workers`` contiguous runs of about equal size, each with
-    the file before it (None for the first run)."""
+    """``paths`` cut into at most ``workers`` contiguous runs, each with the file before it
+    (None for the first run), so that the largest run, its warm-up counted, is as small as
+    it can be (sizes in bytes stand for work)."""
     sizes = [max(os.path.getsize(p), 1) if os.path.isfile(p) else 1 for p in paths]
-    total = sum(sizes)
-    runs: list[tuple[str | None, list[str]]] = []
-    start, acc = 0, 0
+    lo, hi = max(sizes), 2 * sum(sizes)  # a limit every cut meets: hi
+    while lo < hi:  # the least limit the greedy cut meets with at most ``workers`` runs
+        mid = (lo + hi) // 2
+        cuts = _cut(sizes, mid)
+        if cuts is not None and len(cuts) <= workers:
+            hi = mid
+        else:
+            lo = mid + 1
+    cuts = _cut(sizes, lo) or [(0, len(paths))]
+    return [(paths[a - 1] if a else None, paths[a:b]) for a, b in cuts]
+
+
+def _cut(sizes: list[int], limit: int) -> list[tuple[int, int]] | None:
+    """Runs (start, end) filled in order up to ``limit`` each, a run's warm-up (the file
+    before it) counted; None when one file and its warm-up exceed it."""
+    runs: list[tuple[int, int]] = []
+    start, cost = 0, 0
     for i, size in enumerate(sizes):
-        acc += size
-        left_files, left_runs = len(paths) - i - 1, workers - len(runs) - 1
-        cut = acc * workers >= total * (len(runs) + 1) or left_files == left_runs
-        if (cut and left_runs > 0) or left_files == 0:
-            runs.append((paths[start - 1] if start else None, paths[start : i + 1]))
-            start = i + 1
+        if i > start and cost + size > limit:
+            runs.append((start, i))
+            start, cost = i, sizes[i - 1]
+        cost += size
+        if cost > limit:
+            return None
+    runs.append((start, len(sizes)))
     return runs
 
 
