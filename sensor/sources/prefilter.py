@@ -101,11 +101,15 @@ class _BpfProgram(ctypes.Structure):
 
 
 def _load() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
+    # Debian's soname first: ctypes.util.find_library runs ``ldconfig -p`` in a child
+    # process, a few ms of every scan's start-up (and more on a busy machine)
     try:
-        lib = ctypes.CDLL(name)
+        lib = ctypes.CDLL("libpcap.so.0.8")
     except OSError:
-        return None
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("pcap") or "libpcap.so")
+        except OSError:
+            return None
     lib.pcap_fopen_offline_with_tstamp_precision.restype = ctypes.c_void_p
     lib.pcap_fopen_offline_with_tstamp_precision.argtypes = (
         ctypes.c_void_p,
