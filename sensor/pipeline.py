@@ -12,8 +12,8 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Final
 
 from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
 from sensor.content import ContentWatch, content_hit
@@ -24,7 +24,6 @@ from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.kerberos import AS_REQ, KERBEROS_PORT
 from sensor.decode.netbios import NETBIOS_NS_PORT
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
-from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
 from sensor.decode.stream import DNS_FIRST_MAX, STREAM_STARTS, StreamTable
 from sensor.flows import FlowWatch
 from sensor.identity import IdentityWatch
@@ -34,6 +33,10 @@ from sensor.rules.indicators import Indicator
 from sensor.rules.match import Matcher
 from sensor.rules.ruleset import Rules
 from sensor.sources.base import Frame, PeerRecord
+
+if TYPE_CHECKING:  # QUIC's decoder (and cryptography) load with the first long header
+    from sensor.decode.quic import QuicInitialTracker
+    from sensor.shard import Shard
 
 log = logging.getLogger("kaspwatch.sensor")
 
@@ -83,18 +86,31 @@ class Sensor:
         # per-connection state, each table bounded
         self.decoder = PacketDecoder()
         self.streams = StreamTable()
-        self.quic = QuicInitialTracker()
+        self._quic: QuicInitialTracker | None = None
         self.flows = FlowWatch()
         self.content = ContentWatch()
         self.identity = IdentityWatch(sensor_name)  # DHCP/ARP: drained by the publisher
+        # ``scan --workers``: this sensor reports only its share of the flows (sensor/shard.py)
+        self.shard: Shard | None = None
+
+    @property
+    def quic(self) -> QuicInitialTracker:
+        """The QUIC Initial tracker, made (and ``cryptography`` imported, ≈ 15 ms) with the
+        first UDP long header: a capture without QUIC never pays for it."""
+        if self._quic is None:
+            from sensor.decode.quic import QuicInitialTracker
+
+            self._quic = QuicInitialTracker()
+        return self._quic
 
     def evictions(self) -> dict[str, int]:
         """Entries each bounded state table has had to evict."""
+        quic = self._quic
         return {
             "fragments": self.decoder.fragments_evicted,
             "tcp_streams": self.streams.evicted,
-            "quic_connections": self.quic.evicted,
-            "quic_keys": self.quic.keys_evicted,
+            "quic_connections": quic.evicted if quic else 0,
+            "quic_keys": quic.keys_evicted if quic else 0,
             "flows": self.flows.evicted,
             "http_responses": self.content.evicted,
             "identity_clients": self.identity.clients_evicted,
@@ -146,6 +162,8 @@ class Sensor:
             return []
         try:
             seg = self.decoder.decode(linktype, data, ts_ns)
+            if self.shard is not None and not self.shard.owns(linktype, data, seg):
+                return self._elsewhere(seg, ts_ns)
             if seg is None:
                 self.identity.frame(linktype, data, ts_ns)  # ARP
                 return []
@@ -174,6 +192,19 @@ class Sensor:
             if flow is not None:
                 events.append(flow)
         return events
+
+    def _elsewhere(self, seg: Segment | None, ts_ns: int) -> list[Event]:
+        """A frame another worker reports on (``self.shard``). A DNS answer is still read,
+        for the addresses it attributes to a Kaspersky name (any host's later flows to them
+        are hits), but nothing is reported or counted: its owner does both."""
+        self.stats.packets -= 1
+        if seg is None or seg.sport not in DNS_PORTS:
+            return []
+        kept = replace(self.stats, errors_by_layer=dict(self.stats.errors_by_layer))
+        for s in self._sightings(seg, ts_ns):
+            self._event(ts_ns, seg, s)
+        self.stats = kept
+        return []
 
     def _mid_stream(self, data: bytes) -> bool:
         """A plain TCP segment (no SYN: no flow start) the full decode would read nothing
@@ -243,7 +274,7 @@ class Sensor:
                 if seg.sport in NAME_PORTS:  # mDNS/LLMNR responses name their sender
                     self.identity.announce(payload, seg.sport, seg.src, ts_ns)
                 return decode_dns(payload)
-            if looks_like_quic_initial(payload):
+            if len(payload) > 6 and payload[0] & 0xC0 == 0xC0 and _looks_initial(payload):
                 flow = (seg.src, seg.sport, seg.dst, seg.dport)
                 hello = self.quic.feed(flow, payload, ts_ns / 1e9)
                 return [hello] if hello else []
@@ -389,3 +420,11 @@ class Sensor:
         if name is not None:
             event.extra["attributed_by"] = "dns"
         return event
+
+
+def _looks_initial(payload: bytes) -> bool:
+    """``sensor.decode.quic.looks_like_quic_initial``, imported on the first UDP payload with
+    a long header (the cheap test above) rather than with the pipeline."""
+    from sensor.decode.quic import looks_like_quic_initial
+
+    return looks_like_quic_initial(payload)

@@ -6,11 +6,12 @@ and ``open_reader`` pick one from a URL: ``kafka://host:port[,host:port...]`` or
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # asyncio only in annotations: ``kaspwatch scan`` never loads it
+    import asyncio
+
     from kaspwatch.bus.security import KafkaSecurity
 
 

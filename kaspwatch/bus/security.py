@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from kaspwatch.bus import BusError
 from kaspwatch.secretfile import read_secret_file
+
+if TYPE_CHECKING:  # ssl is imported where a TLS context is built: ``scan`` never needs it
+    import ssl
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
@@ -280,6 +282,8 @@ def _no_key_password() -> str:
 
 def _tls_context(s: KafkaSettings) -> ssl.SSLContext:
     """Server certificate and host name always checked; TLS 1.2 at least."""
+    import ssl  # here: 20 ms that only a TLS connection needs
+
     for key in ("ca_file", "cert_file", "key_file"):
         path = getattr(s, key)
         if path and not os.access(path, os.R_OK):

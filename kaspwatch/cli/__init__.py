@@ -20,15 +20,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from consumers.alerts.sinks import SinkOptionError
-from consumers.store.base import StoreError
 from kaspwatch import __version__
-from kaspwatch.bus import BusError
 from kaspwatch.bus.security import RedactSecrets
-from kaspwatch.bus.spool import SpoolError
 from kaspwatch.cli.config import resolve
-from kaspwatch.yamlfile import YamlError
-from sensor.sources.base import CaptureError
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -47,10 +41,29 @@ COMMANDS: dict[str, str] = {
     "query": "ask the store: hosts, host IP, name, dns, after-ban",
     "api": "serve the store's queries as a read-only HTTP JSON API",
 }
-# errors that are the user's input (a file, a flag, a URL, an unreachable bus): one line
-USER_ERRORS = (CaptureError, YamlError, BusError, SpoolError, StoreError, SinkOptionError)
+# errors that are the user's input (a file, a flag, a URL, an unreachable bus): one line.
+# (module, class) and looked up in sys.modules only when something was raised: an error
+# class whose module was never imported cannot have been raised, and importing them all
+# up front would load asyncio, prometheus_client and the store into ``scan``.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("sensor.sources.base", "CaptureError"),
+    ("kaspwatch.yamlfile", "YamlError"),
+    ("kaspwatch.bus", "BusError"),
+    ("kaspwatch.bus.spool", "SpoolError"),
+    ("consumers.store.base", "StoreError"),
+    ("consumers.alerts.sinks", "SinkOptionError"),
+)
 
 log = logging.getLogger("kaspwatch")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of ``USER_ERRORS`` (of a module already imported)."""
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
@@ -136,13 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         resolve(args)
         return command(args)
-    except USER_ERRORS as exc:
-        print(f"kaspwatch: error: {RedactSecrets.scrub(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"kaspwatch: error: {RedactSecrets.scrub(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

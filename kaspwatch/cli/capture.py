@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 
+from kaspwatch.cli.options import add_peer_options
 from kaspwatch.cli.process import Stopper, drop_privileges
 from sensor.decode.packet import LINKTYPES
 from sensor.peers import open_peers
@@ -47,22 +48,6 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
         metavar="EXPR",
         help="live capture: kernel filter (default: packets that can carry a name or start "
         "a flow; see sensor/sources/live.py); --bpf '' keeps every packet",
-    )
-
-
-def add_peer_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--eve",
-        metavar="FILE",
-        nargs="+",
-        help="Suricata EVE JSON file(s) (gzip ok, - for stdin) or kafka://HOST:PORT/TOPIC",
-    )
-    p.add_argument(
-        "--zeek",
-        metavar="DIR|FILE",
-        nargs="+",
-        help="Zeek log folder(s) or dns/ssl/http/quic/conn.log file(s), TSV or JSON, gzip ok, "
-        "- for stdin",
     )
 
 

@@ -35,8 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from kaspwatch.bus import BusError, parse_bus_url
 from kaspwatch.bus.security import KafkaSettings
 from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
@@ -183,6 +181,8 @@ def _kafka_settings(section: object, at: Callable[[str], str], base: Path) -> Ka
 
 def _key_lines(text: str) -> dict[str, int]:
     """Line of each top-level key (and ``section.key`` one level down), for error messages."""
+    import yaml  # here: only a configuration file needs it
+
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from consumers.store.base import default_db_url
 from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
 from kaspwatch.cli.config import parse_size
-from kaspwatch.event import Event, event_from_json
 from kaspwatch.secretfile import private_dir
-from sensor.pipeline import Sensor
-from sensor.rules.match import Matcher
 from sensor.rules.ruleset import Reloader, RuleSource, source_from
-from sensor.verify import hit_verifier
+
+if TYPE_CHECKING:  # the store, the verifier and the pipeline load where they are used
+    from kaspwatch.event import Event
+    from sensor.pipeline import Sensor
+    from sensor.rules.match import Matcher
 
 
 def listen_addr(text: str) -> tuple[str, int]:
@@ -52,6 +53,22 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--allowlist", metavar="FILE", help="sanctioned exceptions (counted, not alerted)"
+    )
+
+
+def add_peer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eve",
+        metavar="FILE",
+        nargs="+",
+        help="Suricata EVE JSON file(s) (gzip ok, - for stdin) or kafka://HOST:PORT/TOPIC",
+    )
+    p.add_argument(
+        "--zeek",
+        metavar="DIR|FILE",
+        nargs="+",
+        help="Zeek log folder(s) or dns/ssl/http/quic/conn.log file(s), TSV or JSON, gzip ok, "
+        "- for stdin",
     )
 
 
@@ -99,6 +116,8 @@ def rule_source(args: argparse.Namespace) -> RuleSource:
 
 
 def build_sensor(args: argparse.Namespace, observations: bool = False) -> tuple[Sensor, Reloader]:
+    from sensor.pipeline import Sensor
+
     source = rule_source(args)
     rules = source.load()
     return Sensor(rules, args.sensor, observations=observations), Reloader(source, rules)
@@ -117,6 +136,8 @@ def db_url(args: argparse.Namespace, create_default: bool = False) -> str:
     """``--db``, else ``$KASPWATCH_DB``, else SQLite in the state directory. With
     ``create_default`` the state directory of that last default is made; the folder of a
     URL the user gave never is (a typo must be an error, not a new empty store)."""
+    from consumers.store.base import default_db_url
+
     if args.db:
         return str(args.db)
     url = default_db_url()
@@ -134,6 +155,9 @@ def verified_hit(args: argparse.Namespace) -> Callable[[bytes], Event]:
     hit re-matched against this consumer's own pack (``--pack``, the config's
     packs, the shipped pack; reloaded when a file changes). A hit it does not match is
     dead-lettered; see ``sensor.verify``."""
+    from kaspwatch.event import event_from_json
+    from sensor.verify import hit_verifier
+
     source = rule_source(args)
     reloader = Reloader(source, source.load())
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from kaspwatch.cli.capture import add_peer_options
-from kaspwatch.cli.options import add_sensor_options, build_sensor
-from kaspwatch.event import Event
-from kaspwatch.table import print_table
+from kaspwatch.cli.options import add_peer_options, add_sensor_options, build_sensor
 from sensor.decode.packet import LINKTYPES
-from sensor.peers import open_peer
-from sensor.pipeline import Sensor
 from sensor.sources import open_capture
 from sensor.sources.base import CaptureError, FileSource, skipped_note
+
+if TYPE_CHECKING:  # imported where used: a scan of captures alone never loads the peers
+    from kaspwatch.event import Event
+    from sensor.pipeline import Sensor
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run every packet through Python (the reference path) instead of letting "
         "libpcap drop, in C, packets that cannot carry a name (sensor/sources/prefilter.py)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="scan with N processes (0: one per core), each keeping its share of the flows "
+        "(a symmetric hash of the address pair, sensor/shard.py); the same events as one, "
+        "in another order (default 1)",
+    )
     add_sensor_options(p)
 
 
@@ -45,11 +54,35 @@ def run(args: argparse.Namespace) -> int:
     if not (args.pcap or args.eve or args.zeek):
         print("kaspwatch scan: error: give capture files, --eve or --zeek", file=sys.stderr)
         return 2
+    workers = args.workers if args.workers > 0 else os.cpu_count() or 1
+    if args.workers < 0:
+        print("kaspwatch scan: error: --workers N: N is 0 (one per core) or more", file=sys.stderr)
+        return 2
+    if workers > 1 and (args.eve or args.zeek or "-" in args.pcap):
+        print(
+            "kaspwatch scan: error: --workers reads capture files only (not stdin, --eve or "
+            "--zeek): scan those with --workers 1",
+            file=sys.stderr,
+        )
+        return 2
     sensor, _ = build_sensor(args, observations=args.observations)
     peers = [("eve", p) for p in args.eve or []] + [("zeek", p) for p in args.zeek or []]
-    warnings, errors = scan(
-        args.pcap, sensor, args.format, prefilter=not args.no_prefilter, peers=peers
-    )
+    if workers > 1:
+        from kaspwatch.cli.scanworkers import scan_sharded
+
+        warnings, errors = scan_sharded(
+            scan,
+            args.pcap,
+            sensor,
+            args.format,
+            workers,
+            prefilter=not args.no_prefilter,
+            columns=TABLE_COLUMNS,
+        )
+    else:
+        warnings, errors = scan(
+            args.pcap, sensor, args.format, prefilter=not args.no_prefilter, peers=peers
+        )
     for warning in warnings:
         log.warning("%s", warning)
     for error in errors:
@@ -111,6 +144,7 @@ def scan(
     out: TextIO | None = None,
     prefilter: bool = True,
     peers: list[tuple[str, str]] | None = None,
+    progress_on_tty: bool = True,
 ) -> tuple[list[str], list[str]]:
     """Scan every capture in turn; return (warnings, errors).
 
@@ -120,10 +154,11 @@ def scan(
     (or breaks off corrupt) is an error naming it; the scan goes on with the next file
     and keeps every event already printed. ``peers``: (``eve`` | ``zeek``, path or
     ``kafka://HOST:PORT/TOPIC``) read after the captures, through the same matcher; their
-    bad lines are warnings (file:line), a missing one an error.
+    bad lines are warnings (file:line), a missing one an error. ``progress_on_tty``:
+    False in ``--workers`` processes (N progress lines would overwrite each other).
     """
     out = out or sys.stdout
-    progress = Progress(sys.stderr, sys.stderr.isatty())
+    progress = Progress(sys.stderr, progress_on_tty and sys.stderr.isatty())
     warnings: list[str] = []
     errors: list[str] = []
     rows: list[tuple[str, ...]] = []
@@ -134,10 +169,11 @@ def scan(
         else:
             out.write(ev.to_json().decode() + "\n")
 
+    narrow = sensor.shard.bpf if sensor.shard is not None else None
     for path in paths:
         try:
             cidrs = sensor.rules.matcher.cidrs()
-            with open_capture(path, prefilter, cidrs, readable=LINKTYPES) as cap:
+            with open_capture(path, prefilter, cidrs, None, LINKTYPES, narrow) as cap:
                 wifi_before = dict(sensor.decoder.wifi_skipped)
                 started = time.monotonic()
                 n = 0
@@ -164,6 +200,8 @@ def scan(
                     warnings.append(note)
         except CaptureError as exc:
             errors.append(str(exc))
+    if peers:
+        from sensor.peers import open_peer
     for fmt_name, spec in peers or []:
         try:
             for source in open_peer(spec, fmt_name):
@@ -178,6 +216,8 @@ def scan(
         except CaptureError as exc:
             errors.append(str(exc))
     if fmt == "table":
+        from kaspwatch.table import print_table
+
         print_table(rows, out, TABLE_COLUMNS)
     out.flush()
     return warnings, errors

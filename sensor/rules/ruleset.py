@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensor.rules.allowlist import Allowlist, load_allowlist
-from sensor.rules.indicators import PackError, load_pack, shipped_pack_paths
+from sensor.rules.indicators import PackError, shipped_pack_paths
 from sensor.rules.match import Matcher
+from sensor.rules.packcache import cached_pack
 
 log = logging.getLogger("kaspwatch.rules")
 
@@ -40,8 +41,8 @@ class RuleSource:
 
     def load(self) -> Rules:
         """Parse and validate every file; PackError names the first bad file and line."""
-        packs = [load_pack(p) for p in shipped_pack_paths()] if self.shipped else []
-        packs += [load_pack(p) for p in self.site_packs]
+        packs = [cached_pack(p) for p in shipped_pack_paths()] if self.shipped else []
+        packs += [cached_pack(p) for p in self.site_packs]
         if not packs:
             raise PackError("no indicator pack: give a site pack or keep the shipped one")
         allow = load_allowlist(self.allowlist) if self.allowlist else Allowlist()

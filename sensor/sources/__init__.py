@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 
 from sensor.sources.base import CaptureError, Frame, ReadStats, Stopped, skipped_note
 from sensor.sources.pcapfile import CaptureFile
@@ -20,20 +20,22 @@ def open_capture(
     cidrs: Iterable[str] = (),
     stop: threading.Event | None = None,
     readable: Container[int] | None = None,
+    narrow: Callable[[int], str | None] | None = None,
 ) -> CaptureFile | PrefilteredFile:
     """The fastest reader for ``path``: libpcap with the prefilter when it can, else the
     pure-Python reader. Errors about the file come from the pure reader (it opens it
     first, so a missing or foreign file is named the same way on both paths). ``stop``
     ends a read from stdin that waits for more input. ``readable``: the link types the
     decoder reads; packets of others are skipped and counted (``stats.skipped``,
-    ``skipped_note``)."""
+    ``skipped_note``). ``narrow(link type)``: a BPF clause the prefilter is ANDed with
+    (``sensor.shard.Shard.bpf``), or None."""
     cap = CaptureFile(path, stop, readable)
     if not prefilter:
         return cap
     why = _no_prefilter(path, cap)
     if why is None:
         try:
-            fast = PrefilteredFile(path, prefilter_expression(cidrs), readable)
+            fast = PrefilteredFile(path, prefilter_expression(cidrs), readable, narrow)
         except CaptureError as exc:
             why = str(exc).removeprefix(f"{path}: ")
         else:

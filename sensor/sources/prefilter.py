@@ -42,7 +42,7 @@ import ctypes.util
 import logging
 import os
 import struct
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Final
 
 from sensor.sources.base import CaptureError, FileReader, Frame, ReadStats
@@ -120,11 +120,15 @@ class _PktHdr(ctypes.Structure):  # struct pcap_pkthdr
 
 
 def _load() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
+    # Debian's soname first: ctypes.util.find_library runs ``ldconfig -p`` in a child
+    # process, a few ms of every scan's start-up (and more on a busy machine)
     try:
-        lib = ctypes.CDLL(name)
+        lib = ctypes.CDLL("libpcap.so.0.8")
     except OSError:
-        return None
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("pcap") or "libpcap.so")
+        except OSError:
+            return None
     lib.pcap_fopen_offline_with_tstamp_precision.restype = ctypes.c_void_p
     lib.pcap_fopen_offline_with_tstamp_precision.argtypes = (
         ctypes.c_void_p,
@@ -199,13 +203,21 @@ class PrefilteredFile(FileReader):
 
     counts = "packets past the prefilter"  # libpcap skips the rest uncounted
 
-    def __init__(self, path: str, expression: str, readable: Container[int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        expression: str,
+        readable: Container[int] | None = None,
+        narrow: Callable[[int], str | None] | None = None,
+    ) -> None:
         """``readable``: the link types the decoder reads, for the pure reader that takes
-        over when libpcap stops on an interface of another link type."""
+        over when libpcap stops on an interface of another link type. ``narrow(link type)``:
+        a BPF clause the filter is ANDed with (``scan --workers``, ``sensor/shard.py``)."""
         if _LIB is None:
             raise CaptureError(f"{path}: libpcap is not available")
         self.path = path
         self.expression = expression
+        self._unnarrowed = expression  # for other interfaces' link types (``_rest``)
         self.readable = readable
         self._walked = 0  # packets of readable link types the pure reader read (``_rest``)
         self.stats = ReadStats()
@@ -228,6 +240,9 @@ class PrefilteredFile(FileReader):
         if self.linktype not in SUPPORTED_DLTS:
             self.close()
             raise CaptureError(f"{path}: link type {self.linktype} has no prefilter")
+        clause = narrow(self.linktype) if narrow is not None else None
+        if clause:  # ``scan --workers``: this worker's share of the flows (sensor/shard.py)
+            expression = self.expression = f"({expression}) and ({clause})"
         prog = _BpfProgram()
         if _LIB.pcap_compile(handle, ctypes.byref(prog), expression.encode(), 1,
                              _PCAP_NETMASK_UNKNOWN) != 0:  # fmt: skip
@@ -316,7 +331,9 @@ class PrefilteredFile(FileReader):
             "filtered per interface", self.path, at, err,
         )  # fmt: skip
         walk = CaptureFile(self.path, readable=self.readable, skip_before=at)
-        filters = LinkFilters(self.expression)
+        # the shard clause is written for the first interface's link type: the others get
+        # the plain filter (the sensor's own shard test still keeps only this worker's flows)
+        filters = LinkFilters(self._unnarrowed)
         passes = filters.passes
         try:
             for frame in walk:
