@@ -18,7 +18,7 @@ import re
 from bisect import insort
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sensor.decode import DecodeError, Sighting
-from sensor.decode.tls import parse_client_hello
+from sensor.decode.native import NATIVE, decoders
 
 VERSION_1: Final = 0x00000001
 VERSION_2: Final = 0x6B3343CF
@@ -330,8 +330,13 @@ class QuicInitialTracker:
     bounded."""
 
     def __init__(
-        self, max_connections: int = 4096, max_crypto_bytes: int = 65536, ttl_s: float = 10.0
+        self,
+        max_connections: int = 4096,
+        max_crypto_bytes: int = 65536,
+        ttl_s: float = 10.0,
+        pure: bool = False,
     ) -> None:
+        self._decode, self._native = decoders(pure), None if pure else NATIVE  # (Sensor's)
         if max_connections < 1 or max_crypto_bytes < 4:
             raise ValueError("max_connections must be >= 1 and max_crypto_bytes >= 4")
         self.max_connections = max_connections
@@ -342,7 +347,7 @@ class QuicInitialTracker:
         self._conns: OrderedDict[tuple[Flow, bytes], _Conn] = OrderedDict()  # least recent first
         self._by_dcid: dict[tuple[Flow, bytes], _Conn] = {}
         self._by_flow: dict[Flow, _Conn] = {}  # newest connection per client flow
-        self._keys: OrderedDict[tuple[int, bytes], _Keys] = OrderedDict()
+        self._keys: OrderedDict[tuple[int, bytes], object] = OrderedDict()
         self._max_keys = max(16, min(max_connections, 1024))
 
     def __len__(self) -> int:
@@ -393,7 +398,7 @@ class QuicInitialTracker:
         for key_dcid in dict.fromkeys(candidates):
             largest = known.largest_pn if known is not None and key_dcid == known.key_dcid else -1
             keys = self._derive(hdr.version, key_dcid)
-            opened = _open(data, hdr, keys, largest)
+            opened = self._open(data, hdr, keys, largest)
             if opened is not None:
                 self._remember_keys(hdr.version, key_dcid, keys)
                 break
@@ -446,7 +451,7 @@ class QuicInitialTracker:
             conn.stream = None  # give up on this connection, report once
             raise
         conn.stream = None
-        return parse_client_hello(hello, "quic_sni")
+        return self._decode.parse_client_hello(hello, "quic_sni")
 
     def _touch(self, conn: _Conn, now: float) -> None:
         conn.last_seen = now
@@ -469,14 +474,22 @@ class QuicInitialTracker:
             del self._by_flow[conn.flow]
         self.evicted += 1
 
-    def _derive(self, version: int, dcid: bytes) -> _Keys:
+    def _derive(self, version: int, dcid: bytes) -> object:
         keys = self._keys.get((version, dcid))
         if keys is not None:
             self._keys.move_to_end((version, dcid))
             return keys
-        return _Keys(client_initial_secrets(version, dcid))
+        if self._native is None or version not in _SALTS:  # an unknown one: the pure error
+            return _Keys(client_initial_secrets(version, dcid))
+        return cast(object, self._native.initial_keys(_SALTS[version], dcid, *_LABELS[version]))
 
-    def _remember_keys(self, version: int, dcid: bytes, keys: _Keys) -> None:
+    def _open(self, data: bytes, h: _Header, keys: object, pn: int) -> tuple[int, bytes] | None:
+        if isinstance(keys, _Keys) or self._native is None:  # (compiled keys: compiled module)
+            return _open(data, h, cast(_Keys, keys), pn)
+        opened = self._native.open_initial(keys, data, h.start, h.pn_offset, h.end, pn)
+        return cast("tuple[int, bytes] | None", opened)
+
+    def _remember_keys(self, version: int, dcid: bytes, keys: object) -> None:
         """Cache keys that opened a packet (never those of garbage DCIDs)."""
         if (version, dcid) in self._keys:
             return
