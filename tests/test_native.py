@@ -68,10 +68,10 @@ def dns_messages(draw: st.DrawFn) -> bytes:
         if rtype == 1:
             rdata = draw(st.sampled_from([bytes([10, 0, 0, pick % 256]), b"\x01\x02\x03"]))
         elif rtype == 28:
-            rdata = draw(
-                st.binary(min_size=16, max_size=16)
-                | st.just(bytes(10) + b"\xff\xff\x01\x02\x03\x04")
-            )
+            words = st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x2001]), min_size=8, max_size=8)
+            zeroes = words.map(lambda w: b"".join(x.to_bytes(2, "big") for x in w))
+            mapped = st.just(bytes(10) + b"\xff\xff\x01\x02\x03\x04")
+            rdata = draw(st.binary(min_size=16, max_size=16) | zeroes | mapped)
         else:
             rdata = name()
         rclass = draw(st.sampled_from([1, 0x8001, 3]))

@@ -161,7 +161,13 @@ pub fn decode_dns(payload: &[u8]) -> Res<Vec<DnsSighting>> {
 }
 
 fn query(name: String, answer: bool) -> DnsSighting {
-    DnsSighting { answer, name, chain: Vec::new(), answers: Vec::new(), ttl: 0 }
+    DnsSighting {
+        answer,
+        name,
+        chain: Vec::new(),
+        answers: Vec::new(),
+        ttl: 0,
+    }
 }
 
 fn answers(msg: &[u8], mut pos: usize, count: u16) -> Res<Answers> {
@@ -225,7 +231,13 @@ fn answer_sighting(qname: String, a: &Answers) -> DnsSighting {
         Some((v, t)) => (v.clone(), *t),
         None => (Vec::new(), 0),
     };
-    DnsSighting { answer: true, name: qname.clone(), chain, answers, ttl }
+    DnsSighting {
+        answer: true,
+        name: qname.clone(),
+        chain,
+        answers,
+        ttl,
+    }
 }
 
 pub fn ntop4(b: &[u8]) -> String {
@@ -261,7 +273,9 @@ pub fn ntop6(b: &[u8]) -> String {
         best_base = -1;
     }
     let mut out = String::with_capacity(40);
-    let in_best = |i: usize| best_base != -1 && i as isize >= best_base && (i as isize) < best_base + best_len as isize;
+    let in_best = |i: usize| {
+        best_base != -1 && i as isize >= best_base && (i as isize) < best_base + best_len as isize
+    };
     for i in 0..8 {
         if in_best(i) {
             if i as isize == best_base {
@@ -289,7 +303,12 @@ pub fn looks_like_dns(payload: &[u8]) -> bool {
         return false;
     }
     let flags = u16_at(payload, 2);
-    let counts = [u16_at(payload, 4), u16_at(payload, 6), u16_at(payload, 8), u16_at(payload, 10)];
+    let counts = [
+        u16_at(payload, 4),
+        u16_at(payload, 6),
+        u16_at(payload, 8),
+        u16_at(payload, 10),
+    ];
     let rest: u32 = counts[1..].iter().map(|&c| c as u32).sum();
     if (flags >> 11) & 0xF != 0 || counts[0] != 1 || rest > 64 || flags & 0x0040 != 0 {
         return false;

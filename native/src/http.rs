@@ -22,7 +22,10 @@ fn request_line(p: &[u8]) -> Option<(&[u8], &[u8], usize)> {
     if !p.first()?.is_ascii_uppercase() {
         return None;
     }
-    let mlen = p.iter().take_while(|&&c| c.is_ascii_uppercase() || c == b'_' || c == b'-').count();
+    let mlen = p
+        .iter()
+        .take_while(|&&c| c.is_ascii_uppercase() || c == b'_' || c == b'-')
+        .count();
     if mlen > 20 || p.get(mlen) != Some(&b' ') {
         return None;
     }
@@ -58,14 +61,24 @@ fn spaces(h: &[u8], mut i: usize) -> usize {
 }
 
 fn line_end(h: &[u8], i: usize) -> usize {
-    i + h[i..].iter().take_while(|&&c| c != b'\r' && c != b'\n').count()
+    i + h[i..]
+        .iter()
+        .take_while(|&&c| c != b'\r' && c != b'\n')
+        .count()
 }
 
 /// `\n` + `field` (any case) + `[ \t]*:[ \t]*` from `start`: each (after the colon, after
 /// its spaces) in turn.
-fn fields<'a>(h: &'a [u8], start: usize, field: &'a [u8]) -> impl Iterator<Item = (usize, usize)> + 'a {
+fn fields<'a>(
+    h: &'a [u8],
+    start: usize,
+    field: &'a [u8],
+) -> impl Iterator<Item = (usize, usize)> + 'a {
     (start.min(h.len())..h.len()).filter_map(move |p| {
-        if h[p] != b'\n' || p + 1 + field.len() > h.len() || !lower_eq(&h[p + 1..p + 1 + field.len()], field) {
+        if h[p] != b'\n'
+            || p + 1 + field.len() > h.len()
+            || !lower_eq(&h[p + 1..p + 1 + field.len()], field)
+        {
             return None;
         }
         let c = spaces(h, p + 1 + field.len());
@@ -124,7 +137,9 @@ fn authority_name(authority: &[u8]) -> Option<String> {
 }
 
 fn ascii_replace(b: &[u8]) -> String {
-    b.iter().map(|&c| if c < 0x80 { c as char } else { '\u{FFFD}' }).collect()
+    b.iter()
+        .map(|&c| if c < 0x80 { c as char } else { '\u{FFFD}' })
+        .collect()
 }
 
 fn latin1_strip(b: &[u8]) -> String {
@@ -138,7 +153,13 @@ pub fn decode_http_request(payload: &[u8]) -> Option<Request> {
     let (method, target, mend) = request_line(payload)?;
     if method == b"CONNECT" {
         let name = authority_name(target)?;
-        return Some(Request { kind: "http_connect", name, proxy_form: false, path: None, user_agent: None });
+        return Some(Request {
+            kind: "http_connect",
+            name,
+            proxy_form: false,
+            path: None,
+            user_agent: None,
+        });
     }
     let head = match payload.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(i) => &payload[..i + 2],
@@ -146,7 +167,11 @@ pub fn decode_http_request(payload: &[u8]) -> Option<Request> {
     };
     let proxy_form = (target.len() >= 7 && lower_eq(&target[..7], b"http://"))
         || (target.len() >= 8 && lower_eq(&target[..8], b"https://"));
-    let (authority, path): (&[u8], &[u8]) = if proxy_form { split_target(target) } else { (b"", target) };
+    let (authority, path): (&[u8], &[u8]) = if proxy_form {
+        split_target(target)
+    } else {
+        (b"", target)
+    };
     let name = match host_header(head, mend - 2) {
         Some(v) => authority_name(v),
         None if proxy_form => authority_name(authority),
@@ -155,14 +180,29 @@ pub fn decode_http_request(payload: &[u8]) -> Option<Request> {
     let path = Some(ascii_replace(path));
     let user_agent = agent_header(head, mend - 2).map(latin1_strip);
     Some(match name {
-        None => Request { kind: "http_request", name: String::new(), proxy_form: false, path, user_agent },
-        Some(name) => Request { kind: "http_host", name, proxy_form, path, user_agent },
+        None => Request {
+            kind: "http_request",
+            name: String::new(),
+            proxy_form: false,
+            path,
+            user_agent,
+        },
+        Some(name) => Request {
+            kind: "http_host",
+            name,
+            proxy_form,
+            path,
+            user_agent,
+        },
     })
 }
 
 /// `http://host:port/path?q` -> (b"host:port", b"/path?q")
 fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
-    let i = target.windows(2).position(|w| w == b"//").map_or(target.len(), |i| i + 2);
+    let i = target
+        .windows(2)
+        .position(|w| w == b"//")
+        .map_or(target.len(), |i| i + 2);
     let rest = &target[i..];
     match rest.iter().position(|&c| c == b'/') {
         Some(s) => (&rest[..s], &rest[s..]),

@@ -31,6 +31,17 @@ fn bound(py: Python<'_>) -> PyResult<&'static Bound_> {
     })
 }
 
+/// Run a pure-Rust decoder; a panic (a bug: every index is checked, so none is expected)
+/// becomes a RuntimeError, an ``Exception`` the sensor counts under its ``bug`` layer and
+/// survives, instead of PyO3's PanicException (a BaseException that would end the sensor).
+fn guarded<T>(f: impl FnOnce() -> T) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        pyo3::exceptions::PyRuntimeError::new_err(
+            "kaspwatch_native: a decoder panicked (a bug: please report it)",
+        )
+    })
+}
+
 fn decode_error(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     match bound(py) {
         Ok(b) => PyErr::from_type(b.decode_error.bind(py).clone(), msg.into()),
@@ -40,11 +51,21 @@ fn decode_error(py: Python<'_>, msg: impl Into<String>) -> PyErr {
 
 /// `bind(Sighting, NO_EXTRA, DecodeError)`: the types results and errors are made of.
 #[pyfunction]
-fn bind(py: Python<'_>, sighting: Bound<'_, PyType>, no_extra: Bound<'_, PyAny>, error: Bound<'_, PyType>) -> PyResult<()> {
+fn bind(
+    py: Python<'_>,
+    sighting: Bound<'_, PyType>,
+    no_extra: Bound<'_, PyAny>,
+    error: Bound<'_, PyType>,
+) -> PyResult<()> {
     let tuple_new = py.get_type::<PyTuple>().getattr("__new__")?.unbind();
     let _ = BOUND.set(
         py,
-        Bound_ { sighting: sighting.unbind(), no_extra: no_extra.unbind(), decode_error: error.unbind(), tuple_new },
+        Bound_ {
+            sighting: sighting.unbind(),
+            no_extra: no_extra.unbind(),
+            decode_error: error.unbind(),
+            tuple_new,
+        },
     );
     Ok(())
 }
@@ -80,44 +101,84 @@ fn sighting<'py>(
 #[pyfunction]
 fn decode_dns<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyList>> {
     let b = bound(py)?;
-    let found = dns::decode_dns(payload).map_err(|m| decode_error(py, m))?;
+    let found = guarded(|| dns::decode_dns(payload))?.map_err(|m| decode_error(py, m))?;
     let out = PyList::empty(py);
     for s in found {
-        let kind = if s.answer { intern!(py, "dns_answer") } else { intern!(py, "dns_query") };
+        let kind = if s.answer {
+            intern!(py, "dns_answer")
+        } else {
+            intern!(py, "dns_query")
+        };
         let extra = b.no_extra.bind(py).clone();
-        out.append(sighting(py, b, kind.as_any(), &s.name, &s.chain, &s.answers, extra, None, s.ttl, None)?)?;
+        out.append(sighting(
+            py,
+            b,
+            kind.as_any(),
+            &s.name,
+            &s.chain,
+            &s.answers,
+            extra,
+            None,
+            s.ttl,
+            None,
+        )?)?;
     }
     Ok(out)
 }
 
 /// `sensor.decode.dns.looks_like_dns`
 #[pyfunction]
-fn looks_like_dns(payload: &[u8]) -> bool {
-    dns::looks_like_dns(payload)
+fn looks_like_dns(payload: &[u8]) -> PyResult<bool> {
+    guarded(|| dns::looks_like_dns(payload))
 }
 
-fn hello_sighting<'py>(py: Python<'py>, kind: &Bound<'py, PyAny>, found: Option<(String, bool)>) -> PyResult<Bound<'py, PyAny>> {
+fn hello_sighting<'py>(
+    py: Python<'py>,
+    kind: &Bound<'py, PyAny>,
+    found: Option<(String, bool)>,
+) -> PyResult<Bound<'py, PyAny>> {
     let b = bound(py)?;
-    let Some((name, ech)) = found else { return Ok(py.None().into_bound(py)) };
+    let Some((name, ech)) = found else {
+        return Ok(py.None().into_bound(py));
+    };
     let extra = PyDict::new(py);
     if ech {
         extra.set_item(intern!(py, "ech"), true)?;
     }
-    sighting(py, b, kind, &name, &[], &[], extra.into_any(), None, 0, None)
+    sighting(
+        py,
+        b,
+        kind,
+        &name,
+        &[],
+        &[],
+        extra.into_any(),
+        None,
+        0,
+        None,
+    )
 }
 
 /// `sensor.decode.tls.parse_client_hello`
 #[pyfunction]
-fn parse_client_hello<'py>(py: Python<'py>, hello: &[u8], kind: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let found = tls::parse_client_hello(hello).map_err(|m| decode_error(py, m))?;
+fn parse_client_hello<'py>(
+    py: Python<'py>,
+    hello: &[u8],
+    kind: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let found = guarded(|| tls::parse_client_hello(hello))?.map_err(|m| decode_error(py, m))?;
     hello_sighting(py, &kind, found)
 }
 
 /// `sensor.decode.tls.hello_from_stream`
 #[pyfunction]
 fn hello_from_stream<'py>(py: Python<'py>, buf: &[u8]) -> PyResult<(bool, Bound<'py, PyAny>)> {
-    let (complete, found) = tls::hello_from_stream(buf).map_err(|m| decode_error(py, m))?;
-    Ok((complete, hello_sighting(py, intern!(py, "tls_sni").as_any(), found)?))
+    let (complete, found) =
+        guarded(|| tls::hello_from_stream(buf))?.map_err(|m| decode_error(py, m))?;
+    Ok((
+        complete,
+        hello_sighting(py, intern!(py, "tls_sni").as_any(), found)?,
+    ))
 }
 
 /// `sensor.decode.http.decode_http_request`
@@ -125,7 +186,9 @@ fn hello_from_stream<'py>(py: Python<'py>, buf: &[u8]) -> PyResult<(bool, Bound<
 fn decode_http_request<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyList>> {
     let b = bound(py)?;
     let out = PyList::empty(py);
-    let Some(r) = http::decode_http_request(payload) else { return Ok(out) };
+    let Some(r) = guarded(|| http::decode_http_request(payload))? else {
+        return Ok(out);
+    };
     let kind = match r.kind {
         "http_connect" => intern!(py, "http_connect"),
         "http_host" => intern!(py, "http_host"),
@@ -140,7 +203,18 @@ fn decode_http_request<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'
     } else {
         b.no_extra.bind(py).clone()
     };
-    let s = sighting(py, b, kind.as_any(), &r.name, &[], &[], extra, r.path.as_deref(), 0, r.user_agent.as_deref())?;
+    let s = sighting(
+        py,
+        b,
+        kind.as_any(),
+        &r.name,
+        &[],
+        &[],
+        extra,
+        r.path.as_deref(),
+        0,
+        r.user_agent.as_deref(),
+    )?;
     out.append(s)?;
     Ok(out)
 }
@@ -151,8 +225,20 @@ struct InitialKeys(quic::Keys);
 
 /// `initial_keys(salt, dcid, key_label, iv_label, hp_label)` (RFC 9001 section 5.2)
 #[pyfunction]
-fn initial_keys(salt: &[u8], dcid: &[u8], key_label: &[u8], iv_label: &[u8], hp_label: &[u8]) -> InitialKeys {
-    InitialKeys(quic::client_keys(salt, dcid, [key_label, iv_label, hp_label]))
+fn initial_keys(
+    salt: &[u8],
+    dcid: &[u8],
+    key_label: &[u8],
+    iv_label: &[u8],
+    hp_label: &[u8],
+) -> PyResult<InitialKeys> {
+    guarded(|| {
+        InitialKeys(quic::client_keys(
+            salt,
+            dcid,
+            [key_label, iv_label, hp_label],
+        ))
+    })
 }
 
 /// `sensor.decode.quic._open`: (packet number, plaintext), or None when the tag does not
@@ -167,10 +253,15 @@ fn open_initial<'py>(
     end: usize,
     largest_pn: i64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    match quic::open(data, start, pn_offset, end, &keys.0, largest_pn as i128) {
-        quic::Opened::TooShort => Err(decode_error(py, "quic initial too short for the header-protection sample")),
+    match guarded(|| quic::open(data, start, pn_offset, end, &keys.0, largest_pn as i128))? {
+        quic::Opened::TooShort => Err(decode_error(
+            py,
+            "quic initial too short for the header-protection sample",
+        )),
         quic::Opened::BadTag => Ok(py.None().into_bound(py)),
-        quic::Opened::Plain(pn, plain) => (pn as i64, PyBytes::new(py, &plain)).into_bound_py_any(py),
+        quic::Opened::Plain(pn, plain) => {
+            (pn as i64, PyBytes::new(py, &plain)).into_bound_py_any(py)
+        }
     }
 }
 

@@ -26,7 +26,8 @@ fn expand_label(hk: &Hkdf<Sha256>, label: &[u8], out: &mut [u8]) {
     info.extend_from_slice(label);
     info.push(0);
     // lengths here are at most 32 bytes: far below HKDF's 255 * 32 limit
-    hk.expand(&info, out).expect("HKDF output length within bounds");
+    hk.expand(&info, out)
+        .expect("HKDF output length within bounds");
 }
 
 /// The client Initial keys for a DCID under one version's salt and labels.
@@ -69,7 +70,14 @@ pub enum Opened {
 
 /// Remove header protection and decrypt the Initial at `start..end` of `data` whose
 /// packet number starts at `pn_offset` (the caller's header walk found them).
-pub fn open(data: &[u8], start: usize, pn_offset: usize, end: usize, keys: &Keys, largest: i128) -> Opened {
+pub fn open(
+    data: &[u8],
+    start: usize,
+    pn_offset: usize,
+    end: usize,
+    keys: &Keys,
+    largest: i128,
+) -> Opened {
     if end < pn_offset + 4 + SAMPLE_LEN || end > data.len() || start >= pn_offset {
         return Opened::TooShort;
     }
@@ -95,7 +103,10 @@ pub fn open(data: &[u8], start: usize, pn_offset: usize, end: usize, keys: &Keys
     for i in 0..12 {
         nonce[i] ^= pn_bytes[4 + i];
     }
-    let payload = Payload { msg: &data[pn_offset + pn_len..end], aad: &header };
+    let payload = Payload {
+        msg: &data[pn_offset + pn_len..end],
+        aad: &header,
+    };
     match keys.aead.decrypt(Nonce::from_slice(&nonce), payload) {
         Ok(plain) => Opened::Plain(pn, plain),
         Err(_) => Opened::BadTag,

@@ -33,12 +33,14 @@ fn host_char(c: u8) -> bool {
 /// `_HOST.fullmatch`: `[a-z0-9_*-]+(\.[a-z0-9_*-]+)*|[0-9a-f:.]+`
 fn host_shape(name: &str) -> bool {
     let b = name.as_bytes();
-    if b.iter().all(|&c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b':' || c == b'.')
+    if b.iter()
+        .all(|&c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b':' || c == b'.')
         && !b.is_empty()
     {
         return true;
     }
-    name.split('.').all(|label| !label.is_empty() && label.bytes().all(host_char))
+    name.split('.')
+        .all(|label| !label.is_empty() && label.bytes().all(host_char))
 }
 
 /// `sensor.decode.host_name` for ASCII text.

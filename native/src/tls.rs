@@ -14,7 +14,9 @@ const CUT: &str = "tls client hello cut short";
 fn be(b: &[u8], start: usize, end: usize) -> usize {
     let s = start.min(b.len());
     let e = end.min(b.len()).max(s);
-    b[s..e].iter().fold(0usize, |acc, &x| (acc << 8) | x as usize)
+    b[s..e]
+        .iter()
+        .fold(0usize, |acc, &x| (acc << 8) | x as usize)
 }
 
 fn slice(b: &[u8], start: usize, end: usize) -> &[u8] {
@@ -23,7 +25,9 @@ fn slice(b: &[u8], start: usize, end: usize) -> &[u8] {
 }
 
 fn at(b: &[u8], pos: usize) -> Res<usize> {
-    b.get(pos).map(|&x| x as usize).ok_or_else(|| CUT.to_string())
+    b.get(pos)
+        .map(|&x| x as usize)
+        .ok_or_else(|| CUT.to_string())
 }
 
 /// (server name, ECH offered) of a ClientHello body; None without a usable server_name.
