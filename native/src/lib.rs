@@ -276,5 +276,19 @@ fn kaspwatch_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(initial_keys, m)?)?;
     m.add_function(wrap_pyfunction!(open_initial, m)?)?;
     m.add_class::<InitialKeys>()?;
+    // the Sighting fields the results are built with, in order (sensor/decode/__init__.py)
+    m.add(
+        "SIGHTING_FIELDS",
+        (
+            "kind",
+            "name",
+            "chain",
+            "answers",
+            "extra",
+            "path",
+            "ttl",
+            "user_agent",
+        ),
+    )?;
     Ok(())
 }

@@ -30,6 +30,8 @@ def _load() -> tuple[ModuleType | None, str]:
         import kaspwatch_native
     except ImportError:
         return None, "not built (no Rust toolchain at install)"
+    if Sighting._fields != kaspwatch_native.SIGHTING_FIELDS:  # built from older sources
+        return None, "out of date (run make to rebuild them)"
     kaspwatch_native.bind(Sighting, NO_EXTRA, DecodeError)
     return kaspwatch_native, ""
 
