@@ -20,6 +20,8 @@ have tcpdump || need+=(tcpdump)
 have kinit || need+=(krb5-user)
 # bench/scan_bench.py: the peers it times, and GNU time for each child's CPU time and peak RSS
 have tshark || need+=(tshark)
+# tests/test_variety.py and tools/make_variety.py: multi-interface pcapng (tshark pulls it in)
+have mergecap || need+=(wireshark-common)
 [[ -x /usr/bin/time ]] || need+=(time)
 have curl || need+=(curl)
 have openssl || need+=(openssl)

@@ -20,6 +20,7 @@ from sensor.decode.native import COMPILED, NATIVE, PURE
 from sensor.decode.quic import (
     _INITIAL_TYPE,
     _LABELS,
+    _LABELS_V1,
     _SALTS,
     _Keys,
     _long_header,
@@ -85,7 +86,7 @@ def check_quic_open(packet: bytes, dcid: bytes, largest_pn: int, version: int = 
     if hdr is None:
         return
     pure = outcome(_open, packet, hdr, _Keys(client_initial_secrets(version, dcid)), largest_pn)
-    keys = NATIVE.initial_keys(_SALTS[version], dcid, *_LABELS[version])
+    keys = NATIVE.initial_keys(_SALTS[version], dcid, *_LABELS.get(version, _LABELS_V1))
     args = (packet, hdr.start, hdr.pn_offset, hdr.end, largest_pn)
     compiled = outcome(NATIVE.open_initial, keys, *args)
     assert pure == compiled, f"open({packet!r}, {dcid!r}): pure {pure} != compiled {compiled}"

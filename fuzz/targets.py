@@ -21,7 +21,8 @@ from sensor.decode import DecodeError
 from sensor.decode.dns import decode_dns, looks_like_dns, read_name
 from sensor.decode.http import decode_http_request
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder
-from sensor.decode.quic import CryptoStream, QuicInitialTracker, crypto_frames
+from sensor.decode.quic import QuicInitialTracker
+from sensor.decode.quic_crypto import CryptoStream, crypto_frames
 from sensor.decode.stream import StreamTable
 from sensor.decode.tls import decode_client_hello_record, hello_from_stream, parse_client_hello
 from sensor.identity import IdentityWatch
@@ -32,7 +33,8 @@ from sensor.sources.base import CaptureError
 from sensor.sources.pcapfile import CaptureFile
 
 Harness = Callable[[bytes], None]
-LINKTYPES: Final = (1, 101, 113, 276, 0, 239, 228, 229)
+# the first byte of a packet input picks one (new link types go at the end)
+LINKTYPES: Final = (1, 101, 113, 276, 0, 239, 228, 229, 127, 105, 9, 50, 104, 108)
 FLOW: Final = (b"\x0a\x00\x00\x01", 40000, b"\x0a\x00\x00\x02", 443)
 
 

@@ -17,7 +17,7 @@ from typing import Final
 
 from kaspwatch.event import Event, format_ts, make_event_id, make_packet_id
 from sensor.content import ContentWatch, content_hit
-from sensor.decode import DecodeError, Sighting
+from sensor.decode import NOT_HOST, DecodeError, Sighting
 from sensor.decode.dhcp import DHCP_PORTS
 from sensor.decode.dhcpv6 import DHCPV6_PORTS
 from sensor.decode.kerberos import AS_REQ, KERBEROS_PORT
@@ -25,7 +25,7 @@ from sensor.decode.native import decoders, notice
 from sensor.decode.netbios import NETBIOS_NS_PORT
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.quic import QuicInitialTracker, looks_like_quic_initial
-from sensor.decode.stream import STREAM_STARTS, StreamTable
+from sensor.decode.stream import DNS_FIRST_MAX, STREAM_STARTS, StreamTable
 from sensor.flows import FlowWatch
 from sensor.identity import IdentityWatch
 from sensor.resolvers import PUBLIC_RESOLVERS
@@ -182,9 +182,9 @@ class Sensor:
 
     def _mid_stream(self, data: bytes) -> bool:
         """A plain TCP segment (no SYN: no flow start) the full decode would read nothing
-        from: without payload, or not DNS and starting with a byte no ClientHello or
-        request line starts with on a flow with no head in progress (StreamTable.feed's
-        own first test). A FIN or RST still ends the flow's stream. Most upload and
+        from: without payload, or not DNS and starting with a byte no ClientHello, request
+        line or DNS message length starts with on a flow with no head in progress
+        (StreamTable.feed's own first test). A FIN or RST still ends the flow's stream. Most upload and
         mid-stream data ends here, read at fixed offsets; anything unusual takes the full
         path."""
         head = tcp_data_head(data)
@@ -201,6 +201,7 @@ class Sensor:
             return key not in self.content
         return (
             first not in STREAM_STARTS
+            and first > DNS_FIRST_MAX  # may start DNS over TCP on a port of its own
             and sport != 53
             and dport not in (53, KERBEROS_PORT)  # a Kerberos record starts with its length
             and key not in self.streams
@@ -279,7 +280,9 @@ class Sensor:
         if s.kind in CONTENT_KINDS:
             return self._content_event(ts_ns, seg, s, source)
         matcher = self.rules.matcher
-        hit_name, ind = s.name, matcher.match_name(s.name, s.kind, s.path)
+        hit_name, ind = s.name, None
+        if NOT_HOST not in s.extra:  # a value that is not a host name is only observed
+            ind = matcher.match_name(s.name, s.kind, s.path)
         if ind is None:
             for target in s.chain:  # an innocent name whose CNAME chain leads into Kaspersky
                 ind = matcher.match_name(target, s.kind)

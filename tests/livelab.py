@@ -124,10 +124,10 @@ class Lab:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in self.logs if p.exists())
 
     # -- servers ---------------------------------------------------------------------------
-    def dnsmasq(self, *extra: str) -> None:
+    def dnsmasq(self, *extra: str, port: int = 53) -> None:
         conf = self.tmp / "dnsmasq.conf"
         conf.write_text(
-            "no-resolv\nno-hosts\nbind-interfaces\n"
+            f"no-resolv\nno-hosts\nbind-interfaces\nport={port}\n"
             f"listen-address={SERVER_V4}\nlisten-address={SERVER_V6}\n"
             f"address=/kaspersky.com/{SERVER_V4}\naddress=/kaspersky.com/{SERVER_V6}\n"
             f"address=/kaspersky-labs.com/{SERVER_V4}\n"
@@ -141,8 +141,8 @@ class Lab:
             f"--conf-file={conf}",
             f"--pid-file={self.tmp}/dnsmasq.pid",
         )
-        self.wait_listening("udp", 53, p)
-        self.wait_listening("tcp", 53, p)
+        self.wait_listening("udp", port, p)
+        self.wait_listening("tcp", port, p)
 
     def nginx(self, cert: tuple[Path, Path]) -> None:
         crt, key = cert

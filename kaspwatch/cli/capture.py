@@ -8,6 +8,7 @@ import logging
 import sys
 
 from kaspwatch.cli.process import Stopper, drop_privileges
+from sensor.decode.packet import LINKTYPES
 from sensor.peers import open_peers
 from sensor.pipeline import Sensor
 from sensor.sources import CaptureFiles
@@ -96,7 +97,8 @@ def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
     if not (args.pcap or args.interface):
         raise CaptureError("give --pcap FILE…, --interface IF… or --eve/--zeek FILE…")
     if args.pcap:
-        return [CaptureFiles(args.pcap, prefilter=True, cidrs=sensor.rules.matcher.cidrs())]
+        cidrs = sensor.rules.matcher.cidrs()
+        return [CaptureFiles(args.pcap, prefilter=True, cidrs=cidrs, readable=LINKTYPES)]
     bpf = BPF_FILTER if args.bpf is None else args.bpf
     if args.fanout is not None and len(args.interface) > 1:
         raise CaptureError("--fanout takes one --interface: run one fanout group per interface")

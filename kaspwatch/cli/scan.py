@@ -12,10 +12,11 @@ from kaspwatch.cli.capture import add_peer_options
 from kaspwatch.cli.options import add_sensor_options, build_sensor
 from kaspwatch.event import Event
 from kaspwatch.table import print_table
+from sensor.decode.packet import LINKTYPES
 from sensor.peers import open_peer
 from sensor.pipeline import Sensor
 from sensor.sources import open_capture
-from sensor.sources.base import CaptureError, FileSource
+from sensor.sources.base import CaptureError, FileSource, skipped_note
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,16 @@ def format_row(ev: Event) -> tuple[str, ...]:
     )
 
 
+def _wifi_note(path: str, before: dict[str, int], after: dict[str, int]) -> str:
+    """The 802.11 data frames of one file the decoder could not read, if any."""
+    skipped = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+    if not skipped:
+        return ""
+    why = {"protected": "encrypted (no keys)", "a-msdu": "A-MSDU aggregates"}
+    parts = ", ".join(f"{n} {why.get(k, k)}" for k, n in sorted(skipped.items()))
+    return f"{path}: 802.11 data frames not read: {parts}"
+
+
 def scan(
     paths: list[str],
     sensor: Sensor,
@@ -125,7 +136,9 @@ def scan(
 
     for path in paths:
         try:
-            with open_capture(path, prefilter, sensor.rules.matcher.cidrs()) as cap:
+            cidrs = sensor.rules.matcher.cidrs()
+            with open_capture(path, prefilter, cidrs, readable=LINKTYPES) as cap:
+                wifi_before = dict(sensor.decoder.wifi_skipped)
                 started = time.monotonic()
                 n = 0
                 for frame in cap:
@@ -138,10 +151,17 @@ def scan(
                 # libpcap drops the rest in C without counting them (savefiles have no
                 # pcap_stats); bench/scan_bench.py reports the share skipped
                 log.debug("%s: %d %s", path, n, cap.counts)
+                read = cap.packets_read()
+                skipped = skipped_note(path, cap.stats, read)
+                if skipped:  # nothing readable is a bad file, some unreadable a warning
+                    (warnings if read else errors).append(skipped)
                 if cap.stats.truncated:
                     warnings.append(cap.stats.note)
-                elif n == 0 and cap.counts == "packets":  # past a prefilter, 0 is no news
+                elif n == 0 and cap.counts == "packets" and not skipped:
+                    # past a prefilter, 0 is no news
                     warnings.append(f"{path}: capture holds no packets")
+                if note := _wifi_note(path, wifi_before, sensor.decoder.wifi_skipped):
+                    warnings.append(note)
         except CaptureError as exc:
             errors.append(str(exc))
     for fmt_name, spec in peers or []:

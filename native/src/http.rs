@@ -1,12 +1,13 @@
 //! HTTP/1.x request heads: `sensor/decode/http.py`, the reference; its three regular
 //! expressions are written out as the scans they amount to.
 
-use crate::text::{host_name, py_space_latin1, strip_ascii};
+use crate::text::{host_name, observed_name, py_space_latin1, strip_ascii};
 
 pub struct Request {
     pub kind: &'static str, // http_connect | http_host | http_request
     pub name: String,
     pub proxy_form: bool,
+    pub not_host: bool, // a value host_name refuses, kept as an observation
     pub path: Option<String>,
     pub user_agent: Option<String>,
 }
@@ -123,17 +124,20 @@ fn strip_port(a: &str) -> &str {
     a
 }
 
-/// `_name`: the host of an authority or Host value.
-fn authority_name(authority: &[u8]) -> Option<String> {
-    if !authority.is_ascii() {
-        return None;
-    }
-    let text = strip_ascii(std::str::from_utf8(authority).ok()?);
+/// `_name`: (the host of an authority or Host value, whether it is a host name).
+fn authority_name(authority: &[u8]) -> (Option<String>, bool) {
+    let text = match std::str::from_utf8(authority) {
+        Ok(t) if authority.is_ascii() => strip_ascii(t),
+        _ => return (None, false),
+    };
     let text = match text.rfind('@') {
         Some(i) => &text[i + 1..],
         None => text,
     };
-    host_name(strip_port(text))
+    match host_name(strip_port(text)) {
+        Some(name) => (Some(name), true),
+        None => (observed_name(text), false),
+    }
 }
 
 fn ascii_replace(b: &[u8]) -> String {
@@ -152,11 +156,12 @@ fn latin1_strip(b: &[u8]) -> String {
 pub fn decode_http_request(payload: &[u8]) -> Option<Request> {
     let (method, target, mend) = request_line(payload)?;
     if method == b"CONNECT" {
-        let name = authority_name(target)?;
+        let (name, is_host) = authority_name(target);
         return Some(Request {
             kind: "http_connect",
-            name,
+            name: name.filter(|n| !n.is_empty())?,
             proxy_form: false,
+            not_host: !is_host,
             path: None,
             user_agent: None,
         });
@@ -172,10 +177,10 @@ pub fn decode_http_request(payload: &[u8]) -> Option<Request> {
     } else {
         (b"", target)
     };
-    let name = match host_header(head, mend - 2) {
+    let (name, is_host) = match host_header(head, mend - 2) {
         Some(v) => authority_name(v),
         None if proxy_form => authority_name(authority),
-        None => None,
+        None => (None, true),
     };
     let path = Some(ascii_replace(path));
     let user_agent = agent_header(head, mend - 2).map(latin1_strip);
@@ -184,6 +189,7 @@ pub fn decode_http_request(payload: &[u8]) -> Option<Request> {
             kind: "http_request",
             name: String::new(),
             proxy_form: false,
+            not_host: false,
             path,
             user_agent,
         },
@@ -191,6 +197,7 @@ pub fn decode_http_request(payload: &[u8]) -> Option<Request> {
             kind: "http_host",
             name,
             proxy_form,
+            not_host: !is_host,
             path,
             user_agent,
         },

@@ -135,15 +135,18 @@ fn looks_like_dns(payload: &[u8]) -> PyResult<bool> {
 fn hello_sighting<'py>(
     py: Python<'py>,
     kind: &Bound<'py, PyAny>,
-    found: Option<(String, bool)>,
+    found: Option<tls::Hello>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let b = bound(py)?;
-    let Some((name, ech)) = found else {
+    let Some((name, ech, not_host)) = found else {
         return Ok(py.None().into_bound(py));
     };
     let extra = PyDict::new(py);
     if ech {
         extra.set_item(intern!(py, "ech"), true)?;
+    }
+    if not_host {
+        extra.set_item(intern!(py, "not_host_name"), true)?;
     }
     sighting(
         py,
@@ -194,8 +197,11 @@ fn decode_http_request<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'
         "http_host" => intern!(py, "http_host"),
         _ => intern!(py, "http_request"),
     };
-    let extra = if r.kind == "http_host" {
+    let extra = if r.kind != "http_request" {
         let d = PyDict::new(py);
+        if r.not_host {
+            d.set_item(intern!(py, "not_host_name"), true)?;
+        }
         if r.proxy_form {
             d.set_item(intern!(py, "proxy_form"), true)?;
         }

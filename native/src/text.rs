@@ -43,6 +43,45 @@ fn host_shape(name: &str) -> bool {
         .all(|label| !label.is_empty() && label.bytes().all(host_char))
 }
 
+/// `sensor.decode.observed_name` for ASCII text: a value `host_name` refuses, kept as an
+/// observation -- lowercase, `[v6]`/`[v6]:port`/`host:port` without the port, no final
+/// dots; None with a blank or control character, no letter or digit, or over 253.
+pub fn observed_name(raw: &str) -> Option<String> {
+    let lowered = strip_ascii(raw).to_ascii_lowercase();
+    let mut text: &str = &lowered;
+    if let Some(inner) = text.strip_prefix('[') {
+        // `\[([^\]]*)\](?::[0-9]*)?`
+        if let Some(close) = inner.find(']') {
+            let after = &inner[close + 1..];
+            let port_ok = after.is_empty()
+                || after
+                    .strip_prefix(':')
+                    .is_some_and(|d| d.bytes().all(|c| c.is_ascii_digit()));
+            if port_ok {
+                text = &inner[..close];
+            }
+        }
+    } else if let Some(colon) = text.find(':') {
+        // `([^:\[\]]*):[0-9]*`
+        let (host, port) = (&text[..colon], &text[colon + 1..]);
+        if !host.contains(['[', ']']) && port.bytes().all(|c| c.is_ascii_digit()) {
+            text = host;
+        }
+    }
+    let text = text.trim_end_matches('.');
+    if text.len() > 253 || !text.bytes().all(|c| (0x21..0x7f).contains(&c)) {
+        return None;
+    }
+    if text
+        .bytes()
+        .any(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        Some(text.to_string())
+    } else {
+        None
+    }
+}
+
 /// `sensor.decode.host_name` for ASCII text.
 pub fn host_name(raw: &str) -> Option<String> {
     let name = normalise_ascii(raw)?;

@@ -1,7 +1,7 @@
 //! TLS ClientHello: `sensor/decode/tls.py`, the reference, ported line by line
 //! (Python's forgiving slices and its IndexError on a single index kept as they are).
 
-use crate::text::host_name;
+use crate::text::{host_name, observed_name};
 
 pub type Res<T> = Result<T, String>;
 
@@ -30,8 +30,12 @@ fn at(b: &[u8], pos: usize) -> Res<usize> {
         .ok_or_else(|| CUT.to_string())
 }
 
-/// (server name, ECH offered) of a ClientHello body; None without a usable server_name.
-pub fn parse_client_hello(hello: &[u8]) -> Res<Option<(String, bool)>> {
+/// A ClientHello's server name: the name, ECH offered, and whether the name is not a host
+/// name (an observation, never matched).
+pub type Hello = (String, bool, bool);
+
+/// The server name of a ClientHello body; None without a usable server_name.
+pub fn parse_client_hello(hello: &[u8]) -> Res<Option<Hello>> {
     let mut pos = 2 + 32;
     pos += 1 + at(hello, pos)?;
     pos += 2 + be(hello, pos, pos + 2);
@@ -57,9 +61,14 @@ pub fn parse_client_hello(hello: &[u8]) -> Res<Option<(String, bool)>> {
         }
         pos += 4 + elen;
     }
-    Ok(sni.map(|s| (s, ech)))
+    let Some(sni) = sni else { return Ok(None) };
+    if let Some(name) = host_name(&sni) {
+        return Ok(Some((name, ech, false)));
+    }
+    Ok(observed_name(&sni).map(|name| (name, ech, true)))
 }
 
+/// The host_name entry of a server_name extension, as sent.
 fn server_name(data: &[u8]) -> Res<Option<String>> {
     let mut pos = 2;
     while pos + 3 <= data.len() {
@@ -71,7 +80,7 @@ fn server_name(data: &[u8]) -> Res<Option<String>> {
                 return Err("tls server_name is not ASCII".into());
             }
             // ASCII: valid UTF-8
-            return Ok(host_name(std::str::from_utf8(raw).unwrap_or_default()));
+            return Ok(Some(String::from_utf8_lossy(raw).into_owned()));
         }
         pos += 3 + nlen;
     }
@@ -79,7 +88,7 @@ fn server_name(data: &[u8]) -> Res<Option<String>> {
 }
 
 /// `hello_from_stream`: (complete, (server name, ECH)).
-pub fn hello_from_stream(buf: &[u8]) -> Res<(bool, Option<(String, bool)>)> {
+pub fn hello_from_stream(buf: &[u8]) -> Res<(bool, Option<Hello>)> {
     let mut hs: Vec<u8> = Vec::new();
     let mut pos = 0;
     while pos + 5 <= buf.len() {

@@ -9,6 +9,10 @@ from typing import Any, Final, NamedTuple
 
 NO_EXTRA: Final[Mapping[str, Any]] = MappingProxyType({})
 _HOST: Final = re.compile(r"[a-z0-9_*-]+(\.[a-z0-9_*-]+)*|[0-9a-f:.]+")
+# ``[v6]`` or ``[v6]:port``, and ``host:port`` (one colon): the part before the port
+_WITH_PORT: Final = re.compile(r"\[([^\]]*)\](?::[0-9]*)?|([^:\[\]]*):[0-9]*")
+_ALNUM: Final = re.compile(r"[a-z0-9]")
+NOT_HOST: Final = "not_host_name"  # Sighting.extra key: an observation, never matched
 
 
 class DecodeError(ValueError):
@@ -53,3 +57,22 @@ def host_name(raw: str) -> str | None:
     if name is None or not _HOST.fullmatch(name):
         return None
     return name
+
+
+def observed_name(raw: str) -> str | None:
+    """A TLS server_name or HTTP Host that ``host_name`` refuses (``server4:443``,
+    ``[::1]:8000``, other characters), normalised to be kept as an observation: lowercase,
+    an IPv6 literal without brackets, no port, no trailing dot. None when no letter or digit
+    is left, it holds a blank or a control character, or it is longer than 253.
+
+    Such a value is never matched against the packs, even when the part before the port is a
+    watched name: a client that sends it is not a client following the protocol, and a name
+    match on it would be a guess (the sensor's ``Sighting.extra[NOT_HOST]``)."""
+    text = raw.strip().lower()
+    m = _WITH_PORT.fullmatch(text)
+    if m is not None:
+        text = m.group(1) if m.group(1) is not None else m.group(2)
+    text = text.rstrip(".")
+    if len(text) > 253 or not text.isascii() or not text.isprintable() or " " in text:
+        return None
+    return text if _ALNUM.search(text) else None  # "/" (a CONNECT to a path) names nothing

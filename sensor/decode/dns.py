@@ -216,3 +216,31 @@ def looks_like_dns(payload: bytes) -> bool:
 
 
 _COMMON_QTYPES: Final = frozenset({1, 2, 5, 6, 12, 15, 16, 28, 33, 64, 65, 255})
+
+
+def looks_like_dns_tcp(segment: bytes, strict: bool) -> bool:
+    """Whether a TCP segment starts a DNS message: its 2-byte length, then the message.
+
+    ``strict`` (a stream on no DNS port): ``looks_like_dns`` on the message, which must
+    hold its whole question. Otherwise (a stream already known to carry DNS: port 53, or
+    the answer side of a query read): a length of at least 12, then as much of a header
+    with a standard opcode and at most one question, and of a question name whose labels
+    read (any type: zone transfers too), as the segment holds (a server may send the
+    length in a segment of its own; a client may be cut into tiny segments)."""
+    if len(segment) < 2:
+        return False
+    mlen = int.from_bytes(segment[:2], "big")
+    msg = segment[2 : 2 + mlen]
+    if strict:
+        return looks_like_dns(msg)
+    if mlen < 12 or (len(msg) > 2 and (msg[2] >> 3) & 0xF not in (0, 1, 2, 4, 5)):
+        return False
+    qdcount = int.from_bytes(msg[4:6], "big") if len(msg) >= 6 else 0
+    if qdcount > 1:
+        return False
+    pos = 12
+    while qdcount and pos < len(msg) and msg[pos]:  # the question's labels, as far as they go
+        if msg[pos] >= 64:
+            return False
+        pos += msg[pos] + 1
+    return True

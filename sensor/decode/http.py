@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from sensor.decode import Sighting, host_name
+from sensor.decode import NOT_HOST, Sighting, host_name, observed_name
 
 _REQUEST_LINE: Final = re.compile(rb"([A-Z][A-Z_-]{0,19}) (\S{1,8192}) HTTP/1\.[0-9]\r?\n")
 _HOST: Final = re.compile(rb"\r?\nhost[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -22,14 +22,17 @@ def strip_port(authority: str) -> str:
     return authority
 
 
-def _name(authority: bytes) -> str | None:
+def _name(authority: bytes) -> tuple[str | None, bool]:
+    """(name, whether it is a host name): a Host that is not one (``[fe80::1%eth0]``, a
+    blank inside) is kept, normalised, as an observation (``observed_name``)."""
     try:
         text = authority.decode("ascii").strip()
     except UnicodeDecodeError:
-        return None
+        return None, False
     if "@" in text:  # userinfo in an absolute URI
         text = text.rsplit("@", 1)[1]
-    return host_name(strip_port(text))
+    name = host_name(strip_port(text))
+    return (name, True) if name is not None else (observed_name(text), False)
 
 
 def decode_http_request(payload: bytes) -> list[Sighting]:
@@ -41,15 +44,17 @@ def decode_http_request(payload: bytes) -> list[Sighting]:
         return []
     method, target = m.group(1), m.group(2)
     if method == b"CONNECT":
-        name = _name(target)
-        return [Sighting("http_connect", name)] if name else []
+        name, is_host = _name(target)
+        return [Sighting("http_connect", name, extra=_odd(is_host))] if name else []
     head_end = payload.find(b"\r\n\r\n")
     head = payload if head_end < 0 else payload[: head_end + 2]
     proxy_form = target[:7].lower() == b"http://" or target[:8].lower() == b"https://"
     authority, path = _split_target(target) if proxy_form else (b"", target)
-    extra = {"proxy_form": True} if proxy_form else {}
     h = _HOST.search(head, m.end() - 2)
-    name = _name(h.group(1)) if h is not None else (_name(authority) if proxy_form else None)
+    name, is_host = (
+        _name(h.group(1)) if h is not None else _name(authority) if proxy_form else (None, True)
+    )
+    extra = {**_odd(is_host), "proxy_form": True} if proxy_form else _odd(is_host)
     text_path = path.decode("ascii", "replace")
     ua = _USER_AGENT.search(head, m.end() - 2)
     agent = ua.group(1).decode("latin-1").strip() if ua is not None else None
@@ -63,3 +68,7 @@ def _split_target(target: bytes) -> tuple[bytes, bytes]:
     rest = target.split(b"//", 1)[1]
     slash = rest.find(b"/")
     return (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+
+
+def _odd(is_host: bool) -> dict[str, bool]:
+    return {} if is_host else {NOT_HOST: True}

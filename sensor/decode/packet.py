@@ -1,8 +1,15 @@
 """Link, network and transport layers: a frame -> ``Segment`` (addresses, ports, payload).
 
 Hand-parsed with ``struct``; no per-packet objects beyond the returned tuple. Tunnels
-(VXLAN, Geneve, GTP-U, Teredo, GRE, IP-in-IP, MPLS, PPPoE; see ``sensor.decode.tunnel``)
-are opened to the innermost IP packet, whose addresses the ``Segment`` carries.
+(VXLAN, Geneve, GTP-U, Teredo, AYIYA, GRE, IP-in-IP, MPLS, PPPoE; see ``sensor.decode.tunnel``)
+are opened to the innermost IP packet, whose addresses the ``Segment`` carries. Link
+layers besides Ethernet, raw IP and Linux cooked (802.11 with or without radiotap, PPP,
+Cisco HDLC) are read in ``sensor.decode.link``; ``LINKTYPES`` lists every one read.
+
+Segmentation offload super-packets, as a capture on the sending host sees them, are read
+as tshark reads them: an IPv4 total length of 0 (TSO, BIG TCP) takes the captured length,
+an IPv6 jumbogram (payload length 0, a hop-by-hop Jumbo Payload option) its option's
+length, and a UDP length of 0 over IPv6 the rest of the packet (RFC 2675).
 
 ``PacketDecoder`` also reassembles IPv4 and IPv6 fragments (``sensor.decode.ipfrag``);
 the stateless ``decode_frame`` does not: it reads a first fragment as far as it goes and
@@ -14,7 +21,7 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple
 
-from sensor.decode import DecodeError, tunnel
+from sensor.decode import DecodeError, link, tunnel
 from sensor.decode.ipfrag import Reassembler
 
 PROTO_TCP: Final = 6
@@ -25,11 +32,20 @@ PROTO_GRE: Final = 47
 
 MAX_TUNNEL_DEPTH: Final = 4
 
+# pcap link types the decoder reads: BSD loopback, Ethernet, PPP, raw IP (12/14 are the
+# platform values of 101), PPP in HDLC framing, Cisco HDLC, 802.11, OpenBSD loopback,
+# Linux cooked v1, 802.11 with radiotap, raw IPv4, raw IPv6, NFLOG, Linux cooked v2
+LINKTYPES: Final = frozenset(
+    {0, 1, 9, 12, 14, 50, 101, 104, 105, 108, 113, 127, 228, 229, 239, 276}
+)
+
 _ETH_IPV4: Final = 0x0800
 _ETH_IPV6: Final = 0x86DD
 _ETH_VLAN: Final = frozenset({0x8100, 0x88A8, 0x9100})
 _IPV6_EXT: Final = frozenset({0, 43, 60, 51})  # hop-by-hop, routing, destination, AH
 _IPV6_FRAG: Final = 44
+_IPV6_HOP_BY_HOP: Final = 0
+_JUMBO_OPTION: Final = 0xC2
 _MAX_IPV6_EXT: Final = 8
 _TUNNEL_PORTS: Final = tunnel.UDP_TUNNEL_PORTS
 
@@ -67,13 +83,15 @@ class PacketDecoder:
     turns reassembly off (as ``decode_frame``).
     """
 
-    __slots__ = ("_frags", "_ts")
+    __slots__ = ("_frags", "_ts", "wifi_skipped")
 
     def __init__(self, max_fragments: int = 1024, frag_ttl_s: float = 30.0) -> None:
         self._frags = (
             Reassembler(max_fragments, int(frag_ttl_s * 1e9)) if max_fragments > 0 else None
         )
         self._ts = 0
+        # 802.11 data frames not read: "protected" (encrypted, no keys), "a-msdu"
+        self.wifi_skipped: dict[str, int] = {}
 
     @property
     def fragments_reassembled(self) -> int:
@@ -114,9 +132,29 @@ class PacketDecoder:
                 raise DecodeError("loopback header cut short")
             return self._l3(tunnel.IP_ANY, data, 4, end, 0)
         if linktype == 239:  # Linux NFLOG
-            inner = tunnel.nflog(data)
-            return None if inner is None else self._l3(inner[0], data, inner[1], end, 0)
+            return self._link(tunnel.nflog(data), data, end)
+        if linktype == 127:  # 802.11 with radiotap
+            off, stop, pad = link.radiotap(data, end)
+            return self._wifi(link.ieee80211(data, off, stop, pad), data, stop)
+        if linktype == 105:
+            return self._wifi(link.ieee80211(data, 0, end), data, end)
+        if linktype in (9, 50):  # PPP, PPP in HDLC-like framing
+            return self._link(link.ppp_link(data, 0, end), data, end)
+        if linktype == 104:
+            return self._link(link.chdlc(data, 0, end), data, end)
+        if linktype == 108:
+            return self._link(link.loop(data, end), data, end)
         return None
+
+    def _link(self, inner: tunnel.Inner | None, data: bytes, end: int) -> Segment | None:
+        return None if inner is None else self._l3(inner[0], data, inner[1], end, 0)
+
+    def _wifi(self, inner: tunnel.Inner | None, data: bytes, end: int) -> Segment | None:
+        if inner is not None and inner[0] in (link.PROTECTED, link.AMSDU):
+            why = "protected" if inner[0] == link.PROTECTED else "a-msdu"
+            self.wifi_skipped[why] = self.wifi_skipped.get(why, 0) + 1
+            return None
+        return self._link(inner, data, end)
 
     # -- link and shim layers --------------------------------------------------------
 
@@ -177,6 +215,8 @@ class PacketDecoder:
         ihl = (vihl & 0x0F) * 4
         if ihl < 20:
             raise DecodeError(f"ipv4 header length {ihl}")
+        if not total:  # segmentation offload (TSO): the packet is what was captured
+            total = end - off
         if total < ihl:
             raise DecodeError(f"ipv4 total length {total} < header length {ihl}")
         stop = min(end, off + total)
@@ -202,8 +242,11 @@ class PacketDecoder:
         plen = _u16(data, off + 4)[0]
         src = data[off + 8 : off + 24]
         dst = data[off + 24 : off + 40]
+        nxt = data[off + 6]
+        if not plen and nxt == _IPV6_HOP_BY_HOP:
+            plen = _jumbo_length(data, off + 40, end)
         stop = min(end, off + 40 + plen) if plen else end
-        return self._ipv6_next(data[off + 6], src, dst, data, off + 40, stop, depth)
+        return self._ipv6_next(nxt, src, dst, data, off + 40, stop, depth)
 
     def _ipv6_next(
         self, nxt: int, src: bytes, dst: bytes, data: bytes, pos: int, end: int, depth: int
@@ -272,6 +315,8 @@ class PacketDecoder:
         if end - pos < 8:
             raise DecodeError("udp header cut short")
         sport, dport, ulen = _udp_header(data, pos)
+        if not ulen and len(src) == 16:  # over IPv6: a jumbogram's (RFC 2675), as tshark
+            ulen = end - pos
         if ulen < 8:
             # length 0 is legal only for jumbograms; anything else: no payload we trust
             return _new(Segment, (src, dst, PROTO_UDP, sport, dport, 0, b"", 0))
@@ -286,6 +331,24 @@ class PacketDecoder:
         if inner is not None:
             return self._inner(inner, data, stop, depth)
         return _new(Segment, (src, dst, PROTO_UDP, sport, dport, 0, data[pos + 8 : stop], 0))
+
+
+def _jumbo_length(data: bytes, pos: int, end: int) -> int:
+    """The Jumbo Payload option's length in the hop-by-hop header at ``pos`` (RFC 2675),
+    or 0 without one."""
+    if pos + 2 > end:
+        return 0
+    stop = min(end, pos + (data[pos + 1] + 1) * 8)
+    i = pos + 2
+    while i + 2 <= stop:
+        kind = data[i]
+        if kind == 0:  # Pad1
+            i += 1
+            continue
+        if kind == _JUMBO_OPTION and data[i + 1] == 4 and i + 6 <= stop:
+            return int(_u32(data, i + 2)[0])
+        i += 2 + data[i + 1]
+    return 0
 
 
 def tcp_data_head(data: bytes) -> tuple[bytes, int, bytes, int, int, int] | None:

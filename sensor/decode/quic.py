@@ -1,4 +1,5 @@
-"""QUIC Initial packets: the ClientHello server_name, QUIC v1 (RFC 9000/9001) and v2 (RFC 9369).
+"""QUIC Initial packets: the ClientHello server_name, QUIC v1 (RFC 9000/9001), v2 (RFC 9369) and
+drafts 23-34 (``0xff0000NN``: v1's wire format, labels and packet types; each draft's salt).
 
 A client's Initial packets are encrypted with keys anyone can derive from the Destination
 Connection ID of its first Initial (RFC 9001 section 5.2). ``QuicInitialTracker`` removes header
@@ -14,8 +15,6 @@ CRYPTO bytes and a TTL.
 
 from __future__ import annotations
 
-import re
-from bisect import insort
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, cast
@@ -27,28 +26,34 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sensor.decode import DecodeError, Sighting
 from sensor.decode.native import NATIVE, decoders
+from sensor.decode.quic_crypto import CryptoStream, crypto_frames, varint
 
 VERSION_1: Final = 0x00000001
 VERSION_2: Final = 0x6B3343CF
 
+_SALT_V1: Final = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
+# draft-ietf-quic-tls section 5.2: one salt for drafts 23-28, another for 29-32; 33 and 34
+# already use v1's. Draft 22 and older are not decoded (other frame and header details).
+_DRAFT_SALTS: Final = (
+    (range(23, 29), bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")),
+    (range(29, 33), bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")),
+    (range(33, 35), _SALT_V1),
+)
 _SALTS: Final = {
-    VERSION_1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
+    VERSION_1: _SALT_V1,
     VERSION_2: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
+    **{0xFF000000 | draft: salt for drafts, salt in _DRAFT_SALTS for draft in drafts},
 }
-_LABELS: Final = {  # key, iv, hp
-    VERSION_1: (b"quic key", b"quic iv", b"quic hp"),
-    VERSION_2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp"),
-}
-_INITIAL_TYPE: Final = {VERSION_1: 0b00, VERSION_2: 0b01}  # long-header packet type bits
-_RETRY_TYPE: Final = {VERSION_1: 0b11, VERSION_2: 0b00}
+_LABELS_V1: Final = (b"quic key", b"quic iv", b"quic hp")  # key, iv, hp; the drafts' too
+_LABELS: Final = {VERSION_2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp")}
+# long-header packet type bits: v2 swapped them; the drafts have v1's
+_INITIAL_TYPE: Final = {v: 0b01 if v == VERSION_2 else 0b00 for v in _SALTS}
+_RETRY_TYPE: Final = {v: 0b00 if v == VERSION_2 else 0b11 for v in _SALTS}
 
 _MAX_CID: Final = 20
 _SAMPLE_LEN: Final = 16
 _TAG_LEN: Final = 16
-_MAX_RANGES: Final = 512  # CRYPTO fragments kept apart per connection before giving up
 _MAX_ALIASES: Final = 8  # DCIDs one connection may be seen under (server-chosen, Retry)
-_HELLO: Final = 0x01
-_NONZERO: Final = re.compile(rb"[^\x00]")
 
 Flow = tuple[bytes, int, bytes, int]  # src address (packed), src port, dst address, dst port
 
@@ -93,7 +98,7 @@ def client_initial_secrets(version: int, dcid: bytes) -> InitialSecrets:
         raise DecodeError(f"no Initial salt for QUIC version {version:#010x}")
     initial = _hmac_sha256(salt, dcid)  # HKDF-Extract(salt, DCID)
     secret = hkdf_expand_label(initial, b"client in", 32)
-    key_label, iv_label, hp_label = _LABELS[version]
+    key_label, iv_label, hp_label = _LABELS.get(version, _LABELS_V1)
     return InitialSecrets(
         secret=secret,
         key=hkdf_expand_label(secret, key_label, 16),
@@ -118,18 +123,6 @@ class _Keys:
 # --- wire format ----------------------------------------------------------------------------
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A QUIC variable-length integer at ``pos``: (value, position after it)."""
-    if pos >= len(data):
-        raise DecodeError("quic varint cut short")
-    size = 1 << (data[pos] >> 6)
-    end = pos + size
-    if end > len(data):
-        raise DecodeError("quic varint cut short")
-    value = int.from_bytes(data[pos:end], "big") & ((1 << (8 * size - 2)) - 1)
-    return value, end
-
-
 class _Header(NamedTuple):
     start: int
     version: int
@@ -141,7 +134,7 @@ class _Header(NamedTuple):
 
 
 def looks_like_quic_initial(payload: bytes) -> bool:
-    """Cheap test: long header with the fixed bit, QUIC v1 or v2, Initial packet type."""
+    """Cheap test: long header with the fixed bit, a known version, Initial packet type."""
     if len(payload) < 7 or payload[0] & 0xC0 != 0xC0:
         return False
     itype = _INITIAL_TYPE.get(int.from_bytes(payload[1:5], "big"))
@@ -167,9 +160,9 @@ def _long_header(data: bytes, pos: int) -> _Header | None:
         return _Header(pos, version, False, dcid, scid, len(data), len(data))
     initial = ptype == _INITIAL_TYPE[version]
     if initial:
-        token_len, p = _varint(data, p)
+        token_len, p = varint(data, p)
         p += token_len
-    length, p = _varint(data, p)
+    length, p = varint(data, p)
     end = p + length
     if end > len(data):
         raise DecodeError("quic packet length runs past the datagram")
@@ -222,94 +215,7 @@ def _open(data: bytes, hdr: _Header, keys: _Keys, largest_pn: int) -> tuple[int,
     return pn, plain
 
 
-def crypto_frames(plain: bytes) -> list[tuple[int, bytes]]:
-    """(offset, data) of the CRYPTO frames in a decrypted Initial payload.
-
-    PADDING, PING and ACK are skipped; any other frame ends the walk (Initials carry little else).
-    """
-    out: list[tuple[int, bytes]] = []
-    pos, n = 0, len(plain)
-    while pos < n:
-        ftype = plain[pos]
-        if ftype == 0x00:  # PADDING, usually a long run
-            m = _NONZERO.search(plain, pos)
-            if m is None:
-                break
-            pos = m.start()
-        elif ftype == 0x01:  # PING
-            pos += 1
-        elif ftype in (0x02, 0x03):  # ACK, ACK with ECN counts
-            pos = _skip_ack(plain, pos + 1, ecn=ftype == 0x03)
-        elif ftype == 0x06:
-            offset, pos = _varint(plain, pos + 1)
-            length, pos = _varint(plain, pos)
-            if pos + length > n:
-                raise DecodeError("quic CRYPTO frame runs past the packet")
-            out.append((offset, plain[pos : pos + length]))
-            pos += length
-        else:
-            break
-    return out
-
-
-def _skip_ack(plain: bytes, pos: int, *, ecn: bool) -> int:
-    _, pos = _varint(plain, pos)  # largest acknowledged
-    _, pos = _varint(plain, pos)  # ack delay
-    ranges, pos = _varint(plain, pos)
-    _, pos = _varint(plain, pos)  # first ack range
-    for _ in range(ranges):  # each varint takes a byte or more: ends at the payload's end
-        _, pos = _varint(plain, pos)
-        _, pos = _varint(plain, pos)
-    for _ in range(3 if ecn else 0):
-        _, pos = _varint(plain, pos)
-    return pos
-
-
 # --- per-connection state ---------------------------------------------------------------------
-
-
-class CryptoStream:
-    """Initial-level CRYPTO bytes of one connection, reassembled by offset, capped at ``cap``."""
-
-    __slots__ = ("buf", "cap", "ranges")
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.buf = bytearray()
-        self.ranges: list[tuple[int, int]] = []  # disjoint, sorted [start, end)
-
-    def add(self, offset: int, data: bytes) -> None:
-        """Store ``data`` at ``offset``; bytes at or past ``cap`` are dropped."""
-        end = min(offset + len(data), self.cap)
-        if end <= offset:
-            return
-        if end > len(self.buf):
-            self.buf.extend(bytes(end - len(self.buf)))
-        self.buf[offset:end] = data[: end - offset]
-        insort(self.ranges, (offset, end))
-        merged: list[tuple[int, int]] = []
-        for start, stop in self.ranges:
-            if merged and start <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
-            else:
-                merged.append((start, stop))
-        if len(merged) > _MAX_RANGES:
-            raise DecodeError("quic CRYPTO stream in too many fragments")
-        self.ranges = merged
-
-    def hello(self) -> bytes | None:
-        """The ClientHello body once bytes [0, 4 + length) are all in, else None."""
-        if not self.ranges or self.ranges[0][0] != 0:
-            return None
-        have = self.ranges[0][1]
-        if have < 4:
-            return None
-        if self.buf[0] != _HELLO:
-            raise DecodeError(f"quic CRYPTO stream starts with handshake type {self.buf[0]}")
-        need = 4 + int.from_bytes(self.buf[1:4], "big")
-        if need > self.cap:
-            raise DecodeError(f"quic ClientHello of {need} bytes exceeds the {self.cap}-byte cap")
-        return bytes(self.buf[4:need]) if have >= need else None
 
 
 @dataclass(slots=True, eq=False)
@@ -320,6 +226,7 @@ class _Conn:
     key_dcid: bytes  # the DCID the client's Initial keys come from (changed by a Retry)
     last_seen: float
     stream: CryptoStream | None  # None once the hello was handled
+    version: int  # a client Initial in another version starts over (after Version Negotiation)
     largest_pn: int = -1
     aliases: list[bytes] = field(default_factory=list)  # every DCID indexed in ``_by_dcid``
 
@@ -390,10 +297,13 @@ class QuicInitialTracker:
 
     def _initial(self, flow: Flow, data: bytes, hdr: _Header, now: float) -> Sighting | None:
         conn = self._by_dcid.get((flow, hdr.dcid))
-        if conn is not None and conn.stream is None:
+        if conn is not None and conn.stream is None and conn.version == hdr.version:
             self._touch(conn, now)
             return None  # hello already handled: retransmissions and ACK-only Initials
         known = conn if conn is not None else self._by_flow.get(flow)
+        if known is not None and known.version != hdr.version:
+            # after Version Negotiation the client starts over in a version the server offered
+            known = None
         candidates = [hdr.dcid] if known is None else [known.key_dcid, hdr.dcid]
         for key_dcid in dict.fromkeys(candidates):
             largest = known.largest_pn if known is not None and key_dcid == known.key_dcid else -1
@@ -433,7 +343,8 @@ class QuicInitialTracker:
         old = self._conns.get((flow, hdr.dcid))
         if old is not None:
             self._evict(old)  # a new connection reusing a DCID on the same 4-tuple
-        conn = _Conn(flow, hdr.dcid, hdr.scid, hdr.dcid, now, CryptoStream(self.max_crypto_bytes))
+        stream = CryptoStream(self.max_crypto_bytes)
+        conn = _Conn(flow, hdr.dcid, hdr.scid, hdr.dcid, now, stream, hdr.version)
         self._conns[(flow, hdr.dcid)] = conn
         self._by_flow[flow] = conn
         return conn
@@ -481,7 +392,10 @@ class QuicInitialTracker:
             return keys
         if self._native is None or version not in _SALTS:  # an unknown one: the pure error
             return _Keys(client_initial_secrets(version, dcid))
-        return cast(object, self._native.initial_keys(_SALTS[version], dcid, *_LABELS[version]))
+        return cast(
+            object,
+            self._native.initial_keys(_SALTS[version], dcid, *_LABELS.get(version, _LABELS_V1)),
+        )
 
     def _open(self, data: bytes, h: _Header, keys: object, pn: int) -> tuple[int, bytes] | None:
         if isinstance(keys, _Keys) or self._native is None:  # (compiled keys: compiled module)

@@ -5,6 +5,11 @@ key shares); an HTTP request head may too; DNS over TCP carries several length-p
 messages per connection, split anywhere. Flows are keyed by direction
 ``(src, sport, dst, dport)``; state is created only for streams whose first bytes look
 like TLS, HTTP or DNS, and every table and buffer is bounded (oldest evicted, counted).
+
+DNS over TCP is read on port 53 and, on any other port, when a segment strictly looks
+like the start of a DNS message (``looks_like_dns_tcp``). A query read expects its answer:
+the reverse direction gets a flow that holds segments until the one starting the answer
+comes, so an answer whose segments arrive out of order is still read from its start.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sensor.decode import DecodeError, Sighting
+from sensor.decode.dns import looks_like_dns_tcp
 from sensor.decode.native import decoders
 
 FlowKey = tuple[bytes, int, bytes, int]
@@ -27,15 +33,26 @@ SEQ_MOD: Final = 1 << 32
 # first bytes a stream worth state can start with: a TLS handshake record or a request
 # line's upper-case method (see _could_be_client_hello and _starts_http)
 STREAM_STARTS: Final = frozenset({0x16, *range(ord("A"), ord("Z") + 1)})
+# DNS over TCP on a port of its own is guessed from segments starting with a length below
+# 512 (a query, or a short answer seen alone; a longer answer is read after its query)
+DNS_FIRST_MAX: Final = 1
+DNS_STARTS_ALSO: Final = STREAM_STARTS | set(range(DNS_FIRST_MAX + 1))
 
 
 @dataclass
 class _Flow:
     kind: str  # "tls" | "http" | "dns"
-    next_seq: int
+    next_seq: int  # -1: a DNS stream whose first segment has not come (segments held)
     buf: bytearray = field(default_factory=bytearray)
     pending: dict[int, bytes] = field(default_factory=dict)
     held: int = 0  # bytes this flow was last counted for in StreamTable.bytes
+
+
+def _prefilter_passes(key: FlowKey) -> bool:
+    """Whether the file prefilter passes this direction's data (``sensor.sources.prefilter``:
+    server data from a well-known port other than 53 to an ephemeral one is dropped there),
+    so DNS is guessed alike by both readers."""
+    return not (key[1] < 1024 and key[1] != 53 and key[3] >= 1024)
 
 
 def _could_be_client_hello(payload: bytes) -> bool:
@@ -91,9 +108,12 @@ class StreamTable:
         """Sightings completed by this segment (may be several for DNS)."""
         flow = self._flows.get(key)
         if flow is None:
-            if not payload or (payload[0] not in STREAM_STARTS and not dns_port):
+            if not payload or (payload[0] not in DNS_STARTS_ALSO and not dns_port):
                 return []  # mid-stream data (most segments): neither a hello nor a request
             return self._start(key, seq, payload, dns_port)
+        if flow.next_seq < 0 and not self._anchor(flow, seq, payload):
+            self._account(flow)
+            return []
         data = self._in_order(flow, seq, payload)
         if data is None:
             self._account(flow)
@@ -105,8 +125,18 @@ class StreamTable:
         return found
 
     def _start(self, key: FlowKey, seq: int, payload: bytes, dns_port: bool) -> list[Sighting]:
-        if dns_port:
+        if dns_port or (
+            payload[0] <= DNS_FIRST_MAX
+            and _prefilter_passes(key)
+            and looks_like_dns_tcp(payload, strict=True)
+        ):
             kind = "dns"
+            if len(payload) > 4 and not payload[4] & 0x80:  # a query: expect its answer
+                self._expect_dns((key[2], key[3], key[0], key[1]))
+            if not looks_like_dns_tcp(payload, strict=False):  # port 53, out of order
+                flow = _Flow(kind, -1, pending={seq: payload})
+                self._keep(key, flow)
+                return []
         elif _could_be_client_hello(payload):
             kind = "tls"
         elif _starts_http(payload):
@@ -116,6 +146,24 @@ class StreamTable:
         flow = _Flow(kind, (seq + len(payload)) % SEQ_MOD, bytearray(payload))
         out = self._advance(key, flow, new=True)
         return out
+
+    def _expect_dns(self, key: FlowKey) -> None:
+        """A flow for the answer of a query just read, its start not yet known: segments
+        that arrive before the answer's first are held (``_anchor``)."""
+        if key not in self._flows and _prefilter_passes(key):
+            self._keep(key, _Flow("dns", -1))
+
+    def _anchor(self, flow: _Flow, seq: int, payload: bytes) -> bool:
+        """Fix where a DNS stream starts at the first segment that starts a message; until
+        then hold segments (bounded, as gaps are). Held segments from before the start go."""
+        if not looks_like_dns_tcp(payload, strict=False):
+            if len(flow.pending) < MAX_OUT_OF_ORDER:
+                flow.pending[seq] = payload
+            return False
+        flow.next_seq = seq
+        for held in [s for s in flow.pending if (s - seq) % SEQ_MOD >= SEQ_MOD // 2]:
+            del flow.pending[held]
+        return True
 
     def _in_order(self, flow: _Flow, seq: int, payload: bytes) -> bytes | None:
         """The bytes this segment adds at the stream's end, releasing held segments."""

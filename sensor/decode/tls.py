@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from sensor.decode import DecodeError, Sighting, host_name
+from sensor.decode import NOT_HOST, DecodeError, Sighting, host_name, observed_name
 
 EXT_SERVER_NAME: Final = 0
 EXT_ECH: Final = 0xFE0D
@@ -86,10 +86,18 @@ def parse_client_hello(hello: bytes, kind: str) -> Sighting | None:
         raise DecodeError("tls client hello cut short") from None
     if sni is None:
         return None
-    return Sighting(kind, sni, extra={"ech": True} if ech else {})
+    extra: dict[str, bool] = {"ech": True} if ech else {}
+    name = host_name(sni)
+    if name is None:  # not a host name (``server4:443``): an observation, never a match
+        name = observed_name(sni)
+        if name is None:
+            return None
+        extra[NOT_HOST] = True
+    return Sighting(kind, name, extra=extra)
 
 
 def _server_name(data: bytes) -> str | None:
+    """The host_name entry of a server_name extension, as sent."""
     pos = 2  # server_name_list length
     while pos + 3 <= len(data):
         ntype = data[pos]
@@ -97,7 +105,7 @@ def _server_name(data: bytes) -> str | None:
         raw = data[pos + 3 : pos + 3 + nlen]
         if ntype == 0:
             try:
-                return host_name(raw.decode("ascii"))
+                return raw.decode("ascii")
             except UnicodeDecodeError:
                 raise DecodeError("tls server_name is not ASCII") from None
         pos += 3 + nlen

@@ -30,8 +30,9 @@ PORT_VXLAN_GPE: Final = 4790
 PORT_GENEVE: Final = 6081
 PORT_GTP_U: Final = 2152
 PORT_TEREDO: Final = 3544
+PORT_AYIYA: Final = 5072
 UDP_TUNNEL_PORTS: Final = frozenset(
-    {PORT_VXLAN, PORT_VXLAN_GPE, PORT_GENEVE, PORT_GTP_U, PORT_TEREDO}
+    {PORT_VXLAN, PORT_VXLAN_GPE, PORT_GENEVE, PORT_GTP_U, PORT_TEREDO, PORT_AYIYA}
 )
 
 _PPP: Final = {0x0021: IPV4, 0x0057: IPV6}  # also the compressed 1-byte form
@@ -42,6 +43,8 @@ _MAX_LABELS: Final = 16
 _MAX_GTP_EXT: Final = 8
 _TEREDO_PREFIX: Final = b"\x20\x01\x00\x00"  # 2001:0::/32
 _IPV6_NEXT: Final = frozenset({0, 6, 17, 43, 44, 50, 51, 58, 59, 60})
+_AYIYA_FORWARD: Final = 1
+_AYIYA_NEXT: Final = {4: IPV4, 41: IPV6}
 
 _u16 = struct.Struct("!H").unpack_from
 
@@ -66,6 +69,8 @@ def udp_tunnel(
         return vxlan_gpe(data, off, end)
     if dport == PORT_TEREDO or sport == PORT_TEREDO:
         return teredo(data, off, end, claimed, by_port=True)
+    if dport == PORT_AYIYA or sport == PORT_AYIYA:
+        return ayiya(data, off, end)
     return None
 
 
@@ -152,6 +157,19 @@ def _teredo_skip(data: bytes, off: int, end: int) -> int:
     if off + 8 <= stop and data[off] == 0 and data[off + 1] == 0:
         off += 8
     return off
+
+
+def ayiya(data: bytes, off: int, end: int) -> Inner | None:
+    """AYIYA (Anything In Anything, the SixXS tunnel; tshark's ``ayiya``): 8 bytes, an
+    identity of 2^IDLen bytes and a signature of 4 * SigLen bytes, then the packet a
+    forward message carries, named by its IP protocol number."""
+    _need(data, off, 8, end, "ayiya")
+    if data[off + 2] & 0x0F != _AYIYA_FORWARD:
+        return None
+    code = _AYIYA_NEXT.get(data[off + 3])
+    if code is None:
+        return None
+    return code, off + 8 + (1 << (data[off] >> 4)) + 4 * (data[off + 1] >> 4)
 
 
 def pppoe(data: bytes, off: int, end: int) -> Inner | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 
-from sensor.sources.base import CaptureError, Frame, ReadStats, Stopped
+from sensor.sources.base import CaptureError, Frame, ReadStats, Stopped, skipped_note
 from sensor.sources.pcapfile import CaptureFile
 from sensor.sources.prefilter import PrefilteredFile, available, prefilter_expression
 
@@ -19,18 +19,21 @@ def open_capture(
     prefilter: bool = True,
     cidrs: Iterable[str] = (),
     stop: threading.Event | None = None,
+    readable: Container[int] | None = None,
 ) -> CaptureFile | PrefilteredFile:
     """The fastest reader for ``path``: libpcap with the prefilter when it can, else the
     pure-Python reader. Errors about the file come from the pure reader (it opens it
     first, so a missing or foreign file is named the same way on both paths). ``stop``
-    ends a read from stdin that waits for more input."""
-    cap = CaptureFile(path, stop)
+    ends a read from stdin that waits for more input. ``readable``: the link types the
+    decoder reads; packets of others are skipped and counted (``stats.skipped``,
+    ``skipped_note``)."""
+    cap = CaptureFile(path, stop, readable)
     if not prefilter:
         return cap
     why = _no_prefilter(path, cap)
     if why is None:
         try:
-            fast = PrefilteredFile(path, prefilter_expression(cidrs))
+            fast = PrefilteredFile(path, prefilter_expression(cidrs), readable)
         except CaptureError as exc:
             why = str(exc).removeprefix(f"{path}: ")
         else:
@@ -57,14 +60,22 @@ class CaptureFiles:
     to ``errors`` (one line naming it) and the next file is read. ``stop`` ends the read
     where it is, a blocked stdin read included; ``finished`` says whether every file was
     read to its end, ``where`` which file the read stopped in and how many packets of it
-    were read by then."""
+    were read by then. A file holding packets only of link types the decoder does not
+    read (``readable``) is an error; some such packets, a warning naming the link types."""
 
     live = False
 
-    def __init__(self, paths: list[str], prefilter: bool = True, cidrs: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        paths: list[str],
+        prefilter: bool = True,
+        cidrs: Iterable[str] = (),
+        readable: Container[int] | None = None,
+    ) -> None:
         self.paths = paths
         self.prefilter = prefilter
         self.cidrs = list(cidrs)
+        self.readable = readable
         self.stats = ReadStats()
         self.errors: list[str] = []
         self.finished = False
@@ -101,7 +112,7 @@ class CaptureFiles:
             self._read += 1
             self._reader = None
             try:
-                reader = open_capture(path, self.prefilter, self.cidrs, self._stop)
+                reader = open_capture(path, self.prefilter, self.cidrs, self._stop, self.readable)
             except Stopped:
                 return
             except CaptureError as exc:
@@ -121,6 +132,11 @@ class CaptureFiles:
                 self.stats.packets += reader.stats.packets
             if reader.stats.truncated:
                 log.warning("%s", reader.stats.note)  # file, byte and packets kept, as scan
+            if note := skipped_note(path, reader.stats, reader.packets_read()):
+                if reader.packets_read():
+                    log.warning("%s", note)
+                else:
+                    self.errors.append(note)  # nothing readable: a bad file, as scan says
             if reader.stopped:
                 return
         self.finished = True

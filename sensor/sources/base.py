@@ -58,6 +58,36 @@ class ReadStats:
     packets: int = 0
     truncated: bool = False
     note: str = ""
+    # packets of link types the decoder does not read, by link type: skipped, not yielded
+    skipped: dict[int, int] = field(default_factory=dict)
+
+
+# names of link types a capture may hold that the decoder does not read (for messages)
+LINKTYPE_NAMES: Final = {
+    6: "Token Ring",
+    10: "FDDI",
+    119: "802.11 with Prism header",
+    163: "802.11 with AVS header",
+    192: "PPI",
+    195: "802.15.4",
+    220: "USB",
+    249: "USB (Linux, mmapped)",
+}
+
+
+def skipped_note(path: str, stats: ReadStats, read: int) -> str:
+    """One line naming the link types of a file that were skipped and how many packets
+    each; ``read`` is the packets of other link types read (``FileReader.packets_read``):
+    0 makes it a bad file. Empty when nothing was skipped."""
+    if not stats.skipped:
+        return ""
+    kinds = ", ".join(
+        f"{n} of link type {t}" + (f" ({LINKTYPE_NAMES[t]})" if t in LINKTYPE_NAMES else "")
+        for t, n in sorted(stats.skipped.items())
+    )
+    if not read:
+        return f"{path}: nothing readable: every packet ({kinds}) is of a link type kaspwatch does not decode"
+    return f"{path}: skipped packets of link types kaspwatch does not decode: {kinds}"
 
 
 class Source(Protocol):
@@ -99,6 +129,12 @@ class FileReader:
     counts = "packets"
     live = False
     stopped = False  # the read ended on ``stop``, not at the end of the file
+    stats: ReadStats
+
+    def packets_read(self) -> int:
+        """Packets of link types the decoder reads that were read, before any filter;
+        0 after a whole file means it held none (``skipped_note``)."""
+        return self.stats.packets
 
     def kernel_drops(self) -> int:
         return 0

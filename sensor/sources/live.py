@@ -1,7 +1,14 @@
-"""Live capture: AF_PACKET sockets on one or more interfaces, an in-kernel BPF filter."""
+"""Live capture: AF_PACKET sockets on one or more interfaces, an in-kernel BPF filter.
+
+Frames carry the interface's link type, from its hardware type: Ethernet (and loopback),
+802.11 with radiotap (a wifi monitor interface) or plain 802.11, and raw IP (tun,
+WireGuard, PPP, sit). An interface of any other hardware type is opened with a warning
+naming it, and its packets are counted (``stats.skipped``) instead of read.
+"""
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import time
@@ -10,6 +17,8 @@ from typing import Final
 
 from sensor.sources.base import LINKTYPE_ETHERNET, CaptureError, Frame, ReadStats
 
+log = logging.getLogger(__name__)
+
 # What the kernel keeps for the live sensor. Everything that can carry a name or start a
 # flow, and nothing else: DNS on its ports over UDP and TCP, QUIC long-header packets
 # (Initials), TCP SYN/FIN/RST (flow starts and ends), and TCP segments that carry payload
@@ -17,6 +26,7 @@ from sensor.sources.base import LINKTYPE_ETHERNET, CaptureError, Frame, ReadStat
 # segment, so continuation segments must pass too). Pure ACKs, short-header QUIC and other
 # UDP are dropped in the kernel. libpcap's tcp[]/udp[] offsets are IPv4-only, so IPv6 has
 # its own clauses (fixed offsets: IPv6 extension headers defeat them and fall through).
+_VLAN: Final = "(vlan and (udp or tcp))"
 BPF_FILTER: Final = " or ".join(
     (
         "udp port 53 or udp port 5353 or udp port 5355 or tcp port 53",
@@ -31,9 +41,28 @@ BPF_FILTER: Final = " or ".join(
         "(ip6 and ip6[6] = 6 and ip6[53] & 0x07 != 0)",
         "(ip and tcp and (ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) != 0)",
         "(ip6 and ip6[6] = 6 and (ip6[4:2] - ((ip6[52] & 0xf0) >> 2)) != 0)",
-        "(vlan and (udp or tcp))",
+        _VLAN,
     )
 )
+# sockaddr_ll.sll_hatype (ARPHRD_*) -> the pcap link type of what the socket hands over
+LINKTYPE_OF_HATYPE: Final = {
+    1: LINKTYPE_ETHERNET,  # ARPHRD_ETHER
+    772: LINKTYPE_ETHERNET,  # ARPHRD_LOOPBACK: Linux gives loopback an Ethernet header
+    801: 105,  # ARPHRD_IEEE80211: plain 802.11
+    803: 127,  # ARPHRD_IEEE80211_RADIOTAP: a monitor-mode wifi interface
+    512: 101,  # ARPHRD_PPP: the IP packet, no header
+    519: 101,  # ARPHRD_RAWIP
+    776: 101,  # ARPHRD_SIT
+    65534: 101,  # ARPHRD_NONE: tun, WireGuard
+}
+
+
+def bpf_filter(linktype: int) -> str:
+    """``BPF_FILTER`` as libpcap compiles it for ``linktype``: its ``vlan`` primitive
+    exists for Ethernet and 802.11 only."""
+    if linktype in (LINKTYPE_ETHERNET, 105, 127):
+        return BPF_FILTER
+    return BPF_FILTER.replace(f" or {_VLAN}", "")
 
 
 RCVBUF_BYTES: Final = 32 * 1024 * 1024
@@ -86,6 +115,15 @@ class LiveCapture:
             ) from None
         except OSError as exc:
             raise CaptureError(f"{interface}: cannot capture: {exc.strerror}") from None
+        self.hatype = int(self._sock.getsockname()[3])
+        self.linktype = LINKTYPE_OF_HATYPE.get(self.hatype)
+        if self.linktype is None:
+            log.warning(
+                "%s: hardware type %d is not one kaspwatch decodes: its packets are counted, "
+                "not read", interface, self.hatype,
+            )  # fmt: skip
+        elif bpf == BPF_FILTER:
+            bpf = bpf_filter(self.linktype)
         if bpf:
             self._attach(bpf)
         if fanout is not None:
@@ -159,6 +197,9 @@ class LiveCapture:
             except TimeoutError:
                 yield None
                 continue
+            if self.linktype is None:
+                self._skip()
+                continue
             self.stats.packets += 1
             yield frame
         self._sock.setblocking(False)
@@ -167,8 +208,15 @@ class LiveCapture:
                 frame = self._recv()
             except (BlockingIOError, OSError):
                 return
+            if self.linktype is None:
+                self._skip()
+                continue
             self.stats.packets += 1
             yield frame
+
+    def _skip(self) -> None:
+        """A packet of a hardware type not decoded, counted under that type."""
+        self.stats.skipped[self.hatype] = self.stats.skipped.get(self.hatype, 0) + 1
 
     def _recv(self) -> Frame:
         """The next packet. On loopback the kernel hands a packet socket each packet twice,
@@ -178,11 +226,12 @@ class LiveCapture:
             data, ancillary, _flags, addr = self._sock.recvmsg(self.snaplen, _TIMESPEC_SPACE)
             if addr[2] != _PACKET_OUTGOING or addr[3] != _ARPHRD_LOOPBACK:
                 break
+        linktype = self.linktype or 0
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
                 sec, nsec = _TIMESPEC.unpack_from(value)
-                return (sec * 1_000_000_000 + nsec, LINKTYPE_ETHERNET, data)
-        return (time.time_ns(), LINKTYPE_ETHERNET, data)
+                return (sec * 1_000_000_000 + nsec, linktype, data)
+        return (time.time_ns(), linktype, data)
 
 
 class MergedLive:

@@ -1,7 +1,9 @@
 """Capture files read in pure Python: pcap and pcapng, plain or gzip, or stdin (``-``).
 
 The reference reader: hand-written (no per-packet objects), and it says which file and
-byte offset is bad.
+byte offset is bad. Each pcapng interface keeps its own link type and timestamp unit.
+Given the link types the decoder reads (``readable``), packets of any other are skipped
+and counted per link type in ``stats.skipped`` (the caller names them).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import select
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -32,10 +34,22 @@ _MAX_RECORD: Final = 256 * 1024  # larger than any snaplen a real capture uses
 class CaptureFile(FileReader):
     """A pcap or pcapng file. Iterate for frames; ``position``/``size`` drive progress."""
 
-    def __init__(self, path: str, stop: threading.Event | None = None) -> None:
-        """``stop``: stdin is read so that setting it ends a read waiting for input."""
+    def __init__(
+        self,
+        path: str,
+        stop: threading.Event | None = None,
+        readable: Container[int] | None = None,
+        skip_before: int = 0,
+    ) -> None:
+        """``stop``: stdin is read so that setting it ends a read waiting for input.
+        ``readable``: the link types to yield (None: all). ``skip_before``: packets whose
+        record ends at or before this byte of the file are read past, not yielded (the
+        rest of a file another reader began; ``stats.packets`` counts them, as a
+        truncation note's "kept" does)."""
         self.path = path
         self.stats = ReadStats()
+        self.readable = readable
+        self.skip_before = skip_before
         self._fh: BinaryIO
         self._raw: BinaryIO | None = None
         if path == "-":
@@ -128,6 +142,8 @@ class CaptureFile(FileReader):
         offset = 24
         stats = self.stats
         read = fh.read
+        skip = self.skip_before
+        unread = self.readable is not None and linktype not in self.readable
         while True:
             rh = read(16)
             if len(rh) < 16:
@@ -145,6 +161,12 @@ class CaptureFile(FileReader):
                 self._truncated("packet", offset)
                 return
             offset += 16 + incl
+            if offset <= skip:
+                stats.packets += 1
+                continue
+            if unread:
+                stats.skipped[linktype] = stats.skipped.get(linktype, 0) + 1
+                continue
             stats.packets += 1
             yield (sec * 1_000_000_000 + frac * mult, linktype, data)
 
@@ -155,6 +177,8 @@ class CaptureFile(FileReader):
         ifaces: list[tuple[int, int, int]] = []  # (linktype, ts_num, ts_den) per interface
         offset = 0
         stats = self.stats
+        readable = self.readable
+        skip = self.skip_before
         while True:
             bh = read(8)
             if len(bh) < 8:
@@ -214,12 +238,25 @@ class CaptureFile(FileReader):
                         f"which was never described (after {stats.packets} packets)"
                     )
                 linktype, num, den = ifaces[if_id]
+                if offset <= skip:
+                    stats.packets += 1
+                    continue
+                if readable is not None and linktype not in readable:
+                    stats.skipped[linktype] = stats.skipped.get(linktype, 0) + 1
+                    continue
                 ts = ((ts_hi << 32) | ts_lo) * num // den
                 stats.packets += 1
                 yield (ts, linktype, body[20 : 20 + caplen])
             elif btype == 3 and ifaces:  # Simple Packet Block: no timestamp
+                linktype = ifaces[0][0]
+                if offset <= skip:
+                    stats.packets += 1
+                    continue
+                if readable is not None and linktype not in readable:
+                    stats.skipped[linktype] = stats.skipped.get(linktype, 0) + 1
+                    continue
                 stats.packets += 1
-                yield (0, ifaces[0][0], body[4:-4])
+                yield (0, linktype, body[4:-4])
 
 
 class _StoppableInput(io.RawIOBase):

@@ -6,7 +6,11 @@ filter to savefiles itself (``pcap_setfilter`` + ``pcap_next_ex``), so only the 
 that pass come back as ``Frame`` tuples. ``open_capture`` falls back to the pure-Python
 reader (``sensor.sources.pcapfile.CaptureFile``, the reference) when libpcap is missing, the input
 is stdin or gzip, the link type is one the filter is not written for, or libpcap refuses
-the file; the pure reader then gives its own, more precise, errors.
+the file; the pure reader then gives its own, more precise, errors. libpcap reads a pcapng
+file only while every interface has the first one's link type and snapshot length
+(dumpcap capturing on several interfaces writes files where they differ): where libpcap
+stops on such a file, the pure reader reads the rest (``PrefilteredFile.__iter__``), so
+the fast path never refuses what the pure reader reads.
 
 What passes (``prefilter_expression``), and why it loses nothing the sensor reports:
 
@@ -38,7 +42,7 @@ import ctypes.util
 import logging
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import Final
 
 from sensor.sources.base import CaptureError, FileReader, Frame, ReadStats
@@ -47,8 +51,14 @@ from sensor.sources.pcapfile import CaptureFile
 log = logging.getLogger(__name__)
 
 # DLT values libpcap reports that the filter below is written for: BSD loopback, Ethernet, raw IP
-# (12/14 are the platform DLTs of LINKTYPE_RAW 101), IPv4, IPv6, Linux cooked v1 and v2.
-SUPPORTED_DLTS: Final = frozenset({0, 1, 12, 14, 101, 228, 229, 113, 276})
+# (12/14 are the platform DLTs of LINKTYPE_RAW 101), IPv4, IPv6, Linux cooked v1 and v2, and
+# the link types libpcap's ip/ip6/tcp/udp primitives find IP in by themselves: PPP (9),
+# PPP in HDLC framing (50), Cisco HDLC (104), 802.11 (105: data frames, LLC/SNAP, QoS and
+# 4-address headers) and radiotap (127: its length and the data-padding flag), OpenBSD
+# loopback (108). Anything libpcap does not take for IP passes whole ("not (ip or ip6)").
+SUPPORTED_DLTS: Final = frozenset(
+    {0, 1, 9, 12, 14, 50, 101, 104, 105, 108, 113, 127, 228, 229, 276}
+)
 _PCAP_TSTAMP_PRECISION_NANO: Final = 1
 _PCAP_NETMASK_UNKNOWN: Final = 0xFFFFFFFF
 _PCAP_ERRBUF_SIZE: Final = 256
@@ -100,6 +110,15 @@ class _BpfProgram(ctypes.Structure):
     _fields_ = (("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p))
 
 
+class _PktHdr(ctypes.Structure):  # struct pcap_pkthdr
+    _fields_ = (
+        ("tv_sec", ctypes.c_long),
+        ("tv_usec", ctypes.c_long),
+        ("caplen", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+    )
+
+
 def _load() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
     try:
@@ -127,6 +146,14 @@ def _load() -> ctypes.CDLL | None:
     lib.pcap_close.argtypes = (ctypes.c_void_p,)
     lib.pcap_file.argtypes = (ctypes.c_void_p,)
     lib.pcap_file.restype = ctypes.c_void_p
+    lib.pcap_open_dead.argtypes = (ctypes.c_int, ctypes.c_int)
+    lib.pcap_open_dead.restype = ctypes.c_void_p
+    lib.pcap_offline_filter.argtypes = (
+        ctypes.POINTER(_BpfProgram),
+        ctypes.POINTER(_PktHdr),
+        ctypes.c_char_p,
+    )
+    lib.pcap_offline_filter.restype = ctypes.c_int
     return lib
 
 
@@ -172,11 +199,15 @@ class PrefilteredFile(FileReader):
 
     counts = "packets past the prefilter"  # libpcap skips the rest uncounted
 
-    def __init__(self, path: str, expression: str) -> None:
+    def __init__(self, path: str, expression: str, readable: Container[int] | None = None) -> None:
+        """``readable``: the link types the decoder reads, for the pure reader that takes
+        over when libpcap stops on an interface of another link type."""
         if _LIB is None:
             raise CaptureError(f"{path}: libpcap is not available")
         self.path = path
         self.expression = expression
+        self.readable = readable
+        self._walked = 0  # packets of readable link types the pure reader read (``_rest``)
         self.stats = ReadStats()
         self.format = "libpcap"
         self.size = os.path.getsize(path)
@@ -210,6 +241,11 @@ class PrefilteredFile(FileReader):
                 raise CaptureError(f"{path}: prefilter not accepted: {err}")
         finally:
             _LIB.pcap_freecode(ctypes.byref(prog))
+
+    def packets_read(self) -> int:
+        """Past the prefilter, or (once the pure reader took over) every packet of a
+        readable link type in the file: libpcap counts none it drops."""
+        return max(self.stats.packets, self._walked)
 
     def _error(self) -> str:
         assert _LIB is not None and self._pcap is not None
@@ -263,25 +299,82 @@ class PrefilteredFile(FileReader):
         finally:
             self.stats.packets = passed
         if rc == -1:
-            self._failed(self._error())
+            yield from self._rest(self._error())
 
-    def _failed(self, err: str) -> None:
-        """libpcap stopped on a bad record. Its message names no position, so the pure
-        reader walks the file once more (only a broken file pays this) to say the same as
-        it would have: the byte, and the packets of the whole file kept; a cut-off file
-        keeps what was read, anything else is a corrupt record."""
-        walk = CaptureFile(self.path)
+    def _rest(self, err: str) -> Iterator[Frame]:
+        """libpcap stopped on a block it will not read: in a file without fault, an
+        interface whose link type or snapshot length differs from the first's. Its message
+        names no position, so the pure reader reads the file again from the start, yielding
+        the packets of the blocks past where libpcap stopped, each through the filter
+        compiled for its interface's link type (a broken file thus gets the pure reader's
+        own message: the byte, and the packets of the whole file kept; a cut-off file
+        keeps what was read)."""
+        at = self.position
+        self.close()
+        log.info(
+            "%s: libpcap stopped at byte %d (%s); the rest is read by the pure reader, "
+            "filtered per interface", self.path, at, err,
+        )  # fmt: skip
+        walk = CaptureFile(self.path, readable=self.readable, skip_before=at)
+        filters = LinkFilters(self.expression)
+        passes = filters.passes
         try:
-            for _frame in walk:
-                pass
+            for frame in walk:
+                if passes(frame[1], frame[2]):
+                    self.stats.packets += 1
+                    yield frame
         except CaptureError as exc:
             raise CaptureError(f"{exc} (libpcap: {err})") from None
         finally:
             walk.close()
+            filters.close()
+            self.stats.skipped = walk.stats.skipped
+            self._walked = walk.stats.packets  # the blocks libpcap read too
         self.stats.truncated = walk.stats.truncated
-        self.stats.note = walk.stats.note or f"{self.path}: libpcap stopped early: {err}"
-        if not walk.stats.truncated:  # the pure reader found nothing wrong: say libpcap's
-            raise CaptureError(
-                f"{self.path}: corrupt record after {self.stats.packets} packets "
-                f"that passed the prefilter: {err}"
-            )
+        self.stats.note = walk.stats.note
+
+
+# pcap link types whose libpcap DLT differs (pcap_open_dead takes a DLT)
+_DLT_OF_LINKTYPE: Final = {101: 12}
+
+
+class LinkFilters:
+    """``expression`` compiled once per link type and applied to frames read in Python
+    (``pcap_offline_filter``: libpcap's own filter machine, as ``pcap_next_ex`` runs it).
+    A link type the filter is not written for, or that does not compile, passes whole."""
+
+    def __init__(self, expression: str) -> None:
+        self._expression = expression.encode()
+        self._programs: dict[int, _BpfProgram | None] = {}
+        self._hdr = _PktHdr()
+        self._hdr_ref = ctypes.byref(self._hdr)
+
+    def _compile(self, linktype: int) -> _BpfProgram | None:
+        prog = None
+        if _LIB is not None and linktype in SUPPORTED_DLTS:
+            handle = _LIB.pcap_open_dead(_DLT_OF_LINKTYPE.get(linktype, linktype), _MAX_CAPLEN)
+            if handle:
+                prog = _BpfProgram()
+                if _LIB.pcap_compile(handle, ctypes.byref(prog), self._expression, 1,
+                                     _PCAP_NETMASK_UNKNOWN) != 0:  # fmt: skip
+                    prog = None
+                _LIB.pcap_close(handle)
+        self._programs[linktype] = prog
+        return prog
+
+    def passes(self, linktype: int, data: bytes) -> bool:
+        try:
+            prog = self._programs[linktype]
+        except KeyError:
+            prog = self._compile(linktype)
+        if prog is None or _LIB is None:
+            return True
+        hdr = self._hdr
+        hdr.caplen = hdr.len = len(data)
+        return bool(_LIB.pcap_offline_filter(prog, self._hdr_ref, data))
+
+    def close(self) -> None:
+        for prog in self._programs.values():
+            if prog is not None and _LIB is not None:
+                _LIB.pcap_freecode(ctypes.byref(prog))
+        self._programs.clear()
