@@ -5,6 +5,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+NATIVE  := $(VENV)/.native
 JARS    := deploy/kafka/libs/.fetched
 
 .PHONY: demo test lint system-packages clean lock
@@ -16,6 +17,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+# the compiled decoders (native/): built when a Rust toolchain is there, else one notice line
+$(NATIVE): $(STAMP) native/build.sh native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
+	bash native/build.sh $(BIN)
+	touch $@
+
 $(JARS): deploy/kafka/pom.xml
 	bash deploy/kafka/kafka-local.sh fetch
 	touch $@
@@ -23,17 +29,17 @@ $(JARS): deploy/kafka/pom.xml
 system-packages:
 	bash .ci/system-packages.sh
 
-demo: $(STAMP)
+demo: $(NATIVE)
 	$(BIN)/kaspwatch run --pcap samples/sample.pcap
 
-lint: $(STAMP)
+lint: $(NATIVE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python tools/check_layout.py
 
-test: system-packages $(STAMP) $(JARS) lint
+test: system-packages $(NATIVE) $(JARS) lint
 	$(BIN)/pytest
 
 clean:

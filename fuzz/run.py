@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TARGET_NAMES = ("dns", "tls", "quic", "http", "pcap", "packet", "identity")
+TARGET_NAMES = ("dns", "tls", "quic", "http", "pcap", "packet", "identity", "native")
 DEFAULT_CORPUS = Path(os.environ.get("KASPWATCH_CORPUS", REPO / "tests" / "corpus"))
 
 

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
+from fuzz.differential import check_decoders, check_quic_open
 from kaspwatch.identity import identity_from_json
 from sensor.decode import DecodeError
 from sensor.decode.dns import decode_dns, looks_like_dns, read_name
 from sensor.decode.http import decode_http_request
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder
-from sensor.decode.quic import CryptoStream, QuicInitialTracker, crypto_frames
+from sensor.decode.quic import QuicInitialTracker
+from sensor.decode.quic_crypto import CryptoStream, crypto_frames
 from sensor.decode.stream import StreamTable
 from sensor.decode.tls import decode_client_hello_record, hello_from_stream, parse_client_hello
 from sensor.identity import IdentityWatch
@@ -155,6 +157,31 @@ def fuzz_identity(data: bytes) -> None:
     assert len(_IDENTITY.clients) <= 64 and len(_IDENTITY.bindings) <= 64
 
 
+_QUIC_PAIR = (
+    QuicInitialTracker(max_connections=64, pure=True),
+    QuicInitialTracker(max_connections=64),
+)
+
+
+def _fed(tracker: QuicInitialTracker, data: bytes) -> str:
+    try:
+        return repr(tracker.feed(FLOW, data, 0.0))
+    except DecodeError as exc:
+        return f"error {exc}"
+
+
+def fuzz_native(data: bytes) -> None:
+    """The compiled decoders (native/) against the pure-Python ones, the reference: every
+    ported decoder on the bytes, the bytes as a QUIC Initial (header protection, AEAD) under
+    a DCID the first byte picks, and as datagrams into a pure and a compiled tracker. A
+    difference fails as a crash; with no compiled module it checks nothing."""
+    check_decoders(data)
+    if data:
+        check_quic_open(data[1:], data[1 : 1 + data[0] % 21], data[0] - 1)  # largest >= -1
+    pure, compiled = _QUIC_PAIR
+    assert _fed(pure, data) == _fed(compiled, data), data
+
+
 TARGETS: Final[dict[str, Harness]] = {
     "dns": fuzz_dns,
     "tls": fuzz_tls,
@@ -163,6 +190,7 @@ TARGETS: Final[dict[str, Harness]] = {
     "pcap": fuzz_pcap,
     "packet": fuzz_packet,
     "identity": fuzz_identity,
+    "native": fuzz_native,
 }
 
 
@@ -216,13 +244,13 @@ def _pick(target: str, dec: PacketDecoder, linktype: int, frame: bytes, ts: int)
     if seg is None or not seg.payload:
         return None
     p = seg.payload
-    if target == "dns" and seg.proto == PROTO_UDP and 53 in (seg.sport, seg.dport):
+    if target in ("dns", "native") and seg.proto == PROTO_UDP and 53 in (seg.sport, seg.dport):
         return p
-    if target == "quic" and seg.proto == PROTO_UDP and p[0] & 0xC0 == 0xC0:
+    if target in ("quic", "native") and seg.proto == PROTO_UDP and p[0] & 0xC0 == 0xC0:
         return p
-    if target == "tls" and seg.proto == PROTO_TCP and p[:1] == b"\x16":
+    if target in ("tls", "native") and seg.proto == PROTO_TCP and p[:1] == b"\x16":
         return p
-    if target == "http" and seg.proto == PROTO_TCP and p[:1].isupper():
+    if target in ("http", "native") and seg.proto == PROTO_TCP and p[:1].isupper():
         return p
     if target == "identity" and seg.proto == PROTO_UDP and {seg.sport, seg.dport} <= {67, 68}:
         return b"\x01" + p

@@ -20,8 +20,8 @@ from sensor.content import ContentWatch, content_hit
 from sensor.decode import NOT_HOST, DecodeError, Sighting
 from sensor.decode.dhcp import DHCP_PORTS
 from sensor.decode.dhcpv6 import DHCPV6_PORTS
-from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.kerberos import AS_REQ, KERBEROS_PORT
+from sensor.decode.native import decoders, notice
 from sensor.decode.netbios import NETBIOS_NS_PORT
 from sensor.decode.packet import PROTO_TCP, PROTO_UDP, PacketDecoder, Segment, tcp_data_head
 from sensor.decode.stream import DNS_FIRST_MAX, STREAM_STARTS, StreamTable
@@ -73,11 +73,16 @@ class Sensor:
         sensor_name: str,
         observations: bool = False,
         strict: bool = False,
+        pure: bool = False,
     ) -> None:
         """``strict``: a decoder bug (any exception but ``DecodeError``) propagates, for the
         fuzzer and tests; otherwise the frame is counted under the ``bug`` layer and logged,
-        and the sensor goes on: one crafted packet must not blind a site's only sensor."""
+        and the sensor goes on: one crafted packet must not blind a site's only sensor.
+        ``pure``: the pure-Python decoders even when the compiled ones are built (tests
+        compare the two; ``KASPWATCH_PURE=1`` chooses them for a whole process)."""
+        notice(log)
         self.strict = strict
+        self._decode = decoders(pure)
         # Swapped whole by a reload between batches: a packet sees one rule set.
         self.rules = rules if isinstance(rules, Rules) else Rules(rules, Allowlist())
         self.sensor_name = sensor_name
@@ -85,7 +90,8 @@ class Sensor:
         self.stats = SensorStats()
         # per-connection state, each table bounded
         self.decoder = PacketDecoder()
-        self.streams = StreamTable()
+        self.streams = StreamTable(pure=pure)
+        self._pure = pure
         self._quic: QuicInitialTracker | None = None
         self.flows = FlowWatch()
         self.content = ContentWatch()
@@ -100,7 +106,7 @@ class Sensor:
         if self._quic is None:
             from sensor.decode.quic import QuicInitialTracker
 
-            self._quic = QuicInitialTracker()
+            self._quic = QuicInitialTracker(pure=self._pure)
         return self._quic
 
     def evictions(self) -> dict[str, int]:
@@ -273,13 +279,13 @@ class Sensor:
             if seg.sport in DNS_PORTS or seg.dport in DNS_PORTS:
                 if seg.sport in NAME_PORTS:  # mDNS/LLMNR responses name their sender
                     self.identity.announce(payload, seg.sport, seg.src, ts_ns)
-                return decode_dns(payload)
+                return self._decode.decode_dns(payload)
             if len(payload) > 6 and payload[0] & 0xC0 == 0xC0 and _looks_initial(payload):
                 flow = (seg.src, seg.sport, seg.dst, seg.dport)
                 hello = self.quic.feed(flow, payload, ts_ns / 1e9)
                 return [hello] if hello else []
-            if looks_like_dns(payload):  # DNS on a port of its own (e.g. 8053, 5300)
-                return decode_dns(payload)
+            if self._decode.looks_like_dns(payload):  # DNS on a port of its own (e.g. 8053)
+                return self._decode.decode_dns(payload)
             return []
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         try:

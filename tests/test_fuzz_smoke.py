@@ -23,7 +23,9 @@ def test_every_fuzz_target_runs_without_a_crash(tmp_path: Path) -> None:
         for line in proc.stdout.splitlines()
         if " inputs=" in line and not line.startswith("total")
     }
-    assert set(lines) == {"dns", "tls", "quic", "http", "pcap", "packet", "identity"}, out[-3000:]
+    assert set(lines) == {"dns", "tls", "quic", "http", "pcap", "packet", "identity", "native"}, (
+        out[-3000:]
+    )
     for target, line in lines.items():
         inputs = int(line.split("inputs=")[1].split()[0].replace(",", ""))
         assert inputs > 100, f"{target} barely ran: {line}"

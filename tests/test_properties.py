@@ -30,7 +30,8 @@ from sensor.decode import DecodeError
 from sensor.decode.dns import decode_dns, looks_like_dns
 from sensor.decode.http import decode_http_request
 from sensor.decode.packet import PacketDecoder
-from sensor.decode.quic import QuicInitialTracker, crypto_frames
+from sensor.decode.quic import QuicInitialTracker
+from sensor.decode.quic_crypto import crypto_frames
 from sensor.decode.stream import StreamTable
 from sensor.decode.tls import hello_from_stream, parse_client_hello
 from sensor.pipeline import Sensor

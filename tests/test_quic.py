@@ -23,9 +23,9 @@ from sensor.decode.quic import (
     VERSION_2,
     QuicInitialTracker,
     client_initial_secrets,
-    crypto_frames,
     looks_like_quic_initial,
 )
+from sensor.decode.quic_crypto import crypto_frames
 from sensor.sources.pcapfile import CaptureFile
 from tests.testenv import CORPUS
 

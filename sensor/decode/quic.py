@@ -15,11 +15,9 @@ CRYPTO bytes and a TTL.
 
 from __future__ import annotations
 
-import re
-from bisect import insort
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
@@ -27,7 +25,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sensor.decode import DecodeError, Sighting
-from sensor.decode.tls import parse_client_hello
+from sensor.decode.native import NATIVE, decoders
+from sensor.decode.quic_crypto import CryptoStream, crypto_frames, varint
 
 VERSION_1: Final = 0x00000001
 VERSION_2: Final = 0x6B3343CF
@@ -54,10 +53,7 @@ _RETRY_TYPE: Final = {v: 0b00 if v == VERSION_2 else 0b11 for v in _SALTS}
 _MAX_CID: Final = 20
 _SAMPLE_LEN: Final = 16
 _TAG_LEN: Final = 16
-_MAX_RANGES: Final = 512  # CRYPTO fragments kept apart per connection before giving up
 _MAX_ALIASES: Final = 8  # DCIDs one connection may be seen under (server-chosen, Retry)
-_HELLO: Final = 0x01
-_NONZERO: Final = re.compile(rb"[^\x00]")
 
 Flow = tuple[bytes, int, bytes, int]  # src address (packed), src port, dst address, dst port
 
@@ -127,18 +123,6 @@ class _Keys:
 # --- wire format ----------------------------------------------------------------------------
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A QUIC variable-length integer at ``pos``: (value, position after it)."""
-    if pos >= len(data):
-        raise DecodeError("quic varint cut short")
-    size = 1 << (data[pos] >> 6)
-    end = pos + size
-    if end > len(data):
-        raise DecodeError("quic varint cut short")
-    value = int.from_bytes(data[pos:end], "big") & ((1 << (8 * size - 2)) - 1)
-    return value, end
-
-
 class _Header(NamedTuple):
     start: int
     version: int
@@ -176,9 +160,9 @@ def _long_header(data: bytes, pos: int) -> _Header | None:
         return _Header(pos, version, False, dcid, scid, len(data), len(data))
     initial = ptype == _INITIAL_TYPE[version]
     if initial:
-        token_len, p = _varint(data, p)
+        token_len, p = varint(data, p)
         p += token_len
-    length, p = _varint(data, p)
+    length, p = varint(data, p)
     end = p + length
     if end > len(data):
         raise DecodeError("quic packet length runs past the datagram")
@@ -231,94 +215,7 @@ def _open(data: bytes, hdr: _Header, keys: _Keys, largest_pn: int) -> tuple[int,
     return pn, plain
 
 
-def crypto_frames(plain: bytes) -> list[tuple[int, bytes]]:
-    """(offset, data) of the CRYPTO frames in a decrypted Initial payload.
-
-    PADDING, PING and ACK are skipped; any other frame ends the walk (Initials carry little else).
-    """
-    out: list[tuple[int, bytes]] = []
-    pos, n = 0, len(plain)
-    while pos < n:
-        ftype = plain[pos]
-        if ftype == 0x00:  # PADDING, usually a long run
-            m = _NONZERO.search(plain, pos)
-            if m is None:
-                break
-            pos = m.start()
-        elif ftype == 0x01:  # PING
-            pos += 1
-        elif ftype in (0x02, 0x03):  # ACK, ACK with ECN counts
-            pos = _skip_ack(plain, pos + 1, ecn=ftype == 0x03)
-        elif ftype == 0x06:
-            offset, pos = _varint(plain, pos + 1)
-            length, pos = _varint(plain, pos)
-            if pos + length > n:
-                raise DecodeError("quic CRYPTO frame runs past the packet")
-            out.append((offset, plain[pos : pos + length]))
-            pos += length
-        else:
-            break
-    return out
-
-
-def _skip_ack(plain: bytes, pos: int, *, ecn: bool) -> int:
-    _, pos = _varint(plain, pos)  # largest acknowledged
-    _, pos = _varint(plain, pos)  # ack delay
-    ranges, pos = _varint(plain, pos)
-    _, pos = _varint(plain, pos)  # first ack range
-    for _ in range(ranges):  # each varint takes a byte or more: ends at the payload's end
-        _, pos = _varint(plain, pos)
-        _, pos = _varint(plain, pos)
-    for _ in range(3 if ecn else 0):
-        _, pos = _varint(plain, pos)
-    return pos
-
-
 # --- per-connection state ---------------------------------------------------------------------
-
-
-class CryptoStream:
-    """Initial-level CRYPTO bytes of one connection, reassembled by offset, capped at ``cap``."""
-
-    __slots__ = ("buf", "cap", "ranges")
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.buf = bytearray()
-        self.ranges: list[tuple[int, int]] = []  # disjoint, sorted [start, end)
-
-    def add(self, offset: int, data: bytes) -> None:
-        """Store ``data`` at ``offset``; bytes at or past ``cap`` are dropped."""
-        end = min(offset + len(data), self.cap)
-        if end <= offset:
-            return
-        if end > len(self.buf):
-            self.buf.extend(bytes(end - len(self.buf)))
-        self.buf[offset:end] = data[: end - offset]
-        insort(self.ranges, (offset, end))
-        merged: list[tuple[int, int]] = []
-        for start, stop in self.ranges:
-            if merged and start <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
-            else:
-                merged.append((start, stop))
-        if len(merged) > _MAX_RANGES:
-            raise DecodeError("quic CRYPTO stream in too many fragments")
-        self.ranges = merged
-
-    def hello(self) -> bytes | None:
-        """The ClientHello body once bytes [0, 4 + length) are all in, else None."""
-        if not self.ranges or self.ranges[0][0] != 0:
-            return None
-        have = self.ranges[0][1]
-        if have < 4:
-            return None
-        if self.buf[0] != _HELLO:
-            raise DecodeError(f"quic CRYPTO stream starts with handshake type {self.buf[0]}")
-        need = 4 + int.from_bytes(self.buf[1:4], "big")
-        if need > self.cap:
-            raise DecodeError(f"quic ClientHello of {need} bytes exceeds the {self.cap}-byte cap")
-        return bytes(self.buf[4:need]) if have >= need else None
 
 
 @dataclass(slots=True, eq=False)
@@ -340,8 +237,13 @@ class QuicInitialTracker:
     bounded."""
 
     def __init__(
-        self, max_connections: int = 4096, max_crypto_bytes: int = 65536, ttl_s: float = 10.0
+        self,
+        max_connections: int = 4096,
+        max_crypto_bytes: int = 65536,
+        ttl_s: float = 10.0,
+        pure: bool = False,
     ) -> None:
+        self._decode, self._native = decoders(pure), None if pure else NATIVE  # (Sensor's)
         if max_connections < 1 or max_crypto_bytes < 4:
             raise ValueError("max_connections must be >= 1 and max_crypto_bytes >= 4")
         self.max_connections = max_connections
@@ -352,7 +254,7 @@ class QuicInitialTracker:
         self._conns: OrderedDict[tuple[Flow, bytes], _Conn] = OrderedDict()  # least recent first
         self._by_dcid: dict[tuple[Flow, bytes], _Conn] = {}
         self._by_flow: dict[Flow, _Conn] = {}  # newest connection per client flow
-        self._keys: OrderedDict[tuple[int, bytes], _Keys] = OrderedDict()
+        self._keys: OrderedDict[tuple[int, bytes], object] = OrderedDict()
         self._max_keys = max(16, min(max_connections, 1024))
 
     def __len__(self) -> int:
@@ -406,7 +308,7 @@ class QuicInitialTracker:
         for key_dcid in dict.fromkeys(candidates):
             largest = known.largest_pn if known is not None and key_dcid == known.key_dcid else -1
             keys = self._derive(hdr.version, key_dcid)
-            opened = _open(data, hdr, keys, largest)
+            opened = self._open(data, hdr, keys, largest)
             if opened is not None:
                 self._remember_keys(hdr.version, key_dcid, keys)
                 break
@@ -460,7 +362,7 @@ class QuicInitialTracker:
             conn.stream = None  # give up on this connection, report once
             raise
         conn.stream = None
-        return parse_client_hello(hello, "quic_sni")
+        return self._decode.parse_client_hello(hello, "quic_sni")
 
     def _touch(self, conn: _Conn, now: float) -> None:
         conn.last_seen = now
@@ -483,14 +385,25 @@ class QuicInitialTracker:
             del self._by_flow[conn.flow]
         self.evicted += 1
 
-    def _derive(self, version: int, dcid: bytes) -> _Keys:
+    def _derive(self, version: int, dcid: bytes) -> object:
         keys = self._keys.get((version, dcid))
         if keys is not None:
             self._keys.move_to_end((version, dcid))
             return keys
-        return _Keys(client_initial_secrets(version, dcid))
+        if self._native is None or version not in _SALTS:  # an unknown one: the pure error
+            return _Keys(client_initial_secrets(version, dcid))
+        return cast(
+            object,
+            self._native.initial_keys(_SALTS[version], dcid, *_LABELS.get(version, _LABELS_V1)),
+        )
 
-    def _remember_keys(self, version: int, dcid: bytes, keys: _Keys) -> None:
+    def _open(self, data: bytes, h: _Header, keys: object, pn: int) -> tuple[int, bytes] | None:
+        if isinstance(keys, _Keys) or self._native is None:  # (compiled keys: compiled module)
+            return _open(data, h, cast(_Keys, keys), pn)
+        opened = self._native.open_initial(keys, data, h.start, h.pn_offset, h.end, pn)
+        return cast("tuple[int, bytes] | None", opened)
+
+    def _remember_keys(self, version: int, dcid: bytes, keys: object) -> None:
         """Cache keys that opened a packet (never those of garbage DCIDs)."""
         if (version, dcid) in self._keys:
             return

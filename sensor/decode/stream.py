@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sensor.decode import DecodeError, Sighting
-from sensor.decode.dns import decode_dns, looks_like_dns_tcp
-from sensor.decode.http import decode_http_request
-from sensor.decode.tls import hello_from_stream
+from sensor.decode.dns import looks_like_dns_tcp
+from sensor.decode.native import decoders
 
 FlowKey = tuple[bytes, int, bytes, int]
 
@@ -81,7 +80,11 @@ def _starts_http(payload: bytes) -> bool:
 class StreamTable:
     """Bounded by flow count and by the bytes all flows hold (oldest flow evicted, counted)."""
 
-    def __init__(self, max_flows: int = 65536, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(
+        self, max_flows: int = 65536, max_bytes: int = MAX_BYTES, pure: bool = False
+    ) -> None:
+        """``pure``: the pure-Python decoders even when the compiled ones are built."""
+        self._decode = decoders(pure)
         self.max_flows = max_flows
         self.max_bytes = max_bytes
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
@@ -226,14 +229,14 @@ class StreamTable:
         if flow.kind == "dns":
             return False, self._dns_messages(flow)
         if flow.kind == "tls":
-            complete, hello = hello_from_stream(bytes(flow.buf))
+            complete, hello = self._decode.hello_from_stream(bytes(flow.buf))
             if not complete and len(flow.buf) > MAX_HEAD:
                 raise DecodeError("tls client hello longer than the stream buffer")
             return complete, [hello] if hello else []
         # the head ends at an empty line; some clients end lines with a bare LF
         if b"\r\n\r\n" not in flow.buf and b"\n\n" not in flow.buf and len(flow.buf) < MAX_HEAD:
             return False, []
-        return True, decode_http_request(bytes(flow.buf))
+        return True, self._decode.decode_http_request(bytes(flow.buf))
 
     def _dns_messages(self, flow: _Flow) -> list[Sighting]:
         out: list[Sighting] = []
@@ -245,7 +248,7 @@ class StreamTable:
                 break
             if mlen >= 12:
                 try:
-                    out.extend(decode_dns(bytes(buf[pos + 2 : pos + 2 + mlen])))
+                    out.extend(self._decode.decode_dns(bytes(buf[pos + 2 : pos + 2 + mlen])))
                 except DecodeError:
                     self.message_errors += 1  # one bad message; the stream goes on
             pos += 2 + mlen
