@@ -79,17 +79,18 @@ def run(args: argparse.Namespace) -> int:
                 delivery_timeout=args.delivery_timeout,
             )
 
+        topics = [args.topic, args.heartbeats_topic, args.identity_topic]
         publisher = publish.spooling = SpoolingPublisher(
             connect,
             spool,
             args.delivery_timeout,
             passthrough=(args.heartbeats_topic,),
             topics=(args.topic,),
+            # at start, or when the bus first answers: before the first send would have the
+            # broker auto-create them
+            on_connect=lambda: create_topics(args, topics, compacted=[args.identity_topic]),
         )
         await publisher.start()
-        topics = [args.topic, args.heartbeats_topic, args.identity_topic]
-        if not publisher.down:  # else the broker's defaults, unless a consumer creates them
-            await create_topics(args, topics, compacted=[args.identity_topic])
         await publisher.prepare(topics)
         sensed = asyncio.Event()
         read_out = False  # every source was a file and was read to its end
