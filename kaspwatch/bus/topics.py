@@ -152,9 +152,10 @@ async def _ensure(
             outcome[spec.name] = "fewer-partitions"
             log.warning(
                 "%s: topic %s exists with %d partition%s, fewer than the %d asked: left as is "
-                "(at most %d consumers of a group get records; add partitions with "
+                "(records reach at most %d consumer%s of a group; add partitions with "
                 "kafka-topics.sh --alter --partitions)",
                 where, spec.name, have, "" if have == 1 else "s", spec.partitions, have,
+                "" if have == 1 else "s",
             )  # fmt: skip
     missing = [s for s in specs if s.name not in existing]
     if not missing:
@@ -174,6 +175,7 @@ async def _ensure(
         what = ", ".join(s.name for s in missing)
         raise BusError(f"{where}: creating topics {what}: {exc}") from exc
     errors = {e["topic"]: (e["error_code"], e.get("error_message")) for e in answer["topic_errors"]}
+    raced: list[str] = []
     for topic in new:
         code, message = errors.get(topic.name, (0, None))
         if code == 0:
@@ -186,8 +188,9 @@ async def _ensure(
                 topic.replication_factor,
                 "".join(f", {k}={v}" for k, v in topic.topic_configs.items()),
             )
-        elif code == _EXISTS:
+        elif code == _EXISTS:  # another instance's, a moment ago: wait for its leaders too
             outcome[topic.name] = "exists"
+            raced.append(topic.name)
         elif code in _NOT_ALLOWED:
             outcome[topic.name] = "not-allowed"
             log.warning(
@@ -202,7 +205,7 @@ async def _ensure(
                 f"{topic.replication_factor}, {brokers} broker{'s' if brokers != 1 else ''}) "
                 f"not created: {message or _name(code)}; {hint}"
             )
-    created = [name for name, what in outcome.items() if what == "created"]
+    created = [name for name, what in outcome.items() if what == "created"] + raced
     if created:
         await _wait_leaders(admin, created, where)
     return outcome
