@@ -149,6 +149,36 @@ class Replay:
     start_ms: int | None = None
 
 
+@dataclass(frozen=True)
+class GroupSettings:
+    """How a Kafka consumer keeps its place in its group (seconds). ``heartbeat_interval_s``
+    None: a third of the session timeout, at most 3 s (aiokafka's default); and
+    ``rebalance_timeout_s`` None: the session timeout (aiokafka's default). ``instance_id``:
+    static membership, one name per instance, which keeps its partitions over a restart
+    shorter than the session timeout instead of rebalancing twice."""
+
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float | None = None
+    max_poll_interval_s: float = 300.0
+    rebalance_timeout_s: float | None = None
+    instance_id: str | None = None
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """aiokafka ``AIOKafkaConsumer`` keyword arguments."""
+        beat = self.heartbeat_interval_s
+        if beat is None:
+            beat = min(3.0, self.session_timeout_s / 3)
+        kw: dict[str, Any] = {
+            "session_timeout_ms": round(self.session_timeout_s * 1000),
+            "heartbeat_interval_ms": round(beat * 1000),
+            "max_poll_interval_ms": round(self.max_poll_interval_s * 1000),
+            "group_instance_id": self.instance_id,
+        }
+        if self.rebalance_timeout_s is not None:
+            kw["rebalance_timeout_ms"] = round(self.rebalance_timeout_s * 1000)
+        return kw
+
+
 def open_subscriber(
     url: str,
     topics: list[str],
@@ -156,9 +186,11 @@ def open_subscriber(
     client_id: str = "kaspwatch",
     security: KafkaSecurity | None = None,
     replay: Replay | None = None,
+    settings: GroupSettings | None = None,
 ) -> Subscriber:
     """``replay`` (Kafka only: a memory group always starts at the beginning) rebuilds
-    from a point of the topic, see ``Replay``."""
+    from a point of the topic, see ``Replay``; ``settings``: the Kafka group's timeouts
+    and static membership (a memory group has none)."""
     scheme, where = parse_bus_url(url)
     if scheme == "kafka":
         from kaspwatch.bus.kafka import KafkaSubscriber
@@ -175,8 +207,11 @@ def open_subscriber(
                 replay.from_beginning,
                 replay.start_ms,
                 security=security or PLAINTEXT,
+                settings=settings or GroupSettings(),
             )
-        return KafkaSubscriber(where, topics, group, client_id, security or PLAINTEXT)
+        return KafkaSubscriber(
+            where, topics, group, client_id, security or PLAINTEXT, settings or GroupSettings()
+        )
     from kaspwatch.bus.memory import MemoryBus
 
     return MemoryBus.named(where).subscriber(topics, group)

@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from kaspwatch.bus import BusError, BusUnreachable, Record
+from kaspwatch.bus import BusError, BusUnreachable, GroupSettings, Record
 from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity, explain_connect_failure
 
 
@@ -192,6 +192,7 @@ class KafkaSubscriber:
         group: str,
         client_id: str,
         security: KafkaSecurity = PLAINTEXT,
+        settings: GroupSettings | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -209,6 +210,7 @@ class KafkaSubscriber:
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **(settings or GroupSettings()).consumer_kwargs(),
         )
 
     def _rebalance_listener(self) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
+from kaspwatch.bus import GroupSettings
 from kaspwatch.bus.kafka import KafkaSubscriber
 from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
 
@@ -46,8 +47,9 @@ class ReplaySubscriber(KafkaSubscriber):
         from_beginning: bool = False,
         start_ms: int | None = None,
         security: KafkaSecurity = PLAINTEXT,
+        settings: GroupSettings | None = None,
     ) -> None:
-        super().__init__(bootstrap, topics, group, client_id, security)
+        super().__init__(bootstrap, topics, group, client_id, security, settings)
         self.from_beginning = from_beginning
         self.start_ms = start_ms
         self.assigned = False

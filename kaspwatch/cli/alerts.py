@@ -23,7 +23,12 @@ from kaspwatch.cli.alerting import (
     links_from_options,
     open_delivery,
 )
-from kaspwatch.cli.kafka import add_kafka_options
+from kaspwatch.cli.kafka import (
+    add_group_options,
+    add_kafka_options,
+    add_topic_options,
+    create_topics,
+)
 from kaspwatch.cli.options import add_bus_option, add_metrics_addr, add_rule_options, verified_hit
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
@@ -52,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_alert_options(p, state_default=True)
     add_rule_options(p)  # the pack hits are re-matched against: a hit's indicator is a claim
     add_kafka_options(p)
+    add_group_options(p)
+    add_topic_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,10 +74,17 @@ def run(args: argparse.Namespace) -> int:
         publisher = open_publisher(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
         topics = [args.identity_topic, args.topic] if args.identity_topic else [args.topic]
         sub = open_subscriber(
-            args.bus, topics, args.group, client_id="kaspwatch-alerts", security=args.kafka
+            args.bus,
+            topics,
+            args.group,
+            client_id="kaspwatch-alerts",
+            security=args.kafka,
+            settings=args.group_settings,
         )
         await publisher.start()
-        await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
+        written = [args.alerts_topic, args.dead_letter_topic]
+        await create_topics(args, [*topics, *written], [args.identity_topic], args.group_settings)
+        await publisher.prepare(written)
         reader = open_reader(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
         render = render_ecs if args.format == "ecs" else render_json
         sinks = build_sinks(args, publisher, render, reader)
