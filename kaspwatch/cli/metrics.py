@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             client_id="kaspwatch-metrics",
             security=args.kafka,
         )
+        sub.listen(metrics)  # hosts of a revoked partition leave the active-host gauges
         await sub.start()
         await beats.start()
         groups = [g for g in args.lag_groups.split(",") if g]
