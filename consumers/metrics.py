@@ -226,10 +226,10 @@ class HitMetrics:
                 del self.host_part[next(iter(self.host_part))]
         await self.handle([ev for _, ev in located])
 
-    async def assigned(self, partitions: list[Partition]) -> None:
+    async def assigned(self, partitions: list[Partition]) -> str | None:
         return None
 
-    async def revoked(self, partitions: list[Partition]) -> None:
+    async def revoked(self, partitions: list[Partition]) -> str | None:
         """Gauges of hosts on partitions this instance no longer reads leave it: the
         instance that reads them now reports them (a sum over instances counts each once)."""
         gone = set(partitions)
@@ -237,9 +237,7 @@ class HitMetrics:
         self.active.forget(hosts)
         for h in hosts:
             del self.host_part[h]
-        if hosts:
-            log.info("metrics: %d hosts of revoked partitions left the active-host gauges",
-                     len(hosts))  # fmt: skip
+        return f"{len(hosts)} hosts left the active-host gauges"
 
     async def handle(self, events: list[Event]) -> None:
         for ev in events:

@@ -112,7 +112,8 @@ class ChangelogState(AlertState):
         self.parked.clear()
         counts = dict.fromkeys(need, 0)
         if need:
-            records, ends = await self.reader.read(self.topic, dict.fromkeys(need, 0), need)
+            records, now = await self.reader.read(self.topic, dict.fromkeys(need, 0), need)
+            ends.update(now)
             fresh = {p: AlertState(None) for p in need}
             for rec in records:
                 if rec.partition in fresh:

@@ -42,12 +42,12 @@ class Handover:
     def _hits(self, partitions: list[Partition]) -> list[int]:
         return sorted(p for t, p in partitions if t == self.topic)
 
-    async def assigned(self, partitions: list[Partition]) -> None:
+    async def assigned(self, partitions: list[Partition]) -> str | None:
         parts = self._hits(partitions)
         state = self.delivery.state
         if not isinstance(state, ChangelogState):
             await self._warn_partial(parts)
-            return
+            return None
         began = self.clock()
         for attempt in range(1, RESTORE_TRIES + 1):
             try:
@@ -66,28 +66,22 @@ class Handover:
         for sink in self.delivery.sinks:
             if isinstance(sink, ReadBack):
                 found += await self.delivery.read_back(sink, [*parts])
-        log.info(
-            "alerts: took over hits partitions %s: %d restored from %s (%d records, %.2f s), "
-            "%d kept; read back the alerts topic: %d alerts already there, not written again",
-            parts,
-            len(counts),
-            state.topic,
-            sum(counts.values()),
-            restored,
-            len(parts) - len(counts),
-            found,
+        return (
+            f"alerts state: {len(counts)} partitions restored from {state.topic} "
+            f"({sum(counts.values())} records, {restored:.2f} s), {len(parts) - len(counts)} "
+            f"kept; alerts topic read back: {found} alerts already there, not written again"
         )
 
-    async def revoked(self, partitions: list[Partition]) -> None:
+    async def revoked(self, partitions: list[Partition]) -> str | None:
         parts = self._hits(partitions)
         state = self.delivery.state
         if not isinstance(state, ChangelogState):
-            return
+            return None
         await state.flush()
         state.revoke(parts)
         engine = self.delivery.engine
         engine.windows = state.load_windows(engine.max_windows)
-        log.info("alerts: gave up hits partitions %s (state flushed to %s)", parts, state.topic)
+        return f"alerts state flushed to {state.topic}"
 
     async def _warn_partial(self, parts: list[int]) -> None:
         if self.warned or self.reader is None:

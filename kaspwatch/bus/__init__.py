@@ -64,11 +64,12 @@ class PartitionListener(Protocol):
     an instance joined, left or died). ``revoked`` runs after the batch in flight was
     committed or given up, before anyone else gets the partitions; ``assigned`` before any
     record of them is returned by ``poll``. A memory bus has one owner of everything: all
-    its topics' partitions are assigned at ``start``."""
+    its topics' partitions are assigned at ``start``. What they return (what they did) goes
+    into the subscriber's one log line of the rebalance."""
 
-    async def assigned(self, partitions: list[Partition]) -> None: ...
+    async def assigned(self, partitions: list[Partition]) -> str | None: ...
 
-    async def revoked(self, partitions: list[Partition]) -> None: ...
+    async def revoked(self, partitions: list[Partition]) -> str | None: ...
 
 
 class Subscriber(Protocol):

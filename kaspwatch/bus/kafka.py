@@ -275,34 +275,38 @@ class KafkaSubscriber:
         except TimeoutError:
             drained = False
         drain = loop.time() - began
+        notes = []
         try:
             for listener in self._listeners:
-                await listener.revoked(parts)
+                notes.append(await listener.revoked(parts))
         except Exception as exc:
             self._failure = exc
             log.exception("kafka group %s: flushing revoked partitions failed", self.group)
         if parts:
             log.info(
-                "kafka group %s: rebalance: revoked %s (%s in %.2f s)",
+                "kafka group %s: rebalance: revoked %s (%s in %.2f s)%s",
                 self.group,
                 _named(parts),
                 "batch in flight finished" if drained else "batch in flight abandoned",
                 drain,
+                "".join(f"; {n}" for n in notes if n),
             )
 
     async def _on_assigned(self, parts: list[Partition]) -> None:
         loop = asyncio.get_running_loop()
+        notes = []
         try:
             await self._assigned([TopicPartition(t, p) for t, p in parts])
             for listener in self._listeners:
-                await listener.assigned(parts)
+                notes.append(await listener.assigned(parts))
         except Exception as exc:
             self._failure = exc
             log.exception("kafka group %s: taking over %s failed", self.group, _named(parts))
         finally:
             began, self._revoked_at = self._revoked_at, None
             pause = f", paused {loop.time() - began:.2f} s since the revocation" if began else ""
-            log.info("kafka group %s: rebalance: assigned %s%s", self.group, _named(parts), pause)
+            log.info("kafka group %s: rebalance: assigned %s%s%s", self.group, _named(parts),
+                     pause, "".join(f"; {n}" for n in notes if n))  # fmt: skip
             self._ready.set()
 
     def _rebalance_listener(self) -> Any:
@@ -413,8 +417,8 @@ class KafkaSubscriber:
         owned = sorted((tp.topic, tp.partition) for tp in self._client.assignment())
         try:
             if owned and self._listeners:
-                for listener in self._listeners:
-                    await listener.revoked(owned)
-                log.info("kafka group %s: leaving, gave up %s", self.group, _named(owned))
+                notes = [await listener.revoked(owned) for listener in self._listeners]
+                log.info("kafka group %s: leaving, gave up %s%s", self.group, _named(owned),
+                         "".join(f"; {n}" for n in notes if n))  # fmt: skip
         finally:
             await self._client.stop()

@@ -114,9 +114,11 @@ async def group_lag(
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
-    """Partitions of each topic that exists (a missing one is left out)."""
+    """Partitions of each topic that exists (a missing one is left out: describing it
+    would have a broker with auto.create.topics.enable make it, with 1 partition)."""
+    existing = [t for t in topics if t in set(await admin.list_topics())]
     out = {}
-    for d in await admin.describe_topics(topics):
+    for d in await admin.describe_topics(existing) if existing else []:
         if not d["error_code"] and d["partitions"]:
             out[d["topic"]] = len(d["partitions"])
     return out

@@ -85,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         sub = open_subscriber(
             args.bus, topics, args.group, client_id="kaspwatch-alerts", security=args.kafka
         )
+        if args.state_store == "changelog":  # before any client that must be closed
+            await prepare_changelog(
+                args.bus, args.topic, args.alerts_topic, args.state_topic, args.kafka
+            )
         await publisher.start()
         await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
         reader = open_reader(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
@@ -92,9 +96,6 @@ def run(args: argparse.Namespace) -> int:
         sinks = build_sinks(args, publisher, render, reader)
         state = None
         if args.state_store == "changelog":
-            await prepare_changelog(
-                args.bus, args.topic, args.alerts_topic, args.state_topic, args.kafka
-            )
             state = ChangelogState(
                 state_path(args, args.group), publisher, reader, args.state_topic
             )

@@ -1,0 +1,286 @@
+"""Scaling out ``kaspwatch alerts``: several instances in one consumer group, their alert
+state on the changelog topic (``--state-store changelog``), partitions moving between them.
+
+The issue's experiment in miniature, on the real broker and on the 3-node cluster: hosts
+each sending six hits spread over 400 s of event time (so each raises ``first_contact`` and,
+at the fifth hit, ``sustained``), streamed into a 6-partition hits topic while two alerts
+instances share the group; one is SIGKILLed mid-stream, a third joins, one leaves
+gracefully (SIGTERM). Afterwards the alerts topic holds exactly the (host, category, stage)
+keys a single instance raises (the engine run in-process over the same hits), each once,
+under the same alert ids. The second test freezes an instance at the worst moment (the
+alerts topic acknowledged a batch, its delivery not recorded: the fault hook) and checks
+that the partitions' next owner reads those alerts back instead of writing them again.
+
+Every process is the real CLI; each test has its own topics, changelog and group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from consumers.alerts.delivery import FAULT_ENV
+from consumers.alerts.engine import AlertEngine
+from kaspwatch.event import Event, event_from_json
+from sensor.rules.match import Matcher
+from sensor.verify import hit_verifier
+from tests import cliprocs, kafkacluster
+from tests.cliprocs import Proc, Procs, wait_for
+from tests.factories import hit
+from tests.kafkacluster import Cluster
+from tests.kafkautil import (
+    committed_everything,
+    create_topics,
+    partitions,
+    producer,
+    read_topic,
+    topic_config,
+)
+from tests.testenv import KASPWATCH
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
+
+procs = cliprocs.procs  # fixtures
+kafka_cluster = kafkacluster.kafka_cluster
+
+PARTITIONS = 6
+ROUNDS = 6  # hits per host, STEP_S apart in event time: sustained at the fifth
+STEP_S = 80.0
+
+
+def hits_of(hosts: int) -> list[Event]:
+    """Round by round: every host's first hit, then every host's second... as a fleet of
+    hosts hitting the update servers over the same minutes would arrive."""
+    return [
+        hit(f"10.70.{h // 250}.{h % 250 + 1}", r * STEP_S + h / 1000)
+        for r in range(ROUNDS)
+        for h in range(hosts)
+    ]
+
+
+def single_instance(events: list[Event], matcher: Matcher) -> dict[str, tuple[str, str, str]]:
+    """What one alerts process raises for these hits: alert id -> (host, category, stage)."""
+    verify = hit_verifier(lambda: matcher)
+    engine = AlertEngine()
+    out = {}
+    for ev in events:
+        for a in engine.feed(verify(event_from_json(ev.to_json()))):
+            out[a.alert_id] = (a.event.host, a.category, a.stage)
+    return out
+
+
+async def stream(bootstrap: str, topic: str, events: list[Event], rate: float) -> None:
+    """Publish keyed by host, ``rate`` hits a second."""
+    async with producer(bootstrap) as prod:
+        started = time.monotonic()
+        for i, ev in enumerate(events):
+            await prod.send(topic, ev.to_json(), key=ev.host.encode())
+            ahead = i / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await prod.flush()
+
+
+async def scale_topics(bootstrap: str, cluster: bool = False) -> dict[str, str]:
+    run = uuid.uuid4().hex[:10]
+    names = {k: f"{k}-{run}" for k in ("hits", "alerts", "dlq", "group", "state")}
+    replicas = [1, 2, 3] if cluster else None
+    await create_topics(
+        bootstrap,
+        (names["hits"], PARTITIONS),
+        (names["alerts"], PARTITIONS),
+        (names["dlq"], 1),
+        replicas=replicas,
+    )
+    return names
+
+
+def alerts_cmd(bootstrap: str, names: dict[str, str], state: Path) -> list[str]:
+    return [
+        *KASPWATCH,
+        "alerts",
+        "--bus",
+        f"kafka://{bootstrap}",
+        "--topic",
+        names["hits"],
+        "--identity-topic",
+        "",
+        "--alerts-topic",
+        names["alerts"],
+        "--dead-letter-topic",
+        names["dlq"],
+        "--group",
+        names["group"],
+        "--state-store",
+        "changelog",
+        "--state-topic",
+        names["state"],
+        "--state",
+        str(state),
+        "--no-stdout",
+        "--group-wait",
+        "0",
+    ]
+
+
+def took_over(proc: Proc) -> bool:
+    return "alerts state: " in proc.err.read_text(errors="replace")
+
+
+async def topic_alerts(
+    bootstrap: str, topic: str, want: int
+) -> list[tuple[str, tuple[str, str, str]]]:
+    """(alert id, (host, category, stage)) of every record on the alerts topic."""
+    out = []
+    for _, value in await read_topic(bootstrap, topic, want):
+        doc = json.loads(value)
+        category, stage = doc["finding_info"]["types"]
+        out.append((doc["finding_info"]["uid"], (doc["device"]["ip"], category, stage)))
+    return out
+
+
+def figures(procs: Procs) -> str:
+    """The rebalance pauses and drains the instances logged (seconds)."""
+    pauses, drains, restores, found = [], [], [], 0
+    for p in procs.started:
+        text = p.err.read_text(errors="replace")
+        pauses += [float(x) for x in re.findall(r"paused ([\d.]+) s since the revocation", text)]
+        drains += [float(x) for x in re.findall(r"finished in ([\d.]+) s\)", text)]
+        restores += [float(x) for x in re.findall(r"records, ([\d.]+) s\)", text)]
+        found += sum(int(x) for x in re.findall(r"(\d+) alerts already there, not written", text))
+
+    def span(xs: list[float]) -> str:
+        return f"{min(xs):.2f}-{max(xs):.2f} s (n={len(xs)})" if xs else "none"
+
+    return (
+        f"rebalance pause {span(pauses)}; drain {span(drains)}; restore {span(restores)}; "
+        f"{found} alerts read back on takeover"
+    )
+
+
+def check_exact(
+    got: list[tuple[str, tuple[str, str, str]]], want: dict[str, tuple[str, str, str]], why: str
+) -> None:
+    ids = [i for i, _ in got]
+    keys = [k for _, k in got]
+    report = (
+        f"{why}: alerts topic {len(got)} records, {len(set(ids))} distinct ids, "
+        f"{len(set(keys))} distinct keys; a single instance raises {len(want)}"
+    )
+    sys.stderr.write(f"\n{report}\n")
+    assert len(set(ids)) == len(ids), report  # no alert id twice
+    assert len(set(keys)) == len(keys), report  # each (host, category, stage) once
+    assert dict(got) == want, report  # the same keys under the same ids
+
+
+async def wait_done(
+    bootstrap: str, names: dict[str, str], timeout: float, live: list[Proc]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await committed_everything(bootstrap, names["group"], names["hits"]):
+            return
+        for p in live:
+            if p.popen.poll() is not None:
+                pytest.fail(f"{p.name} exited {p.popen.returncode}:\n{p.stderr()}")
+        await asyncio.sleep(0.5)
+    pytest.fail(f"group {names['group']} did not commit all of {names['hits']} in {timeout} s")
+
+
+async def kill_join_leave(bootstrap: str, procs: Procs, tmp_path: Path, matcher: Matcher,
+                          hosts: int, rate: float, cluster: bool = False) -> None:  # fmt: skip
+    events = hits_of(hosts)
+    want = single_instance(events, matcher)
+    stages = {k[2] for k in want.values()}
+    assert stages == {"first_contact", "sustained"} and len(want) == 2 * hosts
+    names = await scale_topics(bootstrap, cluster)
+    cmd = lambda n: alerts_cmd(bootstrap, names, tmp_path / f"{n}.sqlite")  # noqa: E731
+
+    a = procs.start("alerts-a", cmd("a"))
+    b = procs.start("alerts-b", cmd("b"))
+    for p in (a, b):
+        await wait_for(lambda p=p: took_over(p), 40, f"{p.name} to take partitions", p)
+    producing = asyncio.create_task(stream(bootstrap, names["hits"], events, rate))
+    third = len(events) / rate / 3
+    await asyncio.sleep(third)
+    a.popen.send_signal(signal.SIGKILL)  # mid-stream: its batch, its changes in flight
+    a.popen.wait(10)
+    await asyncio.sleep(third / 2)
+    c = procs.start("alerts-c", cmd("c"))  # joins while the dead one still holds partitions
+    await producing
+    await wait_for(lambda: took_over(c), 40, "alerts-c to take partitions", c)
+    await wait_done(bootstrap, names, 60, [b, c])
+    assert Procs.terminate(b) == 0, b.stderr()  # graceful scale-in: c takes everything
+    assert "leaving, gave up" in b.stderr()
+    await wait_for(lambda: c.err.read_text().count("alerts state: ") >= 2, 30,
+                   "alerts-c to take b's partitions", c)  # fmt: skip
+    await wait_done(bootstrap, names, 30, [c])
+    got = await topic_alerts(bootstrap, names["alerts"], len(want))
+    assert Procs.terminate(c) == 0, c.stderr()
+    report = figures(procs)
+    sys.stderr.write(f"\nscale-out ({'3-node cluster' if cluster else 'broker'}): {report}\n")
+    check_exact(got, want, "kill, join, graceful leave")
+    err = b.err.read_text() + c.err.read_text()
+    assert re.search(r"rebalance: revoked \S+\[[\d,]+\]", err), err[-2000:]
+    assert re.search(r"rebalance: assigned \S+\[[\d,]+\]", err), err[-2000:]
+    assert re.search(r"assigned \S+\[[\d,]+\], paused [\d.]+ s since the revocation; "
+                     r"alerts state: \d+ partitions restored from", err), err[-2000:]  # fmt: skip
+    config = await topic_config(bootstrap, names["state"])
+    assert config["cleanup.policy"] == "compact"
+    described = await partitions(bootstrap, names["state"])
+    assert len(described) == PARTITIONS
+    assert {len(p["replicas"]) for p in described} == {3 if cluster else 1}
+
+
+async def test_scale_out_kill_join_leave_raises_each_alert_once(
+    kafka_bootstrap: str, procs: Procs, tmp_path: Path, matcher: Matcher
+) -> None:
+    await kill_join_leave(kafka_bootstrap, procs, tmp_path, matcher, hosts=300, rate=120)
+
+
+async def test_scale_out_instance_frozen_after_ack_no_alert_written_twice(
+    kafka_bootstrap: str, procs: Procs, tmp_path: Path, matcher: Matcher
+) -> None:
+    events = hits_of(300)
+    want = single_instance(events, matcher)
+    names = await scale_topics(kafka_bootstrap)
+    cmd = lambda n: alerts_cmd(kafka_bootstrap, names, tmp_path / f"{n}.sqlite")  # noqa: E731
+    # a freezes itself once the alerts topic acknowledged a fifth of the alerts and
+    # before their delivery is recorded (state and changelog): the worst moment
+    a = procs.start("alerts-a", cmd("a"), env={FAULT_ENV: f"kafka:{len(want) // 5}"})
+    b = procs.start("alerts-b", cmd("b"))
+    for p in (a, b):
+        await wait_for(lambda p=p: took_over(p), 40, f"{p.name} to take partitions", p)
+    producing = asyncio.create_task(stream(kafka_bootstrap, names["hits"], events, 150))
+    await wait_for(a.stopped, 30, "alerts-a to freeze after the ack", a)
+    # b takes a's partitions once a's session expires, and reads their alerts back
+    await producing
+    await wait_for(lambda: b.err.read_text().count("alerts state: ") >= 2, 40,
+                   "alerts-b to take over the frozen one's partitions", b)  # fmt: skip
+    a.popen.send_signal(signal.SIGKILL)
+    a.popen.wait(10)
+    await wait_done(kafka_bootstrap, names, 40, [b])
+    got = await topic_alerts(kafka_bootstrap, names["alerts"], len(want))
+    assert Procs.terminate(b) == 0, b.stderr()
+    found = [
+        int(x) for x in re.findall(r"(\d+) alerts already there, not written", b.err.read_text())
+    ]
+    sys.stderr.write(f"\nfrozen after ack: {figures(procs)}\n")
+    assert "fault injection: sink kafka accepted" in a.err.read_text()
+    assert found and found[-1] > 0, b.stderr()  # the frozen batch: read back, not rewritten
+    check_exact(got, want, "frozen after the ack")
+
+
+async def test_scale_out_on_three_node_cluster(
+    kafka_cluster: Cluster, procs: Procs, tmp_path: Path, matcher: Matcher
+) -> None:
+    await kill_join_leave(kafka_cluster.bootstrap, procs, tmp_path, matcher, hosts=150,
+                          rate=120, cluster=True)  # fmt: skip
