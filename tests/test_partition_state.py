@@ -177,3 +177,19 @@ async def test_hosts_of_a_revoked_partition_leave_the_active_host_gauge() -> Non
     assert note == "1 hosts left the active-host gauges"
     assert sum(active().values()) == 1
     assert metrics.hits.labels("update", "dns_query", "high", "unknown")._value.get() == 3
+
+
+async def test_pruned_windows_leave_the_changelog_as_tombstones() -> None:
+    bus = MemoryBus()
+    d = delivery(bus, Sink())
+    await Handover(d, "hits").assigned([("hits", 0)])
+    await d.handle_located(located(bus, [hit("10.0.0.1", 0), hit("10.0.0.2", 7200)]))
+    assert d.engine.newest is not None
+    d.state.prune_windows(d.engine.newest - d.engine.window)  # the first one closed
+    await d.state.flush()
+    assert [json.loads(r.key or b"") for r in bus.topics[TOPIC] if not r.value] == [
+        ["w", "10.0.0.1", "update"]
+    ]
+    after = delivery(bus, Sink())
+    await Handover(after, "hits").assigned([("hits", 0)])
+    assert list(after.engine.windows) == [("10.0.0.2", "update")]

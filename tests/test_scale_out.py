@@ -284,3 +284,21 @@ async def test_scale_out_on_three_node_cluster(
 ) -> None:
     await kill_join_leave(kafka_cluster.bootstrap, procs, tmp_path, matcher, hosts=150,
                           rate=120, cluster=True)  # fmt: skip
+
+
+async def test_changelog_state_refuses_topics_not_co_partitioned(
+    kafka_bootstrap: str, procs: Procs, tmp_path: Path
+) -> None:
+    names = await scale_topics(kafka_bootstrap)
+    lone = f"alerts1-{uuid.uuid4().hex[:10]}"
+    await create_topics(kafka_bootstrap, (lone, 1))
+    cmd = alerts_cmd(kafka_bootstrap, {**names, "alerts": lone}, tmp_path / "s.sqlite")
+    p = procs.start("alerts", cmd)
+    assert p.popen.wait(60) == 2
+    err = p.err.read_text()
+    assert f"topic {lone} has 1 partitions and {names['hits']} has 6" in err, err
+    assert "Traceback" not in err and "Unclosed" not in err, err
+    memory = [*cmd[: cmd.index("--bus")], "--bus", "memory://", *cmd[cmd.index("--bus") + 2 :]]
+    q = procs.start("alerts-memory", memory)
+    assert q.popen.wait(60) == 2
+    assert "the alerts state changelog needs a kafka:// bus" in q.err.read_text()

@@ -43,6 +43,9 @@ from kaspwatch.identity import Identity
 log = logging.getLogger("kaspwatch.alerts")
 POLICIES: Final = ("retry", "drop")
 PRUNE_EVERY: Final = 100  # batches between deletions of closed windows from the state file
+# how long a partitioned state remembers a delivery (a replay reads one batch again, and a
+# read-back what the last owner wrote): its changelog keeps no id for ever
+DELIVERED_KEEP_S: Final = 7 * 86400.0
 
 FAULT_ENV: Final = "KASPWATCH_FAULT_STOP_AFTER"
 
@@ -153,6 +156,8 @@ class AlertDelivery:
         self._batches += 1
         if self._batches % PRUNE_EVERY == 0 and self.engine.newest is not None:
             self.state.prune_windows(self.engine.newest - self.engine.window)
+            if self.state.partitioned:
+                self.state.prune(DELIVERED_KEEP_S)
         await self.state.flush()  # before the loop commits the offsets
         for a in alerts:
             key = (a.category, a.stage, a.severity)
