@@ -211,10 +211,15 @@ async def kill_join_leave(bootstrap: str, procs: Procs, tmp_path: Path, matcher:
     producing = asyncio.create_task(stream(bootstrap, names["hits"], events, rate))
     third = len(events) / rate / 3
     await asyncio.sleep(third)
+    before = b.err.read_text().count("alerts state: ")
     a.popen.send_signal(signal.SIGKILL)  # mid-stream: its batch, its changes in flight
+    killed = time.monotonic()
     a.popen.wait(10)
     await asyncio.sleep(third / 2)
     c = procs.start("alerts-c", cmd("c"))  # joins while the dead one still holds partitions
+    await wait_for(lambda: b.err.read_text().count("alerts state: ") > before, 40,
+                   "alerts-b to take partitions after the kill", b)  # fmt: skip
+    gap = time.monotonic() - killed  # the dead one's partitions unread: session timeout + pause
     await producing
     await wait_for(lambda: took_over(c), 40, "alerts-c to take partitions", c)
     await wait_done(bootstrap, names, 60, [b, c])
@@ -226,7 +231,8 @@ async def kill_join_leave(bootstrap: str, procs: Procs, tmp_path: Path, matcher:
     got = await topic_alerts(bootstrap, names["alerts"], len(want))
     assert Procs.terminate(c) == 0, c.stderr()
     report = figures(procs)
-    sys.stderr.write(f"\nscale-out ({'3-node cluster' if cluster else 'broker'}): {report}\n")
+    where = "3-node cluster" if cluster else "broker"
+    sys.stderr.write(f"\nscale-out ({where}): SIGKILL to takeover {gap:.2f} s; {report}\n")
     check_exact(got, want, "kill, join, graceful leave")
     err = b.err.read_text() + c.err.read_text()
     assert re.search(r"rebalance: revoked \S+\[[\d,]+\]", err), err[-2000:]
