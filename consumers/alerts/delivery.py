@@ -178,15 +178,15 @@ class AlertDelivery:
         """Record as delivered what the receiver holds past the sink's marks, for these
         hits partitions (None: all of them, as one); how many alerts it found."""
         new: list[str] = []
-        for part in parts:
-            since = self.state.marks(sink.name, part)
-            if part is None:
-                found, ends = await sink.read_back(since)
-            else:  # partition p's alerts are on partition p of the receiver
-                found, ends = await sink.read_back(since, [part])
-            fresh = sorted(found - self.state.delivered(sorted(found), sink.name))
-            self.state.mark_delivered(fresh, sink.name, ends, part)
-            new += fresh
+        if parts == [None]:
+            found, ends = await sink.read_back(self.state.marks(sink.name))
+            new = sorted(found - self.state.delivered(sorted(found), sink.name))
+            self.state.mark_delivered(new, sink.name, ends)
+        else:
+            for part, ids, end in await self._read_parts(sink, [p for p in parts if p is not None]):
+                fresh = sorted(ids - self.state.delivered(sorted(ids), sink.name))
+                self.state.mark_delivered(fresh, sink.name, end, part)
+                new += fresh
         await self.state.flush()
         self.stats.read_backs[sink.name] = self.stats.read_backs.get(sink.name, 0) + 1
         self.unsure.discard(sink.name)
@@ -199,6 +199,30 @@ class AlertDelivery:
                 len(new),
             )
         return len(new)
+
+    async def _read_parts(
+        self, sink: ReadBack, parts: list[int]
+    ) -> list[tuple[int, set[str], dict[int, int] | None]]:
+        """Partition p's alerts are on partition p of the receiver: read from each one's
+        mark in one read (a partition with no mark yet: its end only, no records), and
+        per partition the ids found and its end."""
+        marks = {p: m[p] for p in parts if (m := self.state.marks(sink.name, p)) and p in m}
+        by_part = getattr(sink, "read_back_by_partition", None)
+        found: dict[int, set[str]] = {}
+        ends: dict[int, int] = {}
+        unmarked = [p for p in parts if p not in marks]
+        if by_part is None:  # a receiver that cannot tell partitions apart: one by one
+            for p in parts:
+                ids, end = await sink.read_back({p: marks[p]} if p in marks else None, [p])
+                found[p], ends[p] = ids, end.get(p, marks.get(p, 0))
+        else:
+            if unmarked:
+                ends.update((await by_part(None, unmarked))[1])
+            if marks:
+                more, last = await by_part(marks, list(marks))
+                found.update(more)
+                ends.update(last)
+        return [(p, found.get(p, set()), {p: ends[p]} if p in ends else None) for p in parts]
 
     async def _deliver(self, sink: Sink, alerts: list[Alert]) -> None:
         fresh = self._undelivered(sink, alerts)

@@ -155,20 +155,34 @@ class KafkaTopicSink:
         """Alert ids on the topic from ``since`` (partition -> offset; None: none) to its
         end, and the end offsets (``partitions``: of those only); without a reader:
         nothing, and ``since``."""
+        found, ends = await self.read_back_by_partition(since, partitions)
+        return {u for ids in found.values() for u in ids}, ends
+
+    async def read_back_by_partition(
+        self, since: dict[int, int] | None, partitions: list[int] | None = None
+    ) -> tuple[dict[int, set[str]], dict[int, int]]:
+        """``read_back`` with the alert ids per partition of the topic."""
         if self.reader is None:
-            return set(), dict(since or {})
+            return {}, dict(since or {})
         try:
             records, ends = await self.reader.read(self.topic, since, partitions)
         except BusError as exc:
             raise SinkError(f"kafka sink, reading back topic {self.topic}: {exc}") from exc
-        uids = [record_uid(r.value) for r in records]
-        if None in uids:
+        found: dict[int, set[str]] = {}
+        strangers = 0
+        for r in records:
+            uid = record_uid(r.value)
+            if uid is None:
+                strangers += 1
+            else:
+                found.setdefault(r.partition, set()).add(uid)
+        if strangers:
             log.warning(
                 "kafka sink: %d records on topic %s are not kaspwatch findings (ignored)",
-                uids.count(None),
+                strangers,
                 self.topic,
             )
-        return {u for u in uids if u is not None}, ends
+        return found, ends
 
     async def start(self) -> None:
         return None
