@@ -34,7 +34,7 @@ from sensor.rules.match import Matcher
 from sensor.verify import hit_verifier
 from tests import cliprocs, kafkacluster
 from tests.cliprocs import Proc, Procs, wait_for
-from tests.factories import hit
+from tests.factories import EPOCH, hit
 from tests.kafkacluster import Cluster
 from tests.kafkautil import (
     committed_everything,
@@ -42,9 +42,10 @@ from tests.kafkautil import (
     partitions,
     producer,
     read_topic,
+    scrape,
     topic_config,
 )
-from tests.testenv import KASPWATCH
+from tests.testenv import KASPWATCH, free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
 
@@ -308,3 +309,48 @@ async def test_changelog_state_refuses_topics_not_co_partitioned(
     q = procs.start("alerts-memory", memory)
     assert q.popen.wait(60) == 2
     assert "the alerts state changelog needs a kafka:// bus" in q.err.read_text()
+
+
+async def test_metrics_instances_count_each_host_once_across_a_rebalance(
+    kafka_bootstrap: str, procs: Procs
+) -> None:
+    """Two ``kaspwatch metrics`` in one group: after the second joins, the hosts of the
+    partitions the first gave up leave its active-host gauge, so the sum over the two
+    instances is the number of hosts (without that, the first keeps counting them all)."""
+    names = await scale_topics(kafka_bootstrap)
+    ago = time.time() - EPOCH - 60  # a minute ago: inside every window
+    hosts = [f"10.71.0.{h + 1}" for h in range(60)]
+
+    async def hits_now(offset: float) -> None:
+        await stream(kafka_bootstrap, names["hits"], [hit(h, ago + offset) for h in hosts], 1e6)
+
+    def cmd(port: int) -> list[str]:
+        return [*KASPWATCH, "metrics", "--bus", f"kafka://{kafka_bootstrap}", "--topic",
+                names["hits"], "--heartbeats-topic", names["dlq"], "--group", names["group"],
+                "--listen", f"127.0.0.1:{port}", "--lag-groups", ""]  # fmt: skip
+
+    def active(port: int) -> float:
+        try:
+            got = scrape(port)
+        except OSError:
+            return -1.0
+        return sum(v for k, v in got.items()
+                   if k.startswith("kaspwatch_active_hosts{") and 'window="24h"' in k)  # fmt: skip
+
+    one, two = free_port(), free_port()
+    first = procs.start("metrics-1", cmd(one))
+    await wait_for(
+        lambda: "rebalance: assigned" in first.err.read_text(), 40, "metrics-1 assigned", first
+    )
+    await hits_now(0)
+    await wait_for(lambda: active(one) == len(hosts), 30, "metrics-1 to count every host", first)
+    second = procs.start("metrics-2", cmd(two))
+    await wait_for(lambda: "rebalance: assigned" in second.err.read_text(), 40,
+                   "metrics-2 assigned", second)  # fmt: skip
+    await hits_now(1)  # every host again: each instance sees the hosts of its partitions
+    await wait_for(lambda: active(one) + active(two) == len(hosts) and active(two) > 0, 30,
+                   "the two instances to count each host once", second)  # fmt: skip
+    kept, took = active(one), active(two)
+    assert 0 < kept < len(hosts) and kept + took == len(hosts)
+    assert re.search(r"revoked \S+ \(batch in flight \w+ in [\d.]+ s\); \d+ hosts left the "
+                     r"active-host gauges", first.err.read_text()), first.stderr()  # fmt: skip
