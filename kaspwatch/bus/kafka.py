@@ -355,18 +355,21 @@ class KafkaSubscriber:
         self._raise_failure()
         if self._unknown:
             await self._await_topics()
-        await self._ready.wait()
+        if not self._ready.is_set():  # bounded: the caller checks for a stop in between
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            return []
         before = self._rebalances
         batches = await self._consumer.getmany(
             timeout_ms=int(timeout * 1000), max_records=max_records
         )
         if self._rebalances != before or not self._ready.is_set():
-            await self._ready.wait()
+            # fetched under the old assignment: a new one starts from the commits anyway
             owned = self._consumer.assignment()
             for tp, msgs in batches.items():
                 if msgs and tp in owned:
-                    self._consumer.seek(tp, msgs[0].offset)
-            self._raise_failure()
+                    with contextlib.suppress(KafkaError, AssertionError):
+                        self._consumer.seek(tp, msgs[0].offset)
             return []
         out = [
             Record(m.topic, m.partition, m.offset, m.key, m.value)
