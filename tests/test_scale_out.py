@@ -21,8 +21,10 @@ import json
 import re
 import signal
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,7 @@ from sensor.verify import hit_verifier
 from tests import cliprocs, kafkacluster
 from tests.cliprocs import Proc, Procs, wait_for
 from tests.factories import EPOCH, hit
+from tests.httpserve import serving
 from tests.kafkacluster import Cluster
 from tests.kafkautil import (
     committed_everything,
@@ -354,3 +357,51 @@ async def test_metrics_instances_count_each_host_once_across_a_rebalance(
     assert 0 < kept < len(hosts) and kept + took == len(hosts)
     assert re.search(r"revoked \S+ \(batch in flight \w+ in [\d.]+ s\); \d+ hosts left the "
                      r"active-host gauges", first.err.read_text()), first.stderr()  # fmt: skip
+
+
+async def test_a_clean_join_drains_the_batch_in_flight_and_sends_nothing_twice(
+    kafka_bootstrap: str, procs: Procs, tmp_path: Path, matcher: Matcher
+) -> None:
+    """A slow webhook keeps a batch in flight most of the time; a second instance joins. The
+    first one's revocation waits for that batch to be accepted and committed before the
+    partitions move, so the webhook (at least once across a crash) gets every alert once."""
+    events = sorted(hits_of(200), key=lambda e: e.host)  # host by host: alerts all along
+    want = single_instance(events, matcher)
+    names = await scale_topics(kafka_bootstrap)
+    got: list[str] = []
+    lock = threading.Lock()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            time.sleep(0.5)  # a receiver that takes its time: the batch stays in flight
+            with lock:
+                got.extend(a["alert_id"] for a in body["alerts"])
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Slow) as port:
+        hook = ["--webhook", f"http://127.0.0.1:{port}/hook"]
+        cmd = lambda n: [*alerts_cmd(kafka_bootstrap, names, tmp_path / f"{n}.sqlite"), *hook]  # noqa: E731
+        a = procs.start("alerts-a", cmd("a"))
+        await wait_for(lambda: took_over(a), 40, "alerts-a to take partitions", a)
+        producing = asyncio.create_task(stream(kafka_bootstrap, names["hits"], events, 100))
+        await wait_for(lambda: len(got) > len(want) // 5, 40, "a fifth of the alerts", a)
+        b = procs.start("alerts-b", cmd("b"))  # joins while a's batches wait on the webhook
+        await wait_for(lambda: took_over(b), 40, "alerts-b to take partitions", b)
+        await producing
+        await wait_done(kafka_bootstrap, names, 60, [a, b])
+        await asyncio.sleep(1.0)  # a late duplicate would arrive now
+        for p in (a, b):
+            assert Procs.terminate(p) == 0, p.stderr()
+    on_topic = await topic_alerts(kafka_bootstrap, names["alerts"], len(want))
+    drains = re.findall(r"revoked \S+ \(batch in flight (\w+) in ([\d.]+) s\)", a.err.read_text())
+    sys.stderr.write(f"\nclean join with a slow webhook: drains {drains}; {figures(procs)}\n")
+    assert drains and all(how == "finished" for how, _ in drains), a.stderr()
+    with lock:
+        assert sorted(got) == sorted(want), f"{len(got)} webhook alerts, {len(set(got))} ids"
+    check_exact(on_topic, want, "clean join, slow webhook")

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from kaspwatch.bus import (
     BusError,
@@ -407,8 +407,12 @@ class KafkaSubscriber:
         return total
 
     async def rewind(self) -> None:
+        """Back to the commits; after a rebalance took partitions (a refused commit) there
+        is nothing to rewind: a new assignment starts every partition at its commit."""
         try:
             await self._consumer.seek_to_committed()
+        except IllegalStateError:
+            log.debug("kafka group %s: rewind: the assignment changed meanwhile", self.group)
         finally:
             self._idle.set()
 
