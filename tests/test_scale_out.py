@@ -405,10 +405,16 @@ async def test_a_clean_join_drains_the_batch_in_flight_and_sends_nothing_twice(
         await wait_for(lambda: took_over(a), 40, "alerts-a to take partitions", a)
         producing = asyncio.create_task(stream(kafka_bootstrap, names["hits"], events, 100))
         await wait_for(lambda: len(got) > len(want) // 5, 40, "a fifth of the alerts", a)
-        b = procs.start("alerts-b", cmd("b"))  # joins while a's batches wait on the webhook
+        port_b = free_port()
+        b = procs.start("alerts-b", [*cmd("b"), "--metrics-addr", f"127.0.0.1:{port_b}"])
         await wait_for(lambda: took_over(b), 40, "alerts-b to take partitions", b)
         await producing
         await wait_done(kafka_bootstrap, names, 60, [a, b])
+        metrics = scrape(port_b)
+        assert metrics['kaspwatch_alert_state_takeovers_total{outcome="restored"}'] >= 1
+        assert metrics['kaspwatch_alert_read_backs_total{sink="kafka"}'] >= 1
+        assert metrics['kaspwatch_alert_read_back_total{sink="kafka"}'] == 0  # a clean join
+        assert 1 <= metrics["kaspwatch_alert_state_partitions"] < PARTITIONS
         await asyncio.sleep(1.0)  # a late duplicate would arrive now
         for p in (a, b):
             assert Procs.terminate(p) == 0, p.stderr()
