@@ -111,11 +111,14 @@ class SpoolingPublisher:
         if self._inner_ok:  # else the first round after connecting finds the leaders
             await self.inner.prepare(topics)
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        """``partition`` holds for a passthrough topic; a spooled record goes by its key."""
         if topic in self.passthrough:  # e.g. heartbeats: one lost in an outage shows as silence
             if not self._inner_ok:
                 raise BusError("bus down: not sent")
-            return await self.inner.send(topic, value, key)
+            return await self.inner.send(topic, value, key, partition)
         item = _Item(SpoolRecord(topic, key, value), asyncio.get_running_loop().create_future())
         if self.down or self._spooling or len(self._queue) >= self.memory_records:
             self._spill([item])

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             settings=args.group_settings,
         )
         await create_topics(args, [args.topic, args.heartbeats_topic], group=args.group_settings)
+        sub.listen(metrics)  # hosts of a revoked partition leave the active-host gauges
         await sub.start()
         await beats.start()
         groups = [g for g in args.lag_groups.split(",") if g]
