@@ -7,12 +7,13 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from kaspwatch.bus import BusError, Record
 from kaspwatch.bus.kafka import start_client
 from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
+from kaspwatch.bus.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger("kaspwatch.bus")
 
@@ -151,19 +152,12 @@ async def ensure_changelog(
                 log.info("topic %s does not exist yet: the state changelog is sized on it", hits)
                 said = True
             await asyncio.sleep(1.0)
+        brokers = len((await admin.describe_cluster())["brokers"])
+        configs = {"cleanup.policy": "compact", "min.insync.replicas": "2" if brokers >= 3 else "1"}
+        await ensure_topics(
+            admin, [TopicSpec(changelog, n, None, configs)], where=f"kafka {bootstrap}"
+        )
         counts = await _partition_counts(admin, [alerts, changelog])
-        if changelog not in counts:
-            brokers = len((await admin.describe_cluster())["brokers"])
-            topic = NewTopic(changelog, n, min(3, brokers), topic_configs={
-                "cleanup.policy": "compact", "min.insync.replicas": "2" if brokers >= 3 else "1",
-            })  # fmt: skip
-            try:
-                await admin.create_topics([topic])
-                log.info("created the alerts state changelog %s: %d partitions, compacted",
-                         changelog, n)  # fmt: skip
-            except TopicAlreadyExistsError:
-                pass  # another instance made it just now
-            counts = await _partition_counts(admin, [alerts, changelog])
         for topic in (alerts, changelog):
             have = counts.get(topic)
             if have is not None and have != n:

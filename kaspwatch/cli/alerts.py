@@ -97,13 +97,15 @@ def run(args: argparse.Namespace) -> int:
             security=args.kafka,
             settings=args.group_settings,
         )
-        if args.state_store == "changelog":  # before any client that must be closed
+        written = [args.alerts_topic, args.dead_letter_topic]
+        # before any client that must be closed; the hits and alerts topics first, so the
+        # changelog (co-partitioned with them) is sized on what this command asked for
+        await create_topics(args, [*topics, *written], [args.identity_topic], args.group_settings)
+        if args.state_store == "changelog":
             await prepare_changelog(
                 args.bus, args.topic, args.alerts_topic, args.state_topic, args.kafka
             )
         await publisher.start()
-        written = [args.alerts_topic, args.dead_letter_topic]
-        await create_topics(args, [*topics, *written], [args.identity_topic], args.group_settings)
         await publisher.prepare(written)
         reader = open_reader(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
         render = render_ecs if args.format == "ecs" else render_json
