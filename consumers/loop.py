@@ -14,6 +14,13 @@ the committed offsets and the batch is read again after a pause. A ``KnownFailur
 that is down) was already logged by its handler in one line: the loop adds no traceback
 (it is there with -v); anything else is logged with its traceback.
 
+A commit the group refuses because it rebalanced meanwhile (``CommitFailed``: another
+instance joined or left) is not fatal: the handlers roll back, the subscriber rewinds to
+what is committed, and the partitions' new owner reads the batch again.
+
+A handler that keeps state per partition (``Located``) gets each event with its record
+(topic, partition, offset) through ``handle_located`` instead of ``handle``.
+
 ``ConsumerHealth`` makes a stall visible: failed batches and dead-lettered events are
 counted, and the time of the last progress (a commit, or a poll that found nothing to do)
 is a gauge the ``KaspwatchConsumerStalled`` rule watches.
@@ -32,7 +39,7 @@ from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from kaspwatch.bus import Publisher, Record, Subscriber
+from kaspwatch.bus import CommitFailed, Publisher, Record, Subscriber
 from kaspwatch.event import EventError, event_from_json
 
 log = logging.getLogger("kaspwatch.consumers")
@@ -63,6 +70,15 @@ class Handler(Protocol):
 
 
 Parsed = tuple[list[tuple[Record, Any]], list[tuple[Record, str]]]
+
+
+async def _handle(handler: Handler, parsed: list[tuple[Record, Any]]) -> None:
+    """``handle_located`` (events with their records) when the handler has it."""
+    located = getattr(handler, "handle_located", None)
+    if located is not None:
+        await located(parsed)
+    else:
+        await handler.handle([event for _, event in parsed])
 
 
 def parse_with(
@@ -176,7 +192,7 @@ async def _handle_each(
     for rec, event in parsed:
         try:
             for handler in handlers:
-                await handler.handle([event])
+                await _handle(handler, [(rec, event)])
         except EVENT_FAULTS as exc:
             _rollback(handlers)
             if health is not None:
@@ -219,7 +235,7 @@ async def consume(
                 await dead_letter(rec, reason)
             try:
                 for handler in handlers:
-                    await handler.handle([event for _, event in parsed])
+                    await _handle(handler, parsed)
             except EVENT_FAULTS:
                 log.warning("a handler failed on the batch: handling it one event at a time",
                             exc_info=True)  # fmt: skip
@@ -236,6 +252,12 @@ async def consume(
             with contextlib.suppress(TimeoutError):  # a stop ends the pause
                 await asyncio.wait_for(stop.wait(), RETRY_PAUSE_S)
             continue
-        await sub.commit()
+        try:
+            await sub.commit()
+        except CommitFailed as exc:
+            log.warning("%s; the batch is read again by the partitions' owner", exc)
+            _rollback(handlers)
+            await sub.rewind()
+            continue
         if health is not None:
             health.progress.set(time.time())

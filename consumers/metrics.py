@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from consumers.assets import AssetMap
 from kaspwatch import __version__
-from kaspwatch.bus import parse_bus_url
+from kaspwatch.bus import Partition, Record, parse_bus_url
 from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
 from kaspwatch.event import HEARTBEAT_FIELDS, KINDS, Event, parse_ts
 
@@ -71,6 +71,12 @@ class ActiveHosts(Collector):
         if len(hosts) > self.max_hosts:
             del hosts[next(iter(hosts))]  # the least recently seen, in O(1)
             self.evicted += 1
+
+    def forget(self, hosts: set[str]) -> None:
+        """These hosts' partitions went to another instance: that one counts them now."""
+        for table in self.last_seen.values():
+            for host in hosts & table.keys():
+                del table[host]
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         now = self.clock()
@@ -195,6 +201,7 @@ class HitMetrics:
             "kaspwatch_invalid_messages", "Bus messages that were not valid events.", registry=r
         )
         self._last_hit: dict[str, float] = {}
+        self.host_part: dict[str, Partition] = {}  # host -> the hits partition it is on
         sites = sorted(self.assets.sites | {"unknown"})
         for cat, sev in known or set():
             for kind in sorted(KINDS):
@@ -208,6 +215,29 @@ class HitMetrics:
         Info("kaspwatch_build", "kaspwatch build information.", registry=r).info(
             {"version": __version__}
         )
+
+    async def handle_located(self, located: list[tuple[Record, Event]]) -> None:
+        """Hits with their records: which partition each host is on (a revocation of the
+        partition takes its hosts out of the active-host gauges)."""
+        for rec, ev in located:
+            self.host_part.pop(ev.host, None)  # re-inserted: least recently seen first
+            self.host_part[ev.host] = (rec.topic, rec.partition)
+            if len(self.host_part) > MAX_HOSTS_TRACKED:
+                del self.host_part[next(iter(self.host_part))]
+        await self.handle([ev for _, ev in located])
+
+    async def assigned(self, partitions: list[Partition]) -> str | None:
+        return None
+
+    async def revoked(self, partitions: list[Partition]) -> str | None:
+        """Gauges of hosts on partitions this instance no longer reads leave it: the
+        instance that reads them now reports them (a sum over instances counts each once)."""
+        gone = set(partitions)
+        hosts = {h for h, tp in self.host_part.items() if tp in gone}
+        self.active.forget(hosts)
+        for h in hosts:
+            del self.host_part[h]
+        return f"{len(hosts)} hosts left the active-host gauges"
 
     async def handle(self, events: list[Event]) -> None:
         for ev in events:
@@ -258,7 +288,7 @@ class LagCollector(Collector):
         scheme, where = parse_bus_url(bus)
         if scheme != "kafka" or not groups:
             return
-        from kaspwatch.bus.kafka import group_lag  # aiokafka only when lag is read
+        from kaspwatch.bus.kafka_admin import group_lag  # aiokafka only when lag is read
 
         while not stop.is_set():
             try:

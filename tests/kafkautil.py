@@ -264,3 +264,23 @@ class LocalBroker:
 
     def stop(self) -> None:
         subprocess.run(["bash", str(self.script), "stop"], env=self.env, timeout=120, check=False)
+
+
+async def group_members(bootstrap: str, group: str) -> dict[str, set[tuple[str, int]]]:
+    """The members of a consumer group now (member id -> its assigned partitions); a static
+    member's id starts with its group instance id."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (answer,) = await admin.describe_consumer_groups([group])
+        (described,) = answer.to_object()["groups"]
+        out: dict[str, set[tuple[str, int]]] = {}
+        for m in described["members"]:
+            raw = m["member_assignment"]
+            parts = ConsumerProtocolMemberAssignment.decode(raw).partitions() if raw else []
+            out[m["member_id"]] = {(tp.topic, tp.partition) for tp in parts}
+        return out
+    finally:
+        await admin.close()

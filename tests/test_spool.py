@@ -38,7 +38,15 @@ from kaspwatch.bus.spool import (
 )
 from kaspwatch.bus.spooling_publisher import SpoolingPublisher
 from tests.cliprocs import wait_for
-from tests.kafkautil import LocalBroker, create_topics, read_topic, scrape, wait_metrics
+from tests.kafkautil import (
+    LocalBroker,
+    create_topics,
+    partitions,
+    read_topic,
+    scrape,
+    topic_config,
+    wait_metrics,
+)
 from tests.netns import need_tools
 from tests.testenv import KASPWATCH, free_port
 
@@ -610,3 +618,11 @@ async def test_sensor_started_while_the_broker_is_down_spools_then_delivers(
     got = await read_topic(broker.bootstrap, topic, hits, timeout=30)
     assert len({json.loads(v)["event_id"] for _, v in got}) == hits
     assert hits + final["kaspwatch_sensor_kernel_drops_total"] >= queries.sent
+    # the topics it had not found were created when the broker answered, before the first
+    # send could have the broker auto-create them (1 partition, not compacted); the hits
+    # topic made above is left as it is
+    assert len(await partitions(broker.bootstrap, "kaspwatch.identity.v1")) == 12
+    assert (await topic_config(broker.bootstrap, "kaspwatch.identity.v1"))[
+        "cleanup.policy"
+    ] == "compact"
+    assert len(await partitions(broker.bootstrap, topic)) == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from consumers.alerts.delivery import AlertDelivery
@@ -24,7 +24,7 @@ class DeliveryCollector(Collector):
     def __init__(self, delivery: AlertDelivery) -> None:
         self.delivery = delivery
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         st = self.delivery.stats
         alerts = CounterMetricFamily(
             "kaspwatch_alerts", "Alerts raised.", labels=["category", "stage", "severity"]
@@ -44,13 +44,44 @@ class DeliveryCollector(Collector):
                 "kaspwatch_alert_read_back",
                 st.found,
                 "Alerts found on the receiver by a read-back (after a crash or a failed send), "
-                "recorded and not sent again.",
+                "recorded and not sent again: rewrites avoided.",
+            ),
+            (
+                "kaspwatch_alert_read_backs",
+                st.read_backs,
+                "Read-backs of the receiver (after a start, a failed send, or taking over "
+                "hits partitions).",
             ),
         ):
             fam = CounterMetricFamily(name, text, labels=["sink"])
             for sink in self.delivery.sinks:
                 fam.add_metric([sink.name], table.get(sink.name, 0))
             yield fam
+        state = self.delivery.state
+        restores = CounterMetricFamily(
+            "kaspwatch_alert_state_takeovers",
+            "Hits partitions taken over in a rebalance: their state read from the changelog "
+            "(restored), or still current here (kept).",
+            labels=["outcome"],
+        )
+        restores.add_metric(["restored"], getattr(state, "restores", 0))
+        restores.add_metric(["kept"], getattr(state, "kept", 0))
+        yield restores
+        yield CounterMetricFamily(
+            "kaspwatch_alert_state_restored_records",
+            "Changelog records read to restore hits partitions' alert state.",
+            value=getattr(state, "restored_records", 0),
+        )
+        yield GaugeMetricFamily(
+            "kaspwatch_alert_state_partitions",
+            "Hits partitions whose alert state this instance holds (0: a single-process store).",
+            value=len(getattr(state, "parts", {})),
+        )
+        yield CounterMetricFamily(
+            "kaspwatch_alert_hits_skipped",
+            "Hits read again after a rebalance whose effects the partition's state already held.",
+            value=self.delivery.stats.skipped,
+        )
         engine = self.delivery.engine
         yield CounterMetricFamily(
             "kaspwatch_alerts_suppressed", "Hits inside an open window.", value=engine.suppressed

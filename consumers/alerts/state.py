@@ -35,6 +35,14 @@ CREATE TABLE IF NOT EXISTS marks (
 """
 
 
+WindowRow = tuple[str, str, int, str, int, int | None, str]
+
+
+def window_row(host: str, category: str, w: Window) -> WindowRow:
+    last = _us(w.last) if w.last else None
+    return (host, category, _us(w.start), w.first_event, w.hits, last, ",".join(sorted(w.stages)))
+
+
 def _us(dt: datetime) -> int:
     return int(dt.timestamp() * 1_000_000)
 
@@ -44,7 +52,10 @@ def _dt(us: int) -> datetime:
 
 
 class AlertState:
+    partitioned = False  # one store of every hits partition (a single process)
+
     def __init__(self, path: str | None) -> None:
+        self.host_part: dict[str, int] = {}  # a partitioned store's: host -> hits partition
         self.path = path or ":memory:"
         if path:
             private_file(path)  # alert state names hosts: for the owner only
@@ -72,20 +83,35 @@ class AlertState:
         self, windows: dict[tuple[str, str], Window], keys: Iterable[tuple[str, str]]
     ) -> None:
         rows = [
-            (
-                h,
-                c,
-                _us(w.start),
-                w.first_event,
-                w.hits,
-                _us(w.last) if w.last else None,
-                ",".join(sorted(w.stages)),
-            )
-            for (h, c) in set(keys)
-            if (w := windows.get((h, c))) is not None
+            window_row(h, c, w) for (h, c) in set(keys) if (w := windows.get((h, c))) is not None
         ]
+        self.put_windows(rows)
+
+    def put_windows(self, rows: list[WindowRow]) -> None:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO windows VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def owned(self) -> list[int | None]:
+        """The hits partitions this store holds state of: here all of them, as one."""
+        return [None]
+
+    async def flush(self) -> None:
+        """Every change is on disk already (each call is its own transaction)."""
+        return None
+
+    def locate(self, host: str, part: int) -> None:
+        """Which hits partition ``host`` is on: one store holds every partition here."""
+        return None
+
+    def next_offset(self, part: int) -> int:
+        """The first offset of a hits partition whose effects are not in the state: a
+        partitioned store's; this one does not know (at-least-once replay)."""
+        return 0
+
+    def processed(self, offsets: dict[int, int]) -> None:
+        """The hits up to these offsets (partition -> next) are in the state: a
+        partitioned store's record."""
+        return None
 
     def delivered(self, alert_ids: list[str], sink: str) -> set[str]:
         if not alert_ids:
@@ -98,11 +124,17 @@ class AlertState:
         return {r[0] for r in rows}
 
     def mark_delivered(
-        self, alert_ids: list[str], sink: str, marks: dict[int, int] | None = None
+        self,
+        alert_ids: list[str],
+        sink: str,
+        marks: dict[int, int] | None = None,
+        part: int | None = None,
+        at: float | None = None,
     ) -> None:
         """Record the deliveries and, in the same transaction, the sink's marks (partition ->
-        offset past them; a mark only moves forward)."""
-        now = time.time()
+        offset past them; a mark only moves forward). ``part``: the hits partition they
+        belong to (one store of every partition here: ignored)."""
+        now = time.time() if at is None else at
         with self.db:
             self.db.executemany(
                 "INSERT OR IGNORE INTO delivered VALUES (?, ?, ?)",
@@ -114,7 +146,7 @@ class AlertState:
                 [(sink, p, n) for p, n in (marks or {}).items()],
             )
 
-    def marks(self, sink: str) -> dict[int, int] | None:
+    def marks(self, sink: str, part: int | None = None) -> dict[int, int] | None:
         """Where a read-back of the sink starts; None when none was ever recorded."""
         rows = self.db.execute("SELECT part, next_offset FROM marks WHERE sink = ?", (sink,))
         return {p: n for p, n in rows} or None

@@ -195,6 +195,8 @@ group.initial.rebalance.delay.ms=0
 offsets.topic.num.partitions=1
 transaction.state.log.num.partitions=1
 share.coordinator.state.topic.num.partitions=1
+# a topic some other client auto-creates gets 1 partition; kaspwatch creates its own topics
+# with --partitions (default 12) and never relies on this
 num.partitions=1
 auto.create.topics.enable=true
 delete.topic.enable=true

@@ -15,10 +15,18 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from kaspwatch.bus import BusError, BusUnreachable, Record
+from kaspwatch.bus import (
+    BusError,
+    BusUnreachable,
+    CommitFailed,
+    GroupSettings,
+    Partition,
+    PartitionListener,
+    Record,
+)
 from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity, explain_connect_failure
 
 
@@ -172,8 +180,12 @@ class KafkaPublisher:
                 await client.force_metadata_update()
                 await asyncio.sleep(0.1)
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = await self._producer.send(topic, value=value, key=key)
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = await self._producer.send(
+            topic, value=value, key=key, partition=partition
+        )
         return fut
 
     async def flush(self) -> None:
@@ -184,7 +196,34 @@ class KafkaPublisher:
             await self._client.stop()
 
 
+DRAIN_S = 60.0  # how long a revocation waits for the batch in flight to be committed
+
+
+def _named(parts: list[Partition]) -> str:
+    """``hits[0,3,5]`` for a log line: the partitions of each topic."""
+    by_topic: dict[str, list[int]] = {}
+    for topic, p in sorted(parts):
+        by_topic.setdefault(topic, []).append(p)
+    return " ".join(f"{t}[{','.join(map(str, ps))}]" for t, ps in by_topic.items()) or "none"
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: KafkaSubscriber) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.owner._on_revoked(sorted((tp.topic, tp.partition) for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.owner._on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))
+
+
 class KafkaSubscriber:
+    """A consumer group member. On a rebalance it logs one INFO line per revocation and per
+    assignment naming the partitions; a revocation first waits (up to ``DRAIN_S``) for the
+    batch ``poll`` returned to be committed or rewound, then tells the listeners (they
+    flush state); an assignment tells them before ``poll`` returns any record of it."""
+
     def __init__(
         self,
         bootstrap: str,
@@ -192,6 +231,7 @@ class KafkaSubscriber:
         group: str,
         client_id: str,
         security: KafkaSecurity = PLAINTEXT,
+        settings: GroupSettings | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -201,6 +241,14 @@ class KafkaSubscriber:
         self._said: set[str] = set()  # of those, the ones we said we are waiting for
         self._next_check = 0.0
         self._client: AIOKafkaConsumer | None = None
+        self._listeners: list[PartitionListener] = []
+        self._idle = asyncio.Event()  # no batch in flight (set), or one being handled
+        self._idle.set()
+        self._ready = asyncio.Event()  # no rebalance under way
+        self._ready.set()
+        self._rebalances = 0  # revocations so far: a poll that spans one drops its records
+        self._revoked_at: float | None = None
+        self._failure: BaseException | None = None  # a listener failed: poll raises it
         self._make = functools.partial(
             AIOKafkaConsumer,
             bootstrap_servers=bootstrap,
@@ -209,11 +257,63 @@ class KafkaSubscriber:
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **(settings or GroupSettings()).consumer_kwargs(),
         )
 
-    def _rebalance_listener(self) -> Any:
-        """Called on partition assignment; subclasses that position partitions override."""
+    def listen(self, listener: PartitionListener) -> None:
+        self._listeners.append(listener)
+
+    async def _assigned(self, parts: list[TopicPartition]) -> None:
+        """Subclasses that position new partitions override this."""
         return None
+
+    async def _on_revoked(self, parts: list[Partition]) -> None:
+        self._ready.clear()
+        self._rebalances += 1
+        loop = asyncio.get_running_loop()
+        began = self._revoked_at = loop.time()
+        drained = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), DRAIN_S)
+        except TimeoutError:
+            drained = False
+        drain = loop.time() - began
+        notes = []
+        try:
+            for listener in self._listeners:
+                notes.append(await listener.revoked(parts))
+        except Exception as exc:
+            self._failure = exc
+            log.exception("kafka group %s: flushing revoked partitions failed", self.group)
+        if parts:
+            log.info(
+                "kafka group %s: rebalance: revoked %s (%s in %.2f s)%s",
+                self.group,
+                _named(parts),
+                "batch in flight finished" if drained else "batch in flight abandoned",
+                drain,
+                "".join(f"; {n}" for n in notes if n),
+            )
+
+    async def _on_assigned(self, parts: list[Partition]) -> None:
+        loop = asyncio.get_running_loop()
+        notes = []
+        try:
+            await self._assigned([TopicPartition(t, p) for t, p in parts])
+            for listener in self._listeners:
+                notes.append(await listener.assigned(parts))
+        except Exception as exc:
+            self._failure = exc
+            log.exception("kafka group %s: taking over %s failed", self.group, _named(parts))
+        finally:
+            began, self._revoked_at = self._revoked_at, None
+            pause = f", paused {loop.time() - began:.2f} s since the revocation" if began else ""
+            log.info("kafka group %s: rebalance: assigned %s%s%s", self.group, _named(parts),
+                     pause, "".join(f"; {n}" for n in notes if n))  # fmt: skip
+            self._ready.set()
+
+    def _rebalance_listener(self) -> Any:
+        return _Listener(self)
 
     @property
     def _consumer(self) -> AIOKafkaConsumer:
@@ -224,11 +324,7 @@ class KafkaSubscriber:
     async def start(self) -> None:
         self._client = self._make()
         await start_client(self.bootstrap, self.security, self._client.start, self._client.stop)
-        listener = self._rebalance_listener()
-        if listener is None:
-            self._consumer.subscribe(self.topics)
-        else:
-            self._consumer.subscribe(self.topics, listener=listener)
+        self._consumer.subscribe(self.topics, listener=self._rebalance_listener())
 
     async def _await_topics(self) -> None:
         """A topic subscribed before anything created it (consumers started before the
@@ -257,19 +353,50 @@ class KafkaSubscriber:
         self._unknown = missing
 
     async def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
+        """Records of partitions whose listeners are done; none while a rebalance is under
+        way (records fetched across one are put back: their partition may have moved)."""
+        self._raise_failure()
         if self._unknown:
             await self._await_topics()
+        if not self._ready.is_set():  # bounded: the caller checks for a stop in between
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            return []
+        before = self._rebalances
         batches = await self._consumer.getmany(
             timeout_ms=int(timeout * 1000), max_records=max_records
         )
-        return [
+        if self._rebalances != before or not self._ready.is_set():
+            # fetched under the old assignment: a new one starts from the commits anyway
+            owned = self._consumer.assignment()
+            for tp, msgs in batches.items():
+                if msgs and tp in owned:
+                    with contextlib.suppress(KafkaError, AssertionError):
+                        self._consumer.seek(tp, msgs[0].offset)
+            return []
+        out = [
             Record(m.topic, m.partition, m.offset, m.key, m.value)
             for msgs in batches.values()
             for m in msgs
         ]
+        if out:
+            self._idle.clear()  # a batch in flight until commit or rewind
+        return out
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            exc, self._failure = self._failure, None
+            raise BusError(f"kafka group {self.group}: rebalance listener failed: {exc}") from exc
 
     async def commit(self) -> None:
-        await self._consumer.commit()
+        try:
+            await self._consumer.commit()
+        except CommitFailedError as exc:
+            raise CommitFailed(
+                f"kafka group {self.group}: commit refused, the group rebalanced ({exc})"
+            ) from exc
+        finally:
+            self._idle.set()
 
     async def lag(self) -> int:
         parts = self._consumer.assignment()
@@ -283,105 +410,25 @@ class KafkaSubscriber:
         return total
 
     async def rewind(self) -> None:
-        await self._consumer.seek_to_committed()
+        """Back to the commits; after a rebalance took partitions (a refused commit) there
+        is nothing to rewind: a new assignment starts every partition at its commit."""
+        try:
+            await self._consumer.seek_to_committed()
+        except IllegalStateError:
+            log.debug("kafka group %s: rewind: the assignment changed meanwhile", self.group)
+        finally:
+            self._idle.set()
 
     async def stop(self) -> None:
-        if self._client is not None:
-            await self._client.stop()
-
-
-class KafkaTopicReader:
-    """Reads partitions of a topic between offsets with a consumer of no group (nothing is
-    committed); a client per ``read``, since reads are rare (a start, a failed send)."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        client_id: str,
-        security: KafkaSecurity = PLAINTEXT,
-        timeout_s: float = 30.0,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.client_id = client_id
-        self.security = security
-        self.timeout_s = timeout_s
-
-    async def read(
-        self, topic: str, since: dict[int, int] | None
-    ) -> tuple[list[Record], dict[int, int]]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            client_id=self.client_id,
-            **self.security.client_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # a start offset already deleted: the oldest kept
-        )
-        await start_client(self.bootstrap, self.security, consumer.start, consumer.stop)
+        """Leaving the group: the listeners give up the partitions first (a graceful
+        scale-in: the others take them at once, without waiting for a session timeout)."""
+        if self._client is None:
+            return
+        owned = sorted((tp.topic, tp.partition) for tp in self._client.assignment())
         try:
-            # a consumer with no subscription has no metadata of the topic yet, and the public
-            # topics() returns names only: the cluster metadata it fetches has the partitions
-            cluster = await consumer._client.fetch_all_metadata()
-            tps = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
-            if not tps:
-                return [], {}
-            ends = {tp.partition: n for tp, n in (await consumer.end_offsets(tps)).items()}
-            if since is None:
-                return [], ends
-            pending = [tp for tp in tps if min(since.get(tp.partition, 0), ends[tp.partition])
-                       < ends[tp.partition]]  # fmt: skip
-            consumer.assign(pending)
-            for tp in pending:
-                consumer.seek(tp, max(since.get(tp.partition, 0), 0))
-            out: list[Record] = []
-            deadline = asyncio.get_running_loop().time() + self.timeout_s
-            while pending:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise BusError(
-                        f"kafka {self.bootstrap}: topic {topic} not read to its end offsets "
-                        f"{ends} within {self.timeout_s:.0f} s"
-                    )
-                batches = await consumer.getmany(*pending, timeout_ms=500)
-                for tp, msgs in batches.items():
-                    end = ends[tp.partition]
-                    out.extend(
-                        Record(m.topic, m.partition, m.offset, m.key, m.value)
-                        for m in msgs
-                        if m.offset < end
-                    )
-                pending = [tp for tp in pending if await consumer.position(tp) < ends[tp.partition]]
-            return out, ends
-        except KafkaError as exc:
-            raise BusError(f"kafka {self.bootstrap}: reading topic {topic}: {exc}") from exc
+            if owned and self._listeners:
+                notes = [await listener.revoked(owned) for listener in self._listeners]
+                log.info("kafka group %s: leaving, gave up %s%s", self.group, _named(owned),
+                         "".join(f"; {n}" for n in notes if n))  # fmt: skip
         finally:
-            await consumer.stop()
-
-
-async def group_lag(
-    bootstrap: str, groups: list[str], security: KafkaSecurity = PLAINTEXT
-) -> dict[tuple[str, str, int], int]:
-    """Records not yet committed, per (group, topic, partition), for the groups given."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    kw = security.client_kwargs()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="kaspwatch-lag", **kw)
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="kaspwatch-lag", **kw)
-    await start_client(bootstrap, security, admin.start, admin.close)
-    try:
-        await start_client(bootstrap, security, probe.start, probe.stop)
-    except BusError:
-        await admin.close()
-        raise
-    try:
-        out: dict[tuple[str, str, int], int] = {}
-        for group in groups:
-            committed = await admin.list_consumer_group_offsets(group)
-            if not committed:
-                continue
-            ends = await probe.end_offsets(list(committed))
-            for tp, meta in committed.items():
-                out[(group, tp.topic, tp.partition)] = max(ends.get(tp, 0) - meta.offset, 0)
-        return out
-    finally:
-        await probe.stop()
-        await admin.close()
+            await self._client.stop()

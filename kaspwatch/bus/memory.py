@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from typing import Any, ClassVar
 
-from kaspwatch.bus import Record
+from kaspwatch.bus import PartitionListener, Record
 
 
 class MemoryBus:
@@ -58,7 +58,10 @@ class MemoryPublisher:
     async def start(self) -> None:
         return None
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        """One partition per topic: ``partition`` can only be 0."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(self.bus.append(topic, key, value))
         return fut
@@ -79,8 +82,18 @@ class MemorySubscriber:
         self.topics = topics
         self.group = group
         self._pos: dict[str, int] = {}
+        self._listeners: list[PartitionListener] = []
+
+    def listen(self, listener: PartitionListener) -> None:
+        self._listeners.append(listener)
 
     async def start(self) -> None:
+        """The one owner of every partition: all of them are assigned now."""
+        self._seek()
+        for listener in self._listeners:
+            await listener.assigned([(t, 0) for t in self.topics])
+
+    def _seek(self) -> None:
         self._pos = {t: self.bus.committed.get((self.group, t), 0) for t in self.topics}
 
     def _take(self, max_records: int) -> list[Record]:
@@ -111,10 +124,11 @@ class MemorySubscriber:
         )
 
     async def rewind(self) -> None:
-        await self.start()
+        self._seek()
 
     async def stop(self) -> None:
-        return None
+        for listener in self._listeners:
+            await listener.revoked([(t, 0) for t in self.topics])
 
 
 class MemoryReader:
@@ -122,8 +136,10 @@ class MemoryReader:
         self.bus = bus
 
     async def read(
-        self, topic: str, since: dict[int, int] | None
+        self, topic: str, since: dict[int, int] | None, partitions: list[int] | None = None
     ) -> tuple[list[Record], dict[int, int]]:
         log = self.bus.topics.get(topic, [])
+        if partitions is not None and 0 not in partitions:
+            return [], {}
         ends = {0: len(log)}
         return ([] if since is None else log[since.get(0, 0) :]), ends

@@ -12,25 +12,14 @@ until partitions are assigned, so ``--until-caught-up`` never stops before it st
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 
+from kaspwatch.bus import GroupSettings
 from kaspwatch.bus.kafka import KafkaSubscriber
 from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger("kaspwatch.bus")
-
-
-class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: ReplaySubscriber) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.owner.position_new(list(assigned))
 
 
 class ReplaySubscriber(KafkaSubscriber):
@@ -46,15 +35,16 @@ class ReplaySubscriber(KafkaSubscriber):
         from_beginning: bool = False,
         start_ms: int | None = None,
         security: KafkaSecurity = PLAINTEXT,
+        settings: GroupSettings | None = None,
     ) -> None:
-        super().__init__(bootstrap, topics, group, client_id, security)
+        super().__init__(bootstrap, topics, group, client_id, security, settings)
         self.from_beginning = from_beginning
         self.start_ms = start_ms
         self.assigned = False
         self._started: dict[TopicPartition, int] = {}  # where each partition began here
 
-    def _rebalance_listener(self) -> Any:
-        return _Seeker(self)
+    async def _assigned(self, parts: list[TopicPartition]) -> None:
+        await self.position_new(parts)
 
     async def position_new(self, parts: list[TopicPartition]) -> None:
         """Seek partitions seen for the first time; remember where each one starts."""

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +49,13 @@ class SpoolingPublisher:
         passthrough: tuple[str, ...] = (),
         grace_s: float = 5.0,
         topics: tuple[str, ...] | None = None,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``on_connect``: run once, when a client first connects (at ``start``, or later
+        when the bus was down then), before anything is sent: e.g. creating the topics, so
+        that the broker does not auto-create them with its own defaults on the first send."""
         self._connect = connect
+        self._on_connect = on_connect
         self.inner = connect()
         self._inner_ok = False
         self._abandoned: set[asyncio.Task[None]] = set()
@@ -87,21 +92,33 @@ class SpoolingPublisher:
         last). A broker that refuses us (credentials, TLS) still fails the start."""
         try:
             await self.inner.start()
+            await self._connected()
         except BusUnreachable as exc:
             self._note_down(exc)
+        except BaseException:
+            await self.inner.stop()
+            raise
         else:
             self._inner_ok = True
         self._pump = asyncio.create_task(self._run())
+
+    async def _connected(self) -> None:
+        if self._on_connect is not None:
+            await self._on_connect()
+            self._on_connect = None
 
     async def prepare(self, topics: list[str]) -> None:
         if self._inner_ok:  # else the first round after connecting finds the leaders
             await self.inner.prepare(topics)
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        """``partition`` holds for a passthrough topic; a spooled record goes by its key."""
         if topic in self.passthrough:  # e.g. heartbeats: one lost in an outage shows as silence
             if not self._inner_ok:
                 raise BusError("bus down: not sent")
-            return await self.inner.send(topic, value, key)
+            return await self.inner.send(topic, value, key, partition)
         item = _Item(SpoolRecord(topic, key, value), asyncio.get_running_loop().create_future())
         if self.down or self._spooling or len(self._queue) >= self.memory_records:
             self._spill([item])
@@ -199,6 +216,16 @@ class SpoolingPublisher:
         except Exception as exc:
             self._note_down(exc)
             return False
+        try:
+            async with asyncio.timeout(self.limit_s):
+                await self._connected()
+        except (BusUnreachable, TimeoutError) as exc:
+            await fresh.stop()
+            self._note_down(exc)
+            return False
+        except BusError as exc:  # the bus refused (e.g. a topic): send all the same
+            self._on_connect = None
+            log.warning("connected, but %s", exc)
         self.inner, self._inner_ok = fresh, True
         log.info("connected a new bus client")
         return True

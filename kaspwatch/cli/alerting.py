@@ -123,14 +123,19 @@ def state_path(args: argparse.Namespace, group: str | None) -> str | None:
 
 
 def open_delivery(
-    args: argparse.Namespace, sinks: list[Sink], group: str | None
+    args: argparse.Namespace,
+    sinks: list[Sink],
+    group: str | None,
+    state: AlertState | None = None,
 ) -> tuple[AlertDelivery, AssetMap]:
+    """``state``: where the state lives (default: the SQLite ``--state`` file)."""
     assets = load_assets(args.assets)
     window = args.window or args.config_loaded.window or DEFAULT_WINDOW
     engine = AlertEngine(window, assets, links=links_from_options(args))
     if not args.group_wait >= 0:
         raise SinkOptionError(f"--group-wait {args.group_wait:g}: give 0 or more seconds")
-    state = AlertState(state_path(args, group))
+    if state is None:
+        state = AlertState(state_path(args, group))
     delivery = AlertDelivery(
         engine, sinks, state, args.on_sink_failure, args.group_wait, tracebacks=args.verbose
     )

@@ -7,23 +7,31 @@ import asyncio
 
 from prometheus_client import start_http_server
 
+from consumers.alerts.changelog import CHANGELOG_TOPIC, ChangelogState
 from consumers.alerts.collector import DeliveryCollector
 from consumers.alerts.engine import render_json
 from consumers.alerts.grouping import flush_every
+from consumers.alerts.handover import Handover
 from consumers.alerts.resend import resend_firing
 from consumers.alerts.sinks import SinkOptionError
 from consumers.alerts.sinks.ecs import render_ecs
 from consumers.identity import parse_with_identities
 from consumers.loop import ConsumerHealth, DeadLetters, consume
 from consumers.metrics import HitMetrics
-from kaspwatch.bus import open_publisher, open_reader, open_subscriber
+from kaspwatch.bus import open_publisher, open_reader, open_subscriber, prepare_changelog
 from kaspwatch.cli.alerting import (
     add_alert_options,
     build_sinks,
     links_from_options,
     open_delivery,
+    state_path,
 )
-from kaspwatch.cli.kafka import add_kafka_options
+from kaspwatch.cli.kafka import (
+    add_group_options,
+    add_kafka_options,
+    add_topic_options,
+    create_topics,
+)
 from kaspwatch.cli.options import add_bus_option, add_metrics_addr, add_rule_options, verified_hit
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import ALERTS_TOPIC, DEAD_LETTER_TOPIC, HITS_TOPIC
@@ -50,8 +58,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dead-letter-topic", default=DEAD_LETTER_TOPIC)
     add_metrics_addr(p, "serve this consumer's metrics (deliveries, sink failures, dead letters)")
     add_alert_options(p, state_default=True)
+    p.add_argument(
+        "--state-store",
+        choices=("sqlite", "changelog"),
+        default="sqlite",
+        help="sqlite: the --state file (one instance per group, default); changelog: per "
+        "hits partition on a compacted Kafka topic, so several instances can share the "
+        "group (README 'Scaling out')",
+    )
+    p.add_argument(
+        "--state-topic",
+        default=CHANGELOG_TOPIC,
+        help=f"the alert state changelog topic (--state-store changelog; default {CHANGELOG_TOPIC})",
+    )
     add_rule_options(p)  # the pack hits are re-matched against: a hit's indicator is a claim
     add_kafka_options(p)
+    add_group_options(p)
+    add_topic_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,14 +90,33 @@ def run(args: argparse.Namespace) -> int:
         publisher = open_publisher(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
         topics = [args.identity_topic, args.topic] if args.identity_topic else [args.topic]
         sub = open_subscriber(
-            args.bus, topics, args.group, client_id="kaspwatch-alerts", security=args.kafka
+            args.bus,
+            topics,
+            args.group,
+            client_id="kaspwatch-alerts",
+            security=args.kafka,
+            settings=args.group_settings,
         )
+        written = [args.alerts_topic, args.dead_letter_topic]
+        # before any client that must be closed; the hits and alerts topics first, so the
+        # changelog (co-partitioned with them) is sized on what this command asked for
+        await create_topics(args, [*topics, *written], [args.identity_topic], args.group_settings)
+        if args.state_store == "changelog":
+            await prepare_changelog(
+                args.bus, args.topic, args.alerts_topic, args.state_topic, args.kafka
+            )
         await publisher.start()
-        await publisher.prepare([args.alerts_topic, args.dead_letter_topic])
+        await publisher.prepare(written)
         reader = open_reader(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
         render = render_ecs if args.format == "ecs" else render_json
         sinks = build_sinks(args, publisher, render, reader)
-        delivery, _ = open_delivery(args, sinks, args.group)
+        state = None
+        if args.state_store == "changelog":
+            state = ChangelogState(
+                state_path(args, args.group), publisher, reader, args.state_topic
+            )
+        delivery, _ = open_delivery(args, sinks, args.group, state)
+        sub.listen(Handover(delivery, args.topic, reader))
         metrics.registry.register(DeliveryCollector(delivery))
         if args.metrics_addr:
             start_http_server(args.metrics_addr[1], args.metrics_addr[0], registry=metrics.registry)

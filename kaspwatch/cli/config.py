@@ -18,6 +18,14 @@ kafka:                             # how every Kafka client connects (default PL
 spool_dir: /var/lib/kaspwatch/spool  # sense: hits wait here while the bus is down
 spool_max_bytes: 512M              # sense: spool bound (K, M, G suffixes)
 spool_policy: drop-oldest          # sense: which hit a full spool loses (or drop-newest)
+topics:                            # topics a command creates when they do not exist yet
+  partitions: 12                   # the most consumers of one group that get records
+  replication: auto                # auto: min(3, brokers); or a number
+group:                             # alerts/metrics/store: the consumer group's timeouts, seconds
+  session_timeout: 10              # an instance silent this long loses its partitions
+  heartbeat_interval: 3            # default: a third of session_timeout, at most 3
+  max_poll_interval: 300           # an instance that reads nothing this long leaves the group
+  rebalance_timeout: 10            # default: session_timeout
 ```
 A password itself is refused here: the file would be one more copy of it.
 Command-line flags override the file. Relative paths are relative to the file.
@@ -38,15 +46,20 @@ from pathlib import Path
 from kaspwatch.bus import BusError, parse_bus_url
 from kaspwatch.bus.security import KafkaSettings
 from kaspwatch.bus.spool import POLICIES as SPOOL_POLICIES
-from kaspwatch.cli.kafka import kafka_security
+from kaspwatch.cli.kafka import group_settings, kafka_security, topic_plan
 from kaspwatch.yamlfile import YamlError, load_yaml
 
 log = logging.getLogger("kaspwatch")
 
 KEYS = {
     "sensor", "bus", "packs", "allowlist", "window", "kafka",
-    "spool_dir", "spool_max_bytes", "spool_policy",
+    "spool_dir", "spool_max_bytes", "spool_policy", "topics", "group",
 }  # fmt: skip
+# sections of plain settings whose values kaspwatch.cli.kafka checks (each with its place)
+SECTIONS = {
+    "topics": ("partitions", "replication"),
+    "group": ("session_timeout", "heartbeat_interval", "max_poll_interval", "rebalance_timeout"),
+}
 KAFKA_KEYS = {
     "security_protocol",
     "sasl_mechanism",
@@ -76,6 +89,8 @@ class Config:
     spool_dir: str | None = None
     spool_max_bytes: int | None = None
     spool_policy: str | None = None
+    # section -> key -> (value, "file:line: section.key"), e.g. topics.partitions
+    sections: dict[str, dict[str, tuple[object, str]]] = field(default_factory=dict)
 
 
 def parse_size(text: str) -> int:
@@ -137,6 +152,7 @@ def load_config(path: str | None) -> Config:
             f"{at('spool_policy')}: spool_policy must be one of {', '.join(SPOOL_POLICIES)}"
         )
     return Config(
+        sections={name: _section(doc.get(name), name, at) for name in SECTIONS},
         kafka=kafka,
         spool_dir=rel(doc["spool_dir"], "spool_dir") if doc.get("spool_dir") else None,
         spool_max_bytes=max_bytes,
@@ -179,6 +195,26 @@ def _kafka_settings(section: object, at: Callable[[str], str], base: Path) -> Ka
     return KafkaSettings(**values, origins=origins)
 
 
+def _section(section: object, name: str, at: Callable[[str], str]) -> dict[str, tuple[object, str]]:
+    """A section of ``SECTIONS``: each value with its origin; its keys checked here, its
+    values where they are used."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{at(name)}: {name} is a mapping of settings")
+    out: dict[str, tuple[object, str]] = {}
+    for key, value in section.items():
+        if key == "__line__":
+            continue
+        if key not in SECTIONS[name]:
+            raise ConfigError(
+                f"{at(f'{name}.{key}')}: unknown {name} setting {key!r}; known: "
+                f"{', '.join(SECTIONS[name])}"
+            )
+        out[key] = (value, f"{at(f'{name}.{key}')}: {name}.{key}")
+    return out
+
+
 def _key_lines(text: str) -> dict[str, int]:
     """Line of each top-level key (and ``section.key`` one level down), for error messages."""
     import yaml  # here: only a configuration file needs it
@@ -216,6 +252,10 @@ def resolve(args: argparse.Namespace) -> None:
         )
         args.spool_max_bytes = args.spool_max_bytes or cfg.spool_max_bytes or 512 << 20
         args.spool_policy = args.spool_policy or cfg.spool_policy or "drop-oldest"
+    if "partitions" in args:
+        args.topic_plan = topic_plan(args, cfg.sections.get("topics", {}))
+    if "session_timeout" in args:
+        args.group_settings = group_settings(args, cfg.sections.get("group", {}))
     if "bus" in args:
         origin = (
             "--bus" if args.bus else "'bus:' in the config file" if cfg.bus else "KASPWATCH_BUS"

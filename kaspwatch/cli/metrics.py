@@ -13,7 +13,12 @@ from consumers.assets import load_assets
 from consumers.loop import ConsumerHealth, DeadLetters, consume, parse_with
 from consumers.metrics import HitMetrics, LagCollector, SensorHealth
 from kaspwatch.bus import open_subscriber
-from kaspwatch.cli.kafka import add_kafka_options
+from kaspwatch.cli.kafka import (
+    add_group_options,
+    add_kafka_options,
+    add_topic_options,
+    create_topics,
+)
 from kaspwatch.cli.options import add_bus_option, add_rule_options, listen_addr, verified_hit
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import HEARTBEATS_TOPIC, HITS_TOPIC, heartbeat_from_json
@@ -42,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_rule_options(p)  # hits are counted by this pack's indicators, not by their claims
     add_kafka_options(p)
+    add_group_options(p)
+    add_topic_options(p)
 
 
 def known_pairs(indicators: Iterable[Indicator] | None = None) -> set[tuple[str, str]]:
@@ -67,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
         stopper = Stopper()
         stopper.install()
         sub = open_subscriber(
-            args.bus, [args.topic], args.group, client_id="kaspwatch-metrics", security=args.kafka
+            args.bus,
+            [args.topic],
+            args.group,
+            client_id="kaspwatch-metrics",
+            security=args.kafka,
+            settings=args.group_settings,
         )
         beats = open_subscriber(
             args.bus,
@@ -75,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
             f"{args.group}-heartbeats",
             client_id="kaspwatch-metrics",
             security=args.kafka,
+            settings=args.group_settings,
         )
+        await create_topics(args, [args.topic, args.heartbeats_topic], group=args.group_settings)
+        sub.listen(metrics)  # hosts of a revoked partition leave the active-host gauges
         await sub.start()
         await beats.start()
         groups = [g for g in args.lag_groups.split(",") if g]

@@ -18,7 +18,7 @@ from kaspwatch.cli.capture import (
     nothing_read,
     open_sources,
 )
-from kaspwatch.cli.kafka import add_kafka_options
+from kaspwatch.cli.kafka import add_kafka_options, add_topic_options, create_topics
 from kaspwatch.cli.options import (
     add_bus_option,
     add_metrics_addr,
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_spool_options(p)
     add_sensor_options(p)
     add_kafka_options(p)
+    add_topic_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,15 +79,19 @@ def run(args: argparse.Namespace) -> int:
                 delivery_timeout=args.delivery_timeout,
             )
 
+        topics = [args.topic, args.heartbeats_topic, args.identity_topic]
         publisher = publish.spooling = SpoolingPublisher(
             connect,
             spool,
             args.delivery_timeout,
             passthrough=(args.heartbeats_topic,),
             topics=(args.topic,),
+            # at start, or when the bus first answers: before the first send would have the
+            # broker auto-create them
+            on_connect=lambda: create_topics(args, topics, compacted=[args.identity_topic]),
         )
         await publisher.start()
-        await publisher.prepare([args.topic, args.heartbeats_topic, args.identity_topic])
+        await publisher.prepare(topics)
         sensed = asyncio.Event()
         read_out = False  # every source was a file and was read to its end
 

@@ -22,7 +22,12 @@ from consumers.loop import DeadLetters, consume
 from consumers.store import StoreError, open_store
 from consumers.store.queries import parse_time
 from kaspwatch.bus import Replay, open_subscriber, parse_bus_url
-from kaspwatch.cli.kafka import add_kafka_options
+from kaspwatch.cli.kafka import (
+    add_group_options,
+    add_kafka_options,
+    add_topic_options,
+    create_topics,
+)
 from kaspwatch.cli.options import add_bus_option, add_db_option, db_url
 from kaspwatch.cli.process import Stopper
 from kaspwatch.event import HITS_TOPIC
@@ -75,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="exit once every hit on the topic is stored (for a rebuild)",
     )
     add_kafka_options(p)
+    add_group_options(p)
+    add_topic_options(p)
 
 
 class _Count:
@@ -109,14 +116,17 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stopper = Stopper()
         stopper.install()
+        topics = [args.identity_topic, args.topic] if args.identity_topic else [args.topic]
         sub = open_subscriber(
             args.bus,
-            [args.identity_topic, args.topic] if args.identity_topic else [args.topic],
+            topics,
             group,
             client_id="kaspwatch-store",
             security=args.kafka,
             replay=replay,
+            settings=args.group_settings,
         )
+        await create_topics(args, topics, [args.identity_topic], args.group_settings)
         await sub.start()
         finished = (lambda: True) if args.until_caught_up else None
         try:

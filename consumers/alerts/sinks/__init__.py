@@ -50,6 +50,9 @@ class ReadBack(Protocol):
     name: str
     acked: dict[int, int]
 
-    async def read_back(self, since: dict[int, int] | None) -> tuple[set[str], dict[int, int]]:
-        """Alert ids on the receiver from ``since`` (None: none) to its end, and that end."""
+    async def read_back(
+        self, since: dict[int, int] | None, partitions: list[int] | None = None
+    ) -> tuple[set[str], dict[int, int]]:
+        """Alert ids on the receiver from ``since`` (None: none) to its end, and that end;
+        ``partitions``: of those only (a partitioned state reads back its own)."""
         ...

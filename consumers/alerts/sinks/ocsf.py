@@ -145,34 +145,57 @@ class KafkaTopicSink:
         self.reader = reader
         self.render = FORMATS[fmt]
         self.acked: dict[int, int] = {}  # partition -> offset after the last batch's record
+        # host -> hits partition, when the state is per partition: each alert goes to the
+        # alerts topic partition of its hit's partition (the topics are co-partitioned)
+        self.partition_for: Callable[[str], int | None] | None = None
 
-    async def read_back(self, since: dict[int, int] | None) -> tuple[set[str], dict[int, int]]:
+    async def read_back(
+        self, since: dict[int, int] | None, partitions: list[int] | None = None
+    ) -> tuple[set[str], dict[int, int]]:
         """Alert ids on the topic from ``since`` (partition -> offset; None: none) to its
-        end, and the end offsets; without a reader: nothing, and ``since``."""
+        end, and the end offsets (``partitions``: of those only); without a reader:
+        nothing, and ``since``."""
+        found, ends = await self.read_back_by_partition(since, partitions)
+        return {u for ids in found.values() for u in ids}, ends
+
+    async def read_back_by_partition(
+        self, since: dict[int, int] | None, partitions: list[int] | None = None
+    ) -> tuple[dict[int, set[str]], dict[int, int]]:
+        """``read_back`` with the alert ids per partition of the topic."""
         if self.reader is None:
-            return set(), dict(since or {})
+            return {}, dict(since or {})
         try:
-            records, ends = await self.reader.read(self.topic, since)
+            records, ends = await self.reader.read(self.topic, since, partitions)
         except BusError as exc:
             raise SinkError(f"kafka sink, reading back topic {self.topic}: {exc}") from exc
-        uids = [record_uid(r.value) for r in records]
-        if None in uids:
+        found: dict[int, set[str]] = {}
+        strangers = 0
+        for r in records:
+            uid = record_uid(r.value)
+            if uid is None:
+                strangers += 1
+            else:
+                found.setdefault(r.partition, set()).add(uid)
+        if strangers:
             log.warning(
                 "kafka sink: %d records on topic %s are not kaspwatch findings (ignored)",
-                uids.count(None),
+                strangers,
                 self.topic,
             )
-        return {u for u in uids if u is not None}, ends
+        return found, ends
 
     async def start(self) -> None:
         return None
 
     async def send(self, alerts: list[Alert]) -> None:
+        route = self.partition_for
         futures = [
-            await self.publisher.send(
-                self.topic,
-                json.dumps(self.render(a), separators=(",", ":")).encode(),
-                a.event.host.encode(),
+            await (
+                self.publisher.send(self.topic, self._value(a), a.event.host.encode())
+                if route is None
+                else self.publisher.send(
+                    self.topic, self._value(a), a.event.host.encode(), route(a.event.host)
+                )
             )
             for a in alerts
         ]
@@ -183,6 +206,9 @@ class KafkaTopicSink:
         self.acked = {}
         for md in acks:
             self.acked[md.partition] = max(self.acked.get(md.partition, 0), md.offset + 1)
+
+    def _value(self, alert: Alert) -> bytes:
+        return json.dumps(self.render(alert), separators=(",", ":")).encode()
 
     async def stop(self) -> None:
         return None
