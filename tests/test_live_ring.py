@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns import namespace_pair, need_tools, wait_for_stderr
+from tests.testenv import KASPWATCH
 
 pytestmark = pytest.mark.live  # root: network namespaces and live capture
 
@@ -100,3 +101,19 @@ def test_live_reader_finds_the_names_a_scan_of_the_same_traffic_finds(
     # solicitations), which the filter passes as it would in a file
     assert sum((frames - want_frames).values()) <= 8, frames - want_frames
     assert {tuple(n) for n in got["names"]} == want
+
+
+def test_the_ring_says_in_one_line_what_is_wrong() -> None:
+    """A missing interface and a filter libpcap cannot compile: exit 2, the interface
+    named, no traceback."""
+    need_tools("ip")
+    with namespace_pair("rgbad") as net:
+        missing = net.run(net.client, *KASPWATCH, "run", "--interface", "kwnosuch0")
+        bad = net.run(
+            net.client, *KASPWATCH, "run", "--interface", net.client_if, "--bpf", "tcp port"
+        )
+    assert missing.returncode == 2, missing.stderr
+    assert "kwnosuch0: cannot capture: No such device" in missing.stderr
+    assert bad.returncode == 2, bad.stderr
+    assert f"{net.client_if}: cannot attach capture filter 'tcp port'" in bad.stderr
+    assert "Traceback" not in missing.stderr + bad.stderr
