@@ -33,9 +33,11 @@ from sensor.sources.ring import RingCapture
 kind, iface = sys.argv[1], sys.argv[2]
 rules = source_from([], None, shipped=True).load()
 sensor = Sensor(rules, "t", observations=True)
-open_ = RingCapture if kind == "ring" else LiveCapture
-cap = open_(iface, 65535, default_filter(rules.matcher.cidrs()), None)
-live = MergedLive([cap])
+bpf = default_filter(rules.matcher.cidrs())
+if kind == "two rings":  # a reader thread each, frames handed over in lists
+    live = MergedLive([RingCapture(i, 65535, bpf, None) for i in (iface, "lo")])
+else:
+    live = MergedLive([(RingCapture if kind == "ring" else LiveCapture)(iface, 65535, bpf, None)])
 signal.signal(signal.SIGINT, lambda *_: live.stop())
 print("capturing on", iface, file=sys.stderr, flush=True)
 names, frames = set(), []
@@ -72,7 +74,7 @@ def mix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("reader", ["ring", "socket"])
+@pytest.mark.parametrize("reader", ["ring", "socket", "two rings"])
 def test_live_reader_finds_the_names_a_scan_of_the_same_traffic_finds(
     reader: str, mix: Path
 ) -> None:
