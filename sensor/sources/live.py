@@ -1,4 +1,6 @@
-"""Live capture: AF_PACKET sockets on one or more interfaces, an in-kernel BPF filter."""
+"""Live capture: the default kernel filter, ``open_live`` (libpcap's ring, see
+``sensor.sources.ring``, or an AF_PACKET socket without libpcap) and several interfaces
+read as one stream."""
 
 from __future__ import annotations
 
