@@ -119,3 +119,15 @@ def test_the_ring_says_in_one_line_what_is_wrong() -> None:
     assert bad.returncode == 2, bad.stderr
     assert f"{net.client_if}: cannot attach capture filter 'tcp port'" in bad.stderr
     assert "Traceback" not in missing.stderr + bad.stderr
+
+
+def test_an_interface_that_disappears_ends_the_capture_with_one_line() -> None:
+    need_tools("ip")
+    with namespace_pair("rggone") as net:
+        run = net.spawn(net.client, *KASPWATCH, "run", "--interface", net.client_if)
+        wait_for_stderr(run, "capturing on")
+        assert net.run(net.client, "ip", "link", "del", net.client_if).returncode == 0
+        _out, err = run.communicate(timeout=30)
+    assert run.returncode == 2, err
+    assert f"kaspwatch: error: {net.client_if}: capture failed: The interface disappeared" in err
+    assert "Traceback" not in err
