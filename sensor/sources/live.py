@@ -191,7 +191,7 @@ Capture = LiveCapture | ring.RingCapture
 
 def open_live(interface: str, bpf: str | None, fanout: int | None, snaplen: int = 65535) -> Capture:
     """The interface through libpcap's memory-mapped ring, or through an AF_PACKET socket
-    (a system call per packet: ~3x the CPU per packet read) when libpcap is missing."""
+    (a system call per packet: 3-4x the CPU per packet read) when libpcap is missing."""
     if ring.available():
         return ring.RingCapture(interface, snaplen, bpf, fanout)
     return LiveCapture(interface, snaplen, bpf, fanout)
