@@ -14,6 +14,7 @@ fanout member; the summary says so. Needs root. Run: .venv/bin/python bench/live
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.netns import Pair, namespace_pair  # noqa: E402 - needs the repo on sys.path
 
-RATES = (2_000, 5_000, 10_000, 20_000, 30_000, 45_000, 70_000, 100_000, 150_000, 220_000)
+RATES = (10_000, 30_000, 70_000, 100_000, 150_000, 220_000, 300_000, 400_000, 500_000)
 FANOUT_GROUP = 4711
 
 
@@ -116,11 +117,73 @@ def stop_sensor(proc: subprocess.Popen[str]) -> tuple[int, int, float]:
 def trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, procs: int, seconds: float) -> Trial:
     ncpu = os.cpu_count() or 1
     sensors = [start_sensor(net, i % ncpu, f"bench-{i}", procs > 1) for i in range(procs)]
+    cpu_before = sum(cpu_seconds(p.pid) for p in sensors)
+    sent, pps = replay(net, pcap, pcap_packets, rate, seconds)
+    time.sleep(1.0)  # let the sensors read out what is queued
+    cpu = sum(cpu_seconds(p.pid) for p in sensors) - cpu_before
+    totals = [stop_sensor(p) for p in sensors]
+    return Trial(
+        rate,
+        procs,
+        sent,
+        pps,
+        sum(t[0] for t in totals),
+        sum(t[1] for t in totals),
+        max(t[2] for t in totals),
+        " ".join(f"{t[0]}/{t[1]}" for t in totals),
+        cpu,
+    )
+
+
+# The capture reader alone, no decoding: frames counted until SIGINT, then its CPU since
+# the capture opened (start-up aside) and the kernel's drops, as one JSON line.
+_READER = """
+import json, resource, signal, sys
+from sensor.sources.live import LiveCapture, default_filter
+from sensor.sources.ring import RingCapture
+kind, iface = sys.argv[1], sys.argv[2]
+cap = (RingCapture if kind == "ring" else LiveCapture)(iface, 65535, default_filter(), None)
+signal.signal(signal.SIGINT, lambda *_: cap.stop())
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+print("capturing on", iface, file=sys.stderr, flush=True)
+n = sum(1 for f in cap if f is not None)
+r = resource.getrusage(resource.RUSAGE_SELF)
+cpu = r.ru_utime - r0.ru_utime + r.ru_stime - r0.ru_stime
+print(json.dumps({"read": n, "cpu_s": cpu, "drops": cap.read_kernel_stats()[1]}))
+"""
+
+
+def reader_trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, seconds: float) -> None:
+    """CPU per packet read of the ring and of the AF_PACKET socket, reading only."""
+    for kind in ("ring", "socket"):
+        proc = net.spawn(net.client, "taskset", "-c", "0", sys.executable, "-c", _READER,
+                         kind, net.client_if)  # fmt: skip
+        assert proc.stderr is not None
+        if "capturing on" not in proc.stderr.readline():
+            sys.exit(f"live_bench: the {kind} reader did not start: {proc.stderr.read()}")
+        _sent, pps = replay(net, pcap, pcap_packets, rate, seconds)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        got = json.loads(out)
+        us = got["cpu_s"] * 1e6 / got["read"] if got["read"] else 0.0
+        print(
+            f"  {kind:>6} reader alone  offered {rate} pps  achieved {pps:.0f} pps  "
+            f"read {got['read']}  kernel drops {got['drops']}  cpu {us:.2f} us/packet read  "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+
+
+def replay(
+    net: Pair, pcap: Path, pcap_packets: int, rate: int, seconds: float
+) -> tuple[int, float]:
+    """tcpreplay at ``rate`` for ``seconds`` on the last core: (packets sent, achieved pps)."""
+    ncpu = os.cpu_count() or 1
     count = int(rate * seconds)
     loops = -(-count // pcap_packets)  # enough loops for count packets; --limit cuts
     server_if = "kws" + net.client_if[3:]
-    cpu_before = sum(cpu_seconds(p.pid) for p in sensors)
-    replay = net.run(
+    done = net.run(
         net.server,
         "taskset",
         "-c",
@@ -136,24 +199,11 @@ def trial(net: Pair, pcap: Path, pcap_packets: int, rate: int, procs: int, secon
         str(pcap),
         timeout=seconds * 10 + 60,
     )
-    if replay.returncode != 0:
-        sys.exit(f"live_bench: tcpreplay failed: {replay.stderr}")
-    sent = int(re.search(r"Actual: (\d+) packets", replay.stdout).group(1))  # type: ignore[union-attr]
-    pps = float(re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", replay.stdout).group(1))  # type: ignore[union-attr]
-    time.sleep(1.0)  # let the sensors read out what is queued
-    cpu = sum(cpu_seconds(p.pid) for p in sensors) - cpu_before
-    totals = [stop_sensor(p) for p in sensors]
-    return Trial(
-        rate,
-        procs,
-        sent,
-        pps,
-        sum(t[0] for t in totals),
-        sum(t[1] for t in totals),
-        max(t[2] for t in totals),
-        " ".join(f"{t[0]}/{t[1]}" for t in totals),
-        cpu,
-    )
+    if done.returncode != 0:
+        sys.exit(f"live_bench: tcpreplay failed: {done.stderr}")
+    sent = int(re.search(r"Actual: (\d+) packets", done.stdout).group(1))  # type: ignore[union-attr]
+    pps = float(re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", done.stdout).group(1))  # type: ignore[union-attr]
+    return sent, pps
 
 
 def cpu_seconds(pid: int) -> float:
@@ -173,7 +223,9 @@ def ladder(
         print(
             f"  {procs} proc  offered {rate:>7} pps  achieved {t.achieved_pps:>7.0f} pps  "
             f"sent {t.sent:>7}  read {t.read:>7}  kernel drops {t.drops:>6}  "
-            f"exit {t.exit_s:4.1f} s  cpu {t.us_per_packet:4.1f} us/packet"
+            f"exit {t.exit_s:4.1f} s  cpu {t.us_per_packet:4.1f} us/packet read  "
+            f"load {os.getloadavg()[0]:.1f}"
+            + ("  (tcpreplay fell short of the rate)" if t.achieved_pps < 0.95 * rate else "")
             + (f"  (read/drops each: {t.per_process})" if procs > 1 else ""),
             flush=True,
         )
@@ -207,7 +259,15 @@ def main() -> int:
     ap.add_argument("--pcap", type=Path, help="capture to replay (default: bench/gen_mixed.py)")
     ap.add_argument("--packets", type=int, default=300_000, help="size of the generated capture")
     ap.add_argument("--seconds", type=float, default=8.0, help="replay length per rate")
-    ap.add_argument("--rates", help="comma-separated pps ladder (default: 2k .. 220k)")
+    ap.add_argument("--rates", help="comma-separated pps ladder (default: 10k .. 500k)")
+    ap.add_argument(
+        "--readers",
+        type=int,
+        default=150_000,
+        metavar="PPS",
+        help="also time the capture readers alone (ring, socket) at this rate; 0: skip",
+    )
+    ap.add_argument("--readers-only", action="store_true", help="skip the ladders")
     args = ap.parse_args()
     ensure_tools()
     rates = [int(r) for r in args.rates.split(",")] if args.rates else list(RATES)
@@ -221,6 +281,11 @@ def main() -> int:
             f"rate, load average {os.getloadavg()[0]:.1f} (other work on the machine skews this)"
         )
         with namespace_pair("lb") as net:
+            if args.readers:
+                print("the capture readers alone (no decoding), core 0; tcpreplay on the last")
+                reader_trial(net, pcap, n, args.readers, args.seconds)
+            if args.readers_only:
+                return 0
             print("one sensor process, core 0; tcpreplay on the last core")
             one = ladder(net, pcap, n, 1, rates, args.seconds)
             b1 = best(one)

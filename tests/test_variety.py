@@ -358,12 +358,12 @@ def test_every_live_link_type_is_decoded_and_its_filter_compiles() -> None:
     the kernel filter is compiled by libpcap for that link type, as scapy does it."""
     from scapy.arch.common import compile_filter
 
-    from sensor.sources.live import LINKTYPE_OF_HATYPE, bpf_filter
+    from sensor.sources.live import LINKTYPE_OF_HATYPE, default_filter
 
     assert LINKTYPE_OF_HATYPE[803] == 127 and LINKTYPE_OF_HATYPE[801] == 105
     for linktype in set(LINKTYPE_OF_HATYPE.values()):
         assert linktype in LINKTYPES
-        assert compile_filter(bpf_filter(linktype), linktype=linktype).bf_len > 0
+        assert compile_filter(default_filter(), linktype=linktype).bf_len > 0
 
 
 def test_the_filter_of_each_new_link_type_drops_no_frame_that_makes_an_event() -> None:

@@ -14,7 +14,7 @@ from sensor.peers import open_peers
 from sensor.pipeline import Sensor
 from sensor.sources import CaptureFiles
 from sensor.sources.base import CaptureError, Source
-from sensor.sources.live import BPF_FILTER, LiveCapture, MergedLive
+from sensor.sources.live import MergedLive, default_filter, open_live
 
 log = logging.getLogger("kaspwatch")
 
@@ -46,8 +46,9 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bpf",
         metavar="EXPR",
-        help="live capture: kernel filter (default: packets that can carry a name or start "
-        "a flow; see sensor/sources/live.py); --bpf '' keeps every packet",
+        help="live capture: kernel filter (default: the file prefilter's, packets that can "
+        "carry a name or start a flow; see sensor/sources/prefilter.py); --bpf '' keeps every "
+        "packet",
     )
 
 
@@ -84,10 +85,10 @@ def open_sources(args: argparse.Namespace, sensor: Sensor) -> list[Source]:
     if args.pcap:
         cidrs = sensor.rules.matcher.cidrs()
         return [CaptureFiles(args.pcap, prefilter=True, cidrs=cidrs, readable=LINKTYPES)]
-    bpf = BPF_FILTER if args.bpf is None else args.bpf
+    bpf = default_filter(sensor.rules.matcher.cidrs()) if args.bpf is None else args.bpf
     if args.fanout is not None and len(args.interface) > 1:
         raise CaptureError("--fanout takes one --interface: run one fanout group per interface")
-    live = MergedLive([LiveCapture(i, bpf=bpf or None, fanout=args.fanout) for i in args.interface])
+    live = MergedLive([open_live(i, bpf or None, args.fanout, LINKTYPES) for i in args.interface])
     if args.user:
         drop_privileges(args.user)
     log.info(
