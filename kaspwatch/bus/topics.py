@@ -12,7 +12,6 @@ WARNING line: the operator creates them).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -231,6 +230,8 @@ async def _wait_leaders(
     """Until every partition of these new topics has a leader that answers for it: a
     consumer that starts sooner logs an ERROR per partition whose offsets it cannot list
     yet (the metadata names a leader a moment before that broker leads)."""
+    import asyncio  # here: ``scan`` reads this module's defaults and never runs a loop
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
