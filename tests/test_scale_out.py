@@ -297,7 +297,12 @@ async def test_scale_out_instance_frozen_after_ack_no_alert_written_twice(
     ]
     sys.stderr.write(f"\nfrozen after ack, then {then}: {figures(procs)}\n")
     assert "fault injection: sink kafka accepted" in a.err.read_text()
-    assert sum(found) > 0, b.stderr()  # the frozen batch: read back, not rewritten
+    if then == "kill":  # the frozen batch: read back, not rewritten
+        assert sum(found) > 0, b.stderr()
+    # woken, the frozen instance may have flushed the batch's windows to the changelog
+    # before it stopped (they are written with the batch, the deliveries after the sink):
+    # the new owner then restores them and raises nothing again, so there is nothing to
+    # read back (seen in about one run in three). Either way the alerts topic is exact:
     if then == "wake":
         assert "commit refused, the group rebalanced" in a.err.read_text(), a.stderr()
     check_exact(got, want, f"frozen after the ack, then {then}")
