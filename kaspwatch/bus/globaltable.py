@@ -1,0 +1,183 @@
+"""A topic every instance reads whole, outside the consumer group (Kafka Streams'
+GlobalKTable): the identity records an alerts instance joins to its share of the hits.
+
+The group splits every subscribed topic's partitions between its members, so with several
+instances each would hold only some of the identity records, and an alert would name its
+machine only when its instance happened to read that machine's record. ``GlobalJoin``
+keeps the hits in the group and reads the whole identity topic with a consumer of no
+group: at ``start`` it assigns every partition, reads them from the beginning to the end
+offsets of that moment (bounded by ``RESTORE_S``; one INFO line: records, seconds) and
+only then joins the group; afterwards each ``poll`` first applies what the reader fetched
+since. Nothing is committed for it: the topic is compacted (the last record per address),
+and every start reads it again from the beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from kaspwatch.bus import BusError, PartitionListener, Record, Subscriber
+from kaspwatch.bus.kafka import start_client
+from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
+
+log = logging.getLogger("kaspwatch.bus")
+
+RESTORE_S: Final = 60.0  # longest wait for the restore before the hits are handled anyway
+Apply = Callable[[list[Record]], Awaitable[None]]
+
+
+class KafkaGlobalTopic:
+    """Every partition of ``topic``, from the beginning, with a consumer of no group."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, client_id: str, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
+        self.bootstrap, self.topic, self.security = bootstrap, topic, security
+        self._client: AIOKafkaConsumer | None = None
+        self._parts: list[TopicPartition] = []
+        self._client_id = client_id
+
+    async def start(self) -> int:
+        """Assign every partition at its beginning; the number of partitions."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self._client_id,
+            **self.security.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await start_client(self.bootstrap, self.security, consumer.start, consumer.stop)
+        self._client = consumer
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+        except KafkaError as exc:
+            raise self._error("reading its partitions", exc) from None
+        numbers = sorted(cluster.partitions_for_topic(self.topic) or ())
+        if not numbers:
+            raise BusError(
+                f"kafka {self.bootstrap}: topic {self.topic} does not exist: create it "
+                "(kaspwatch creates it compacted when it may create topics) or give another"
+            )
+        self._parts = [TopicPartition(self.topic, p) for p in numbers]
+        consumer.assign(self._parts)
+        await consumer.seek_to_beginning(*self._parts)
+        return len(self._parts)
+
+    def _error(self, doing: str, exc: BaseException) -> BusError:
+        return BusError(f"kafka {self.bootstrap}: topic {self.topic}: {doing}: {exc}")
+
+    @property
+    def _consumer(self) -> AIOKafkaConsumer:
+        if self._client is None:
+            raise BusError(f"kafka {self.bootstrap}: global reader used before start()")
+        return self._client
+
+    async def restore(self, apply: Apply, timeout_s: float = RESTORE_S) -> tuple[int, bool]:
+        """Read every partition to its end offset of now, ``apply`` each batch; the records
+        read and whether the ends were reached within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            ends = await self._consumer.end_offsets(self._parts)
+            pending = [tp for tp in self._parts if await self._consumer.position(tp) < ends[tp]]
+            count = 0
+            while pending:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return count, False
+                batches = await self._consumer.getmany(
+                    *pending, timeout_ms=int(min(left, 0.5) * 1000), max_records=2000
+                )
+                records = _records(batches)
+                count += len(records)
+                if records:
+                    await apply(records)
+                pending = [tp for tp in pending if await self._consumer.position(tp) < ends[tp]]
+            return count, True
+        except KafkaError as exc:
+            raise self._error("restoring", exc) from None
+
+    async def fetched(self) -> list[Record]:
+        """What the reader has fetched since (no wait)."""
+        try:
+            return _records(await self._consumer.getmany(timeout_ms=0, max_records=2000))
+        except KafkaError as exc:
+            raise self._error("following", exc) from None
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.stop()
+
+
+def _records(batches: dict[TopicPartition, list[object]]) -> list[Record]:
+    """Records with a value: a tombstone (deleted key) has nothing to apply."""
+    return [
+        Record(m.topic, m.partition, m.offset, m.key, m.value)  # type: ignore[attr-defined]
+        for msgs in batches.values()
+        for m in msgs
+        if m.value is not None  # type: ignore[attr-defined]
+    ]
+
+
+class GlobalJoin:
+    """A group subscriber (``sub``, the hits) joined to a topic read whole by every
+    instance (``table``): the table is restored before the group is joined, and what it
+    fetched since is applied before each poll of the group."""
+
+    def __init__(
+        self, sub: Subscriber, table: KafkaGlobalTopic, apply: Apply, restore_s: float = RESTORE_S
+    ) -> None:
+        self.sub, self.table, self.apply, self.restore_s = sub, table, apply, restore_s
+        self.group = sub.group
+
+    def listen(self, listener: PartitionListener) -> None:
+        self.sub.listen(listener)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        parts = await self.table.start()
+        count, complete = await self.table.restore(self.apply, self.restore_s)
+        took = loop.time() - began
+        if complete:
+            log.info(
+                "%s: %d records restored from %d partitions in %.2f s (read whole by every "
+                "instance, outside group %s)",
+                self.table.topic, count, parts, took, self.group,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%s: restore not finished in %.0f s (%d records from %d partitions): the "
+                "rest is read while hits are handled, and alerts of hosts not read yet do "
+                "not name their machine",
+                self.table.topic, took, count, parts,
+            )  # fmt: skip
+        await self.sub.start()
+
+    async def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
+        news = await self.table.fetched()
+        if news:
+            await self.apply(news)
+        return await self.sub.poll(timeout, max_records)
+
+    async def commit(self) -> None:
+        await self.sub.commit()
+
+    async def lag(self) -> int:
+        return await self.sub.lag()
+
+    async def rewind(self) -> None:
+        await self.sub.rewind()
+
+    async def stop(self) -> None:
+        try:
+            await self.sub.stop()
+        finally:
+            await self.table.stop()
