@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from kaspwatch.bus import BusError, PartitionListener, Record, Subscriber
-from kaspwatch.bus.kafka import start_client
+from kaspwatch.bus.kafka import TOPIC_CHECK_S, start_client
 from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger("kaspwatch.bus")
@@ -42,9 +42,11 @@ class KafkaGlobalTopic:
         self._client: AIOKafkaConsumer | None = None
         self._parts: list[TopicPartition] = []
         self._client_id = client_id
+        self._next_check = 0.0
 
     async def start(self) -> int:
-        """Assign every partition at its beginning; the number of partitions."""
+        """Assign every partition at its beginning; the number of partitions (0: the topic
+        does not exist yet, and is read from its beginning as soon as it does)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             client_id=self._client_id,
@@ -55,20 +57,27 @@ class KafkaGlobalTopic:
         )
         await start_client(self.bootstrap, self.security, consumer.start, consumer.stop)
         self._client = consumer
+        if not await self._assign():
+            log.info(
+                "kafka %s: topic %s does not exist yet; reading it as soon as it does",
+                self.bootstrap, self.topic,
+            )  # fmt: skip
+        return len(self._parts)
+
+    async def _assign(self) -> bool:
+        """Every partition of the topic from its beginning, if it exists."""
+        self._next_check = asyncio.get_running_loop().time() + TOPIC_CHECK_S
         try:
-            cluster = await consumer._client.fetch_all_metadata()
+            cluster = await self._consumer._client.fetch_all_metadata()
         except KafkaError as exc:
             raise self._error("reading its partitions", exc) from None
         numbers = sorted(cluster.partitions_for_topic(self.topic) or ())
         if not numbers:
-            raise BusError(
-                f"kafka {self.bootstrap}: topic {self.topic} does not exist: create it "
-                "(kaspwatch creates it compacted when it may create topics) or give another"
-            )
+            return False
         self._parts = [TopicPartition(self.topic, p) for p in numbers]
-        consumer.assign(self._parts)
-        await consumer.seek_to_beginning(*self._parts)
-        return len(self._parts)
+        self._consumer.assign(self._parts)
+        await self._consumer.seek_to_beginning(*self._parts)
+        return True
 
     def _error(self, doing: str, exc: BaseException) -> BusError:
         return BusError(f"kafka {self.bootstrap}: topic {self.topic}: {doing}: {exc}")
@@ -84,6 +93,8 @@ class KafkaGlobalTopic:
         read and whether the ends were reached within ``timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        if not self._parts:
+            return 0, True
         try:
             ends = await self._consumer.end_offsets(self._parts)
             pending = [tp for tp in self._parts if await self._consumer.position(tp) < ends[tp]]
@@ -106,6 +117,10 @@ class KafkaGlobalTopic:
 
     async def fetched(self) -> list[Record]:
         """What the reader has fetched since (no wait)."""
+        if not self._parts:
+            if asyncio.get_running_loop().time() < self._next_check or not await self._assign():
+                return []
+            log.info("kafka %s: topic %s exists now", self.bootstrap, self.topic)
         try:
             return _records(await self._consumer.getmany(timeout_ms=0, max_records=2000))
         except KafkaError as exc:
