@@ -164,3 +164,45 @@ async def test_every_instance_names_machines_of_every_identity_partition(
         assert Procs.terminate(p) == 0, p.stderr()
         assert "Traceback" not in p.err.read_text(), p.stderr()
     assert (await topic_config(kafka_bootstrap, names["identity"]))["cleanup.policy"] == "compact"
+
+
+async def test_identity_topic_created_later_is_read_from_its_beginning(
+    kafka_bootstrap: str,
+) -> None:
+    """A consumer started before anything created the identity topic (the broker refused
+    it the creation) reads it once it exists; a record that is not an identity is a dead
+    letter, a tombstone nothing, the others fill the book."""
+    from consumers.identity import IdentityBook, apply_identities
+    from kaspwatch.bus import Record
+    from kaspwatch.bus.globaltable import KafkaGlobalTopic
+
+    topic = f"identity-late-{uuid.uuid4().hex[:10]}"
+    book, dead = IdentityBook(), []
+
+    async def dead_letter(rec: Record, reason: str) -> None:
+        dead.append((rec.offset, reason))
+
+    apply = apply_identities(book, dead_letter)
+    table = KafkaGlobalTopic(kafka_bootstrap, topic, "test")
+    try:
+        assert await table.start() == 0
+        assert await table.restore(apply) == (0, True)
+        assert await table.fetched() == []
+        await create_topics(kafka_bootstrap, (topic, 2), configs={"cleanup.policy": "compact"})
+        ident = Identity("10.73.0.1", format_ts(int(EPOCH * 1e9)), "s", "dhcp", "", "WS-LATE")
+        async with producer(kafka_bootstrap) as prod:
+            await prod.send(topic, ident.to_json(), key=b"10.73.0.1", partition=1)
+            await prod.send(topic, b"{not json", key=b"10.73.0.2", partition=0)
+            await prod.send(topic, None, key=b"10.73.0.3", partition=0)  # a tombstone
+            await prod.flush()
+        for _ in range(100):
+            if news := await table.fetched():
+                await apply(news)
+            if len(book) and dead:
+                break
+            await asyncio.sleep(0.1)
+        found = book.at("10.73.0.1", format_ts(int((EPOCH + 1) * 1e9)))
+        assert found is not None and found.hostname == "WS-LATE"
+        assert len(book) == 1 and [offset for offset, _ in dead] == [0], dead
+    finally:
+        await table.stop()
