@@ -37,7 +37,9 @@ async def fill(bootstrap: str, topic: str, records: int, partitions: int) -> Non
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, partitions, 1, {"cleanup.policy": "compact"})])
+        await admin.create_topics(
+            [NewTopic(topic, partitions, 1, topic_configs={"cleanup.policy": "compact"})]
+        )
     finally:
         await admin.close()
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1)
