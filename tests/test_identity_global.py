@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from kaspwatch.event import format_ts
 from kaspwatch.identity import Identity
@@ -166,7 +167,7 @@ async def test_every_instance_names_machines_of_every_identity_partition(
     assert (await topic_config(kafka_bootstrap, names["identity"]))["cleanup.policy"] == "compact"
 
 
-async def test_identity_topic_created_later_is_read_from_its_beginning(
+async def test_identity_topic_created_later_or_grown_is_read_from_its_beginning(
     kafka_bootstrap: str,
 ) -> None:
     """A consumer started before anything created the identity topic (the broker refused
@@ -183,7 +184,7 @@ async def test_identity_topic_created_later_is_read_from_its_beginning(
         dead.append((rec.offset, reason))
 
     apply = apply_identities(book, dead_letter)
-    table = KafkaGlobalTopic(kafka_bootstrap, topic, "test")
+    table = KafkaGlobalTopic(kafka_bootstrap, topic, "test", growth_check_s=0.5)
     try:
         assert await table.start() == 0
         assert await table.restore(apply) == (0, True)
@@ -204,5 +205,23 @@ async def test_identity_topic_created_later_is_read_from_its_beginning(
         found = book.at("10.73.0.1", format_ts(int((EPOCH + 1) * 1e9)))
         assert found is not None and found.hostname == "WS-LATE"
         assert len(book) == 1 and [offset for offset, _ in dead] == [0], dead
+        # a partition added: read from its beginning, the others not read again
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_partitions({topic: NewPartitions(3)})
+        finally:
+            await admin.close()
+        added = Identity("10.73.0.4", format_ts(int(EPOCH * 1e9)), "s", "dhcp", "", "WS-ADDED")
+        async with producer(kafka_bootstrap) as prod:
+            await prod.send(topic, added.to_json(), key=b"10.73.0.4", partition=2)
+        for _ in range(100):
+            if news := await table.fetched():
+                await apply(news)
+            if len(book) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(book.history) == ["10.73.0.1", "10.73.0.4"], book.history
+        assert len(book.history["10.73.0.1"]) == 1 and len(dead) == 1, (book.history, dead)
     finally:
         await table.stop()

@@ -8,7 +8,8 @@ keeps the hits in the group and reads the whole identity topic with a consumer o
 group: at ``start`` it assigns every partition, reads them from the beginning to the end
 offsets of that moment (bounded by ``RESTORE_S``; one INFO line: records, seconds) and
 only then joins the group; afterwards each ``poll`` first applies what the reader fetched
-since. Nothing is committed for it: the topic is compacted (the last record per address),
+since (partitions added to the topic are read from their beginning within
+``GROWTH_CHECK_S``). Nothing is committed for it: the topic is compacted (the last record per address),
 and every start reads it again from the beginning.
 """
 
@@ -29,6 +30,7 @@ from kaspwatch.bus.security import PLAINTEXT, KafkaSecurity
 log = logging.getLogger("kaspwatch.bus")
 
 RESTORE_S: Final = 60.0  # longest wait for the restore before the hits are handled anyway
+GROWTH_CHECK_S: Final = 30.0  # how often the reader asks whether the topic gained partitions
 Apply = Callable[[list[Record]], Awaitable[None]]
 
 
@@ -36,13 +38,19 @@ class KafkaGlobalTopic:
     """Every partition of ``topic``, from the beginning, with a consumer of no group."""
 
     def __init__(
-        self, bootstrap: str, topic: str, client_id: str, security: KafkaSecurity = PLAINTEXT
+        self,
+        bootstrap: str,
+        topic: str,
+        client_id: str,
+        security: KafkaSecurity = PLAINTEXT,
+        growth_check_s: float = GROWTH_CHECK_S,
     ) -> None:
         self.bootstrap, self.topic, self.security = bootstrap, topic, security
         self._client: AIOKafkaConsumer | None = None
         self._parts: list[TopicPartition] = []
         self._client_id = client_id
-        self._next_check = 0.0
+        self._next_check = self._next_growth = 0.0
+        self.growth_check_s = growth_check_s
 
     async def start(self) -> int:
         """Assign every partition at its beginning; the number of partitions (0: the topic
@@ -65,18 +73,28 @@ class KafkaGlobalTopic:
         return len(self._parts)
 
     async def _assign(self) -> bool:
-        """Every partition of the topic from its beginning, if it exists."""
-        self._next_check = asyncio.get_running_loop().time() + TOPIC_CHECK_S
+        """Every partition of the topic, if it exists: those not read yet from their
+        beginning, the others where they were (a topic that gained partitions)."""
+        now = asyncio.get_running_loop().time()
+        self._next_check, self._next_growth = now + TOPIC_CHECK_S, now + self.growth_check_s
         try:
             cluster = await self._consumer._client.fetch_all_metadata()
         except KafkaError as exc:
             raise self._error("reading its partitions", exc) from None
         numbers = sorted(cluster.partitions_for_topic(self.topic) or ())
-        if not numbers:
-            return False
+        if len(numbers) <= len(self._parts):
+            return bool(self._parts)
+        where = {tp: await self._consumer.position(tp) for tp in self._parts}
+        if self._parts:
+            log.info(
+                "kafka %s: topic %s grew from %d to %d partitions: reading the new ones from "
+                "their beginning", self.bootstrap, self.topic, len(self._parts), len(numbers),
+            )  # fmt: skip
         self._parts = [TopicPartition(self.topic, p) for p in numbers]
         self._consumer.assign(self._parts)
-        await self._consumer.seek_to_beginning(*self._parts)
+        for tp, offset in where.items():
+            self._consumer.seek(tp, offset)
+        await self._consumer.seek_to_beginning(*(tp for tp in self._parts if tp not in where))
         return True
 
     def _error(self, doing: str, exc: BaseException) -> BusError:
@@ -117,10 +135,13 @@ class KafkaGlobalTopic:
 
     async def fetched(self) -> list[Record]:
         """What the reader has fetched since (no wait)."""
+        now = asyncio.get_running_loop().time()
         if not self._parts:
-            if asyncio.get_running_loop().time() < self._next_check or not await self._assign():
+            if now < self._next_check or not await self._assign():
                 return []
             log.info("kafka %s: topic %s exists now", self.bootstrap, self.topic)
+        elif now >= self._next_growth:
+            await self._assign()
         try:
             return _records(await self._consumer.getmany(timeout_ms=0, max_records=2000))
         except KafkaError as exc:
