@@ -11,15 +11,15 @@ observations each, counted in ``evicted`` and ``dropped``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final
 
-from consumers.loop import Parsed, parse_with
+from consumers.loop import EVENT_FAULTS, DeadLetter, Parsed, parse_with
 from kaspwatch.bus import Record
-from kaspwatch.event import event_from_json, parse_ts
+from kaspwatch.event import EventError, event_from_json, parse_ts
 from kaspwatch.identity import Identity, identity_from_json
 
 MAX_ADDRESSES: Final = 65_536
@@ -116,3 +116,21 @@ def parse_with_identities(
     """A batch parser for a subscriber of hits and identities: each record by its topic,
     a hit through ``hit`` (the contract check, or the alerts consumer's re-match too)."""
     return parse_with(hit, {identity_topic: identity_from_json})
+
+
+def apply_identities(
+    book: IdentityBook, dead_letter: DeadLetter
+) -> Callable[[list[Record]], Awaitable[None]]:
+    """For a topic read outside the group (``kaspwatch.bus.globaltable``): each identity
+    record into ``book``, one that is not a valid record to the dead-letter handler."""
+
+    async def apply(records: list[Record]) -> None:
+        for rec in records:
+            try:
+                book.add(identity_from_json(rec.value))
+            except EventError as exc:
+                await dead_letter(rec, str(exc))
+            except EVENT_FAULTS as exc:  # a bug a record triggers: that record only
+                await dead_letter(rec, f"identity failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+    return apply

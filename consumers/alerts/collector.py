@@ -107,6 +107,11 @@ class DeliveryCollector(Collector):
         evicted.add_metric(["addresses"], book.evicted)
         evicted.add_metric(["observations"], book.dropped)
         yield evicted
+        yield GaugeMetricFamily(
+            "kaspwatch_identity_addresses",
+            f"Addresses whose identity history this instance holds (at most {book.max_addresses}).",
+            value=len(book),
+        )
         yield CounterMetricFamily(
             "kaspwatch_alert_windows_evictions",
             f"(host, category) windows dropped because more than {engine.max_windows} were open.",

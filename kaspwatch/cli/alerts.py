@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import start_http_server
 
@@ -15,10 +16,18 @@ from consumers.alerts.handover import Handover
 from consumers.alerts.resend import resend_firing
 from consumers.alerts.sinks import SinkOptionError
 from consumers.alerts.sinks.ecs import render_ecs
-from consumers.identity import parse_with_identities
+from consumers.identity import apply_identities, parse_with_identities
 from consumers.loop import ConsumerHealth, DeadLetters, consume
 from consumers.metrics import HitMetrics
-from kaspwatch.bus import open_publisher, open_reader, open_subscriber, prepare_changelog
+from kaspwatch.bus import (
+    Record,
+    Subscriber,
+    open_publisher,
+    open_reader,
+    open_subscriber,
+    parse_bus_url,
+    prepare_changelog,
+)
 from kaspwatch.cli.alerting import (
     add_alert_options,
     build_sinks,
@@ -77,6 +86,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_topic_options(p)
 
 
+def join_identities(
+    args: argparse.Namespace, sub: Subscriber, apply: Callable[[list[Record]], Awaitable[None]]
+) -> Subscriber:
+    """The hits' group subscriber with the identity topic read whole (Kafka)."""
+    from kaspwatch.bus.globaltable import GlobalJoin, KafkaGlobalTopic
+    from kaspwatch.bus.security import PLAINTEXT
+
+    where = parse_bus_url(args.bus)[1]
+    table = KafkaGlobalTopic(where, args.identity_topic, "kaspwatch-alerts-identity",
+                             args.kafka or PLAINTEXT)  # fmt: skip
+    return GlobalJoin(sub, table, apply)
+
+
 def run(args: argparse.Namespace) -> int:
     links_from_options(args)  # a bad template fails before any client exists
     if not args.group_wait >= 0:
@@ -89,9 +111,12 @@ def run(args: argparse.Namespace) -> int:
         stopper.install()
         publisher = open_publisher(args.bus, client_id="kaspwatch-alerts", security=args.kafka)
         topics = [args.identity_topic, args.topic] if args.identity_topic else [args.topic]
-        sub = open_subscriber(
+        # on Kafka every instance reads the whole identity topic outside the group (a
+        # group would split it between instances): the group gets the hits only
+        whole = bool(args.identity_topic) and parse_bus_url(args.bus)[0] == "kafka"
+        sub: Subscriber = open_subscriber(
             args.bus,
-            topics,
+            [args.topic] if whole else topics,
             args.group,
             client_id="kaspwatch-alerts",
             security=args.kafka,
@@ -116,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
                 state_path(args, args.group), publisher, reader, args.state_topic
             )
         delivery, _ = open_delivery(args, sinks, args.group, state)
+        dead = DeadLetters(metrics.invalid, publisher, args.dead_letter_topic)
+        if whole:
+            sub = join_identities(args, sub, apply_identities(delivery.engine.identities, dead))
         sub.listen(Handover(delivery, args.topic, reader))
         metrics.registry.register(DeliveryCollector(delivery))
         if args.metrics_addr:
@@ -123,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
         for sink in delivery.sinks:
             await sink.start()
         await sub.start()
-        dead = DeadLetters(metrics.invalid, publisher, args.dead_letter_topic)
         health = ConsumerHealth(metrics.registry).group(args.group)
         try:
             await asyncio.gather(
