@@ -13,6 +13,8 @@ from kaspwatch.cli.scan import scan
 from sensor.decode import NOT_HOST, observed_name
 from sensor.decode.http import decode_http_request
 from sensor.decode.tls import decode_client_hello_record
+from sensor.peers.eve import eve_records
+from sensor.peers.zeek import ZeekLog
 from sensor.pipeline import Sensor
 from sensor.rules.indicators import load_pack
 from sensor.rules.match import Matcher
@@ -98,3 +100,75 @@ def test_odd_names_are_observations_never_hits(event_schema: dict[str, object]) 
     assert [json.loads(line)["name"] for line in hits.getvalue().splitlines()] == [
         "files.kaspersky.com"
     ]
+
+
+def _eve(etype: str, body: dict[str, object], dport: int = 443) -> dict[str, object]:
+    return {
+        "timestamp": "2026-12-06T10:00:00.000000+0000",
+        "event_type": etype,
+        "src_ip": "10.0.0.2",
+        "src_port": 50000,
+        "dest_ip": "10.0.0.9",
+        "dest_port": dport,
+        "proto": "UDP" if etype == "quic" else "TCP",
+        etype: body,
+    }
+
+
+def _zeek(log: str, **fields: object) -> str:
+    ids = {"id.orig_h": "10.0.0.2", "id.orig_p": 50000, "id.resp_h": "10.0.0.9"}
+    return json.dumps({"_path": log, "ts": 1.5, **ids, "id.resp_p": 443, **fields})
+
+
+def test_peer_logs_keep_odd_names_as_the_capture_path_does(
+    event_schema: dict[str, object],
+) -> None:
+    """Suricata EVE and Zeek: an SNI or Host that is not a host name is an observation,
+    normalised and flagged as the decoders do (``observed_name``), never a hit, even with
+    a watched name before the port; the same names sent properly stay as they were."""
+    docs = [
+        _eve("tls", {"sni": "server4:443"}),
+        _eve("quic", {"sni": "UPD.KASPERSKY.COM:443"}),
+        _eve("tls", {"sni": "UPD.KASPERSKY.COM:443"}),
+        _eve("http", {"hostname": "[fe80::1%eth0]:80", "url": "/"}, 80),
+        _eve("http", {"hostname": "[::1]:8000", "url": "/"}, 8000),  # an address: a host
+        _eve("http", {"http_method": "CONNECT", "url": "upd.kaspersky.com:443:1"}, 3128),
+        _eve("tls", {"sni": "upd.kaspersky.com"}),  # sent properly: a hit
+    ]
+    records = [r for d in docs for r in eve_records(d)]
+    zeek = ZeekLog()
+    records += [
+        r
+        for line in (
+            _zeek("ssl", server_name="UPD.KASPERSKY.COM:443"),
+            _zeek("quic", server_name="server4:443"),
+            _zeek("http", host="[fe80::1%eth0]:80", uri="/", method="GET"),
+            _zeek("http", host="files.kaspersky.com:8080", uri="/", method="GET"),
+        )
+        for r in zeek.records(line)
+    ]
+    sensor = Sensor(Matcher(load_pack()), "t", observations=True)
+    events = [e.to_dict() for r in records for e in sensor.process_record(r)]
+    for ev in events:
+        jsonschema.validate(ev, event_schema)
+    seen = [
+        (e["source"], e["kind"], e["name"], e.get(NOT_HOST, False), e["indicator"] is not None)
+        for e in events
+        if e["kind"] != "http_request"
+    ]
+    assert seen == [
+        ("suricata-eve", "tls_sni", "server4", True, False),
+        ("suricata-eve", "quic_sni", "upd.kaspersky.com", True, False),
+        ("suricata-eve", "tls_sni", "upd.kaspersky.com", True, False),
+        ("suricata-eve", "http_host", "fe80::1%eth0", True, False),
+        ("suricata-eve", "http_host", "::1", False, False),
+        ("suricata-eve", "http_connect", "upd.kaspersky.com:443:1", True, False),
+        ("suricata-eve", "tls_sni", "upd.kaspersky.com", False, True),
+        ("zeek", "tls_sni", "upd.kaspersky.com", True, False),
+        ("zeek", "quic_sni", "server4", True, False),
+        ("zeek", "http_host", "fe80::1%eth0", True, False),
+        ("zeek", "http_host", "files.kaspersky.com", False, True),
+    ]
+    hits_only = Sensor(Matcher(load_pack()), "t")
+    hits = [e.to_dict()["name"] for r in records for e in hits_only.process_record(r)]
+    assert hits == ["upd.kaspersky.com", "files.kaspersky.com"]

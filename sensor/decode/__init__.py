@@ -76,3 +76,11 @@ def observed_name(raw: str) -> str | None:
     if len(text) > 253 or not text.isascii() or not text.isprintable() or " " in text:
         return None
     return text if _ALNUM.search(text) else None  # "/" (a CONNECT to a path) names nothing
+
+
+def sni_name(raw: str) -> tuple[str | None, bool]:
+    """A TLS/QUIC server_name as the sensor keeps it: (name, whether it is a host name).
+    ``host_name``, else ``observed_name`` (flagged ``NOT_HOST``, never matched); (None,
+    False) when neither keeps anything. The capture path and the peer readers share it."""
+    name = host_name(raw)
+    return (name, True) if name is not None else (observed_name(raw), False)

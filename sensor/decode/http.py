@@ -26,9 +26,16 @@ def _name(authority: bytes) -> tuple[str | None, bool]:
     """(name, whether it is a host name): a Host that is not one (``[fe80::1%eth0]``, a
     blank inside) is kept, normalised, as an observation (``observed_name``)."""
     try:
-        text = authority.decode("ascii").strip()
+        text = authority.decode("ascii")
     except UnicodeDecodeError:
         return None, False
+    return authority_name(text)
+
+
+def authority_name(text: str) -> tuple[str | None, bool]:
+    """A Host value or request-target authority (``user@host:port``) as text: (name,
+    whether it is a host name), as ``_name``. The peer readers (EVE, Zeek) share it."""
+    text = text.strip()
     if "@" in text:  # userinfo in an absolute URI
         text = text.rsplit("@", 1)[1]
     name = host_name(strip_port(text))
@@ -45,7 +52,7 @@ def decode_http_request(payload: bytes) -> list[Sighting]:
     method, target = m.group(1), m.group(2)
     if method == b"CONNECT":
         name, is_host = _name(target)
-        return [Sighting("http_connect", name, extra=_odd(is_host))] if name else []
+        return [Sighting("http_connect", name, extra=odd(is_host))] if name else []
     head_end = payload.find(b"\r\n\r\n")
     head = payload if head_end < 0 else payload[: head_end + 2]
     proxy_form = target[:7].lower() == b"http://" or target[:8].lower() == b"https://"
@@ -54,7 +61,7 @@ def decode_http_request(payload: bytes) -> list[Sighting]:
     name, is_host = (
         _name(h.group(1)) if h is not None else _name(authority) if proxy_form else (None, True)
     )
-    extra = {**_odd(is_host), "proxy_form": True} if proxy_form else _odd(is_host)
+    extra = {**odd(is_host), "proxy_form": True} if proxy_form else odd(is_host)
     text_path = path.decode("ascii", "replace")
     ua = _USER_AGENT.search(head, m.end() - 2)
     agent = ua.group(1).decode("latin-1").strip() if ua is not None else None
@@ -70,5 +77,6 @@ def _split_target(target: bytes) -> tuple[bytes, bytes]:
     return (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
 
 
-def _odd(is_host: bool) -> dict[str, bool]:
+def odd(is_host: bool) -> dict[str, bool]:
+    """``Sighting.extra`` for a name that is (``{}``) or is not a host name."""
     return {} if is_host else {NOT_HOST: True}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from sensor.decode import NOT_HOST, DecodeError, Sighting, host_name, observed_name
+from sensor.decode import NOT_HOST, DecodeError, Sighting, sni_name
 
 EXT_SERVER_NAME: Final = 0
 EXT_ECH: Final = 0xFE0D
@@ -87,11 +87,10 @@ def parse_client_hello(hello: bytes, kind: str) -> Sighting | None:
     if sni is None:
         return None
     extra: dict[str, bool] = {"ech": True} if ech else {}
-    name = host_name(sni)
-    if name is None:  # not a host name (``server4:443``): an observation, never a match
-        name = observed_name(sni)
-        if name is None:
-            return None
+    name, is_host = sni_name(sni)
+    if name is None:
+        return None
+    if not is_host:  # not a host name (``server4:443``): an observation, never a match
         extra[NOT_HOST] = True
     return Sighting(kind, name, extra=extra)
 

@@ -10,6 +10,8 @@ One EVE line is one JSON object. What becomes a record:
 - ``tls`` ``sni``; ``quic`` ``sni``; ``http`` ``hostname`` with ``url`` (matched by path,
   absolute-form marked ``proxy_form``) and ``CONNECT`` (``http_connect`` on the URL's
   authority). The user agent has no place in the event contract and is not read.
+  An SNI or Host that is not a host name (``server4:443``) is kept as the capture path
+  keeps it: normalised (``observed_name``), flagged ``not_host_name``, never matched.
 - ``flow``: a TCP or UDP flow start (its ``flow.start`` time) for the prefixes and the
   DNS attribution.
 - ``dhcp``: identity (kaspwatch.identity), not a hit: a client's ``request`` names its
@@ -28,9 +30,9 @@ from datetime import datetime
 from typing import Any, Final
 
 from kaspwatch.identity import normalize_mac
-from sensor.decode import host_name, normalise_name
+from sensor.decode import normalise_name, sni_name
 from sensor.decode.dns import answer_sighting
-from sensor.decode.http import strip_port
+from sensor.decode.http import authority_name, odd
 from sensor.sources.base import PeerRecord
 
 SOURCE: Final = "suricata-eve"
@@ -167,11 +169,11 @@ def _questions(body: dict[str, Any]) -> list[str]:
 
 def _tls(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRecord]:
     sni = body.get("sni")
-    name = host_name(sni) if isinstance(sni, str) else None
+    name, is_host = sni_name(sni) if isinstance(sni, str) else (None, False)
     if name is None:
         return []
     kind = "quic_sni" if doc.get("event_type") == "quic" else "tls_sni"
-    return [_record(parse_ts(doc.get("timestamp")), kind, name, ends)]
+    return [_record(parse_ts(doc.get("timestamp")), kind, name, ends, extra=odd(is_host))]
 
 
 def _http(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRecord]:
@@ -180,8 +182,8 @@ def _http(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRe
     url = url if isinstance(url, str) else None
     if body.get("http_method") == "CONNECT":
         target = url or body.get("hostname")
-        name = host_name(strip_port(target)) if isinstance(target, str) else None
-        return [_record(ts, "http_connect", name, ends)] if name else []
+        name, is_host = authority_name(target) if isinstance(target, str) else (None, False)
+        return [_record(ts, "http_connect", name, ends, extra=odd(is_host))] if name else []
     extra: dict[str, Any] = {}
     path = url
     authority = None
@@ -193,9 +195,10 @@ def _http(doc: dict[str, Any], body: dict[str, Any], ends: _Ends) -> list[PeerRe
     raw = body.get("hostname")
     if not isinstance(raw, str):
         raw = authority
-    name = host_name(strip_port(raw.rsplit("@", 1)[-1])) if raw else None
+    name, is_host = authority_name(raw) if raw else (None, False)
     if name is None:
         return []
+    extra.update(odd(is_host))
     agent = body.get("http_user_agent")
     ua = agent if isinstance(agent, str) else None
     return [_record(ts, "http_host", name, ends, path=path, extra=extra, user_agent=ua)]

@@ -1,7 +1,9 @@
 """Zeek logs -> ``PeerRecord``: dns, ssl, http, quic, conn, and dhcp as identity (a
 transaction with an ``ACK`` binds ``assigned_addr`` to ``mac`` with ``host_name``,
 ``client_fqdn`` and ``lease_time``; one without names the MAC for a later ACK). files is
-read and skipped: the event contract has no place for a MIME type yet.
+read and skipped: the event contract has no place for a MIME type yet. A server_name or
+Host that is not a host name (``server4:443``) is kept as the capture path keeps it:
+normalised, flagged ``not_host_name``, never matched.
 
 Both of Zeek's writers: TSV (``#separator``, ``#set_separator``, ``#empty_field``,
 ``#unset_field``, ``#path``, ``#fields``, ``#types`` headers; ``\\xNN`` escapes; ``-`` unset,
@@ -23,8 +25,8 @@ import re
 from datetime import datetime
 from typing import Any, Final
 
-from sensor.decode import host_name, normalise_name
-from sensor.decode.http import strip_port
+from sensor.decode import normalise_name, sni_name
+from sensor.decode.http import authority_name, odd
 from sensor.peers.eve import PeerLineError, dhcp_record
 from sensor.sources.base import PeerRecord
 
@@ -223,8 +225,10 @@ def _dns(row: dict[str, Any]) -> list[PeerRecord]:
 def _sni(kind: str, transport: str) -> Any:
     def read(row: dict[str, Any]) -> list[PeerRecord]:
         raw = row.get("server_name")
-        name = host_name(raw) if isinstance(raw, str) else None
-        return [_record(row, kind, name, _ends(row, transport))] if name else []
+        name, is_host = sni_name(raw) if isinstance(raw, str) else (None, False)
+        if not name:
+            return []
+        return [_record(row, kind, name, _ends(row, transport), extra=odd(is_host))]
 
     return read
 
@@ -235,8 +239,8 @@ def _http(row: dict[str, Any]) -> list[PeerRecord]:
     host = row.get("host") if isinstance(row.get("host"), str) else None
     if row.get("method") == "CONNECT":
         target = uri or host
-        name = host_name(strip_port(target)) if target else None
-        return [_record(row, "http_connect", name, ends)] if name else []
+        name, is_host = authority_name(target) if target else (None, False)
+        return [_record(row, "http_connect", name, ends, extra=odd(is_host))] if name else []
     extra: dict[str, Any] = {}
     path, authority = uri, None
     if uri is not None and (uri[:7].lower() == "http://" or uri[:8].lower() == "https://"):
@@ -245,9 +249,10 @@ def _http(row: dict[str, Any]) -> list[PeerRecord]:
         slash = rest.find("/")
         authority, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
     raw = host or authority
-    name = host_name(strip_port(raw.rsplit("@", 1)[-1])) if raw else None
+    name, is_host = authority_name(raw) if raw else (None, False)
     if not name:
         return []
+    extra.update(odd(is_host))
     agent = row.get("user_agent")
     ua = agent if isinstance(agent, str) else None
     return [_record(row, "http_host", name, ends, path=path, extra=extra, user_agent=ua)]
