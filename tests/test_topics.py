@@ -11,6 +11,7 @@ expelled and the one with a long one stays past the default's expiry.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 
 from kaspwatch.bus import GroupSettings
 from kaspwatch.bus.topics import TopicSpec, ensure_topics
+from kaspwatch.cli.alerting import state_store_settings
 from tests import cliprocs, kafkacluster
 from tests.cliprocs import Procs, cli_env
 from tests.kafkacluster import Cluster
@@ -95,6 +97,35 @@ def test_config_file_topics_and_group_values_are_checked_with_their_line(tmp_pat
     cfg.write_text("bus: memory://\ngroup:\n  session: 6\n")
     line = one_error_line(kw(tmp_path, "--config", str(cfg), "alerts"))
     assert f"{cfg}:3:" in line and "'session'" in line and "session_timeout" in line, line
+
+
+def test_config_file_alerts_state_store_is_read_and_checked(tmp_path: Path) -> None:
+    """``alerts: state_store: changelog`` reaches the command: on the memory bus it is
+    refused as ``--state-store changelog`` is (no broker needed to prove it was read); a
+    bad value is one line with its file:line; the flag overrides the file."""
+    cfg = tmp_path / "kaspwatch.yaml"
+    cfg.write_text("bus: memory://\nalerts:\n  state_store: changelog\n")
+    line = one_error_line(kw(tmp_path, "--config", str(cfg), "alerts"))
+    assert "the alerts state changelog needs a kafka:// bus" in line, line
+    cfg.write_text("bus: memory://\nalerts:\n  state_topic: t\n  state_store: kafka\n")
+    line = one_error_line(kw(tmp_path, "--config", str(cfg), "alerts"))
+    assert f"{cfg}:4: alerts.state_store 'kafka': give sqlite or changelog" in line, line
+    cfg.write_text("bus: memory://\nalerts:\n  state_topic: ''\n")
+    line = one_error_line(kw(tmp_path, "--config", str(cfg), "alerts"))
+    assert f"{cfg}:3: alerts.state_topic ''" in line, line
+    cfg.write_text("bus: memory://\nalerts:\n  state: sqlite\n")
+    line = one_error_line(kw(tmp_path, "--config", str(cfg), "alerts"))
+    assert f"{cfg}:3:" in line and "'state'" in line and "state_store" in line, line
+    section = {
+        "state_store": ("changelog", "f:3: alerts.state_store"),
+        "state_topic": ("site.alerts-state", "f:4: alerts.state_topic"),
+    }
+    flags = argparse.Namespace(state_store="sqlite", state_topic=None)
+    state_store_settings(flags, section)
+    assert (flags.state_store, flags.state_topic) == ("sqlite", "site.alerts-state")
+    unset = argparse.Namespace(state_store=None, state_topic=None)
+    state_store_settings(unset, {})
+    assert (unset.state_store, unset.state_topic) == ("sqlite", "kaspwatch.alerts-state.v1")
 
 
 def test_group_settings_default_to_aiokafkas_and_scale_the_heartbeat() -> None:

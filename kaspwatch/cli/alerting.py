@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 
+from consumers.alerts.changelog import CHANGELOG_TOPIC
 from consumers.alerts.delivery import POLICIES, AlertDelivery
 from consumers.alerts.engine import Alert, AlertEngine
 from consumers.alerts.grouping import GROUP_WAIT_S
@@ -140,3 +141,24 @@ def open_delivery(
         engine, sinks, state, args.on_sink_failure, args.group_wait, tracebacks=args.verbose
     )
     return delivery, assets
+
+
+STATE_STORES = ("sqlite", "changelog")
+
+
+def state_store_settings(
+    args: argparse.Namespace, section: Mapping[str, tuple[object, str]]
+) -> None:
+    """``--state-store``/``--state-topic`` over the config file's ``alerts:`` section
+    (``state_store``, ``state_topic``), checked: a bad value names its file:line."""
+    store, where = section.get("state_store", ("sqlite", "--state-store"))
+    if args.state_store is not None:
+        store = args.state_store
+    elif store not in STATE_STORES:
+        raise SinkOptionError(f"{where} {store!r}: give {' or '.join(STATE_STORES)}")
+    topic, where = section.get("state_topic", (CHANGELOG_TOPIC, "--state-topic"))
+    if args.state_topic is not None:
+        topic = args.state_topic
+    elif not isinstance(topic, str) or not topic.strip():
+        raise SinkOptionError(f"{where} {topic!r}: give the changelog topic's name")
+    args.state_store, args.state_topic = store, topic

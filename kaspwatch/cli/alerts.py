@@ -29,6 +29,7 @@ from kaspwatch.bus import (
     prepare_changelog,
 )
 from kaspwatch.cli.alerting import (
+    STATE_STORES,
     add_alert_options,
     build_sinks,
     links_from_options,
@@ -69,16 +70,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_alert_options(p, state_default=True)
     p.add_argument(
         "--state-store",
-        choices=("sqlite", "changelog"),
-        default="sqlite",
+        choices=STATE_STORES,
         help="sqlite: the --state file (one instance per group, default); changelog: per "
         "hits partition on a compacted Kafka topic, so several instances can share the "
-        "group (README 'Scaling out')",
+        "group (README 'Scaling out'); config 'alerts: state_store'",
     )
     p.add_argument(
         "--state-topic",
-        default=CHANGELOG_TOPIC,
-        help=f"the alert state changelog topic (--state-store changelog; default {CHANGELOG_TOPIC})",
+        help="the alert state changelog topic (--state-store changelog; default "
+        f"{CHANGELOG_TOPIC}); config 'alerts: state_topic'",
     )
     add_rule_options(p)  # the pack hits are re-matched against: a hit's indicator is a claim
     add_kafka_options(p)

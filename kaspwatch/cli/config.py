@@ -26,6 +26,9 @@ group:                             # alerts/metrics/store: the consumer group's 
   heartbeat_interval: 3            # default: a third of session_timeout, at most 3
   max_poll_interval: 300           # an instance that reads nothing this long leaves the group
   rebalance_timeout: 10            # default: session_timeout
+alerts:                            # kaspwatch alerts
+  state_store: changelog           # sqlite (default) | changelog (README "Scaling out")
+  state_topic: kaspwatch.alerts-state.v1   # the changelog topic (the default)
 ```
 A password itself is refused here: the file would be one more copy of it.
 Command-line flags override the file. Relative paths are relative to the file.
@@ -53,12 +56,14 @@ log = logging.getLogger("kaspwatch")
 
 KEYS = {
     "sensor", "bus", "packs", "allowlist", "window", "kafka",
-    "spool_dir", "spool_max_bytes", "spool_policy", "topics", "group",
+    "spool_dir", "spool_max_bytes", "spool_policy", "topics", "group", "alerts",
 }  # fmt: skip
-# sections of plain settings whose values kaspwatch.cli.kafka checks (each with its place)
+# sections of plain settings whose values kaspwatch.cli.kafka (alerts: kaspwatch.cli.alerting)
+# checks (each with its place)
 SECTIONS = {
     "topics": ("partitions", "replication"),
     "group": ("session_timeout", "heartbeat_interval", "max_poll_interval", "rebalance_timeout"),
+    "alerts": ("state_store", "state_topic"),
 }
 KAFKA_KEYS = {
     "security_protocol",
@@ -256,6 +261,10 @@ def resolve(args: argparse.Namespace) -> None:
         args.topic_plan = topic_plan(args, cfg.sections.get("topics", {}))
     if "session_timeout" in args:
         args.group_settings = group_settings(args, cfg.sections.get("group", {}))
+    if "state_store" in args:  # kaspwatch alerts
+        from kaspwatch.cli.alerting import state_store_settings
+
+        state_store_settings(args, cfg.sections.get("alerts", {}))
     if "bus" in args:
         origin = (
             "--bus" if args.bus else "'bus:' in the config file" if cfg.bus else "KASPWATCH_BUS"
