@@ -128,6 +128,7 @@ def test_peer_logs_keep_odd_names_as_the_capture_path_does(
     a watched name before the port; the same names sent properly stay as they were."""
     docs = [
         _eve("tls", {"sni": "server4:443"}),
+        _eve("tls", {"sni": "[::1]:8000"}),  # brackets and a port: no host name
         _eve("quic", {"sni": "UPD.KASPERSKY.COM:443"}),
         _eve("tls", {"sni": "UPD.KASPERSKY.COM:443"}),
         _eve("http", {"hostname": "[fe80::1%eth0]:80", "url": "/"}, 80),
@@ -158,6 +159,7 @@ def test_peer_logs_keep_odd_names_as_the_capture_path_does(
     ]
     assert seen == [
         ("suricata-eve", "tls_sni", "server4", True, False),
+        ("suricata-eve", "tls_sni", "::1", True, False),
         ("suricata-eve", "quic_sni", "upd.kaspersky.com", True, False),
         ("suricata-eve", "tls_sni", "upd.kaspersky.com", True, False),
         ("suricata-eve", "http_host", "fe80::1%eth0", True, False),
