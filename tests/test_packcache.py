@@ -84,3 +84,20 @@ def test_empty_cache_dir_turns_the_cache_off(
     assert packcache.cache_dir() is None
     assert packcache.cached_pack(pack) == load_pack(pack)
     assert not list(tmp_path.rglob("pack-*.pickle"))
+
+
+def test_the_cache_keeps_only_the_newest_entries(cache: Path, pack: Path, tmp_path: Path) -> None:
+    """Each pack path and content makes an entry: old ones are removed, so a machine that
+    runs many scans (or the test suite) does not fill its cache directory."""
+    packcache.cached_pack(pack)  # makes the directory
+    for i in range(packcache.MAX_ENTRIES + 5):
+        stale = cache / f"pack-{i:064x}.pickle"
+        stale.write_bytes(b"old")
+        os.utime(stale, ns=(1_000_000_000 * i, 1_000_000_000 * i))
+    other = tmp_path / "other.yaml"
+    shutil.copy(shipped_pack_path(), other)
+    packcache.cached_pack(other)  # a new entry: the write prunes
+    left = sorted(cache.glob("pack-*.pickle"))
+    assert len(left) == packcache.MAX_ENTRIES
+    assert not (cache / f"pack-{0:064x}.pickle").exists()  # the oldest went first
+    assert packcache.cached_pack(other) == load_pack(other)  # the new one is kept

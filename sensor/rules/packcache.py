@@ -19,6 +19,7 @@ Safe by construction rather than by trust in the file:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -33,6 +34,10 @@ from sensor.rules import indicators
 from sensor.rules.indicators import Pack, load_pack
 
 log = logging.getLogger("kaspwatch.rules")
+
+# entries kept: each pack file, path and kaspwatch version makes its own, and a test suite
+# or a responder's many site packs would otherwise fill the directory without end
+MAX_ENTRIES = 16
 
 
 def cache_dir() -> Path | None:
@@ -100,5 +105,18 @@ def _store(directory: Path, entry: Path, pack: Pack) -> None:
         except BaseException:
             os.unlink(tmp)
             raise
+        _prune(directory)
     except OSError as exc:
         log.debug("pack cache %s: not written: %s", entry, exc)
+
+
+def _prune(directory: Path) -> None:
+    """Keep the ``MAX_ENTRIES`` most recently written entries; remove the rest."""
+    entries = []
+    for path in directory.glob("pack-*.pickle"):
+        with contextlib.suppress(OSError):  # another process pruned it first
+            entries.append((path.stat().st_mtime_ns, path))
+    entries.sort(reverse=True)
+    for _, path in entries[MAX_ENTRIES:]:
+        with contextlib.suppress(OSError):
+            path.unlink()
