@@ -41,10 +41,10 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import struct
 from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Final
 
+from sensor.sources import libpcap
 from sensor.sources.base import CaptureError, FileReader, Frame, ReadStats
 from sensor.sources.pcapfile import CaptureFile
 
@@ -106,29 +106,15 @@ def prefilter_expression(cidrs: Iterable[str] = ()) -> str:
     return " or ".join((*nets, *_WHOLESALE, _IPV4_TCP, _IPV6_TCP, _IPV4_UDP, _IPV6_UDP))
 
 
-class _BpfProgram(ctypes.Structure):
-    _fields_ = (("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p))
-
-
-class _PktHdr(ctypes.Structure):  # struct pcap_pkthdr
-    _fields_ = (
-        ("tv_sec", ctypes.c_long),
-        ("tv_usec", ctypes.c_long),
-        ("caplen", ctypes.c_uint32),
-        ("len", ctypes.c_uint32),
-    )
+_BpfProgram = libpcap.BpfProgram
+_PktHdr = libpcap.PktHdr
 
 
 def _load() -> ctypes.CDLL | None:
-    # Debian's soname first: ctypes.util.find_library runs ``ldconfig -p`` in a child
-    # process, a few ms of every scan's start-up (and more on a busy machine)
-    try:
-        lib = ctypes.CDLL("libpcap.so.0.8")
-    except OSError:
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("pcap") or "libpcap.so")
-        except OSError:
-            return None
+    """The shared libpcap, with the signatures of what reading files calls."""
+    lib = libpcap.load()
+    if lib is None:
+        return None
     lib.pcap_fopen_offline_with_tstamp_precision.restype = ctypes.c_void_p
     lib.pcap_fopen_offline_with_tstamp_precision.argtypes = (
         ctypes.c_void_p,
@@ -175,16 +161,9 @@ _IOFBF: Final = 0
 _READ_BUFFER: Final = 1 << 20
 
 
-_PKTHDR: Final = struct.Struct("@llII")  # struct pcap_pkthdr: timeval, caplen, len
-# libpcap's record buffer is at least as long as the record in it (it is reallocated, and
-# its address changes, for a longer one). The view spans the longest caplen libpcap
-# accepts for these link types and is only ever sliced to the current record's caplen.
-_MAX_CAPLEN: Final = 262144
-
-
-def _view(address: int, size: int) -> memoryview:
-    """Bytes at ``address`` owned by libpcap, without copying."""
-    return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+_PKTHDR: Final = libpcap.PKTHDR
+_MAX_CAPLEN: Final = libpcap.MAX_CAPLEN
+_view: Final = libpcap.view
 
 
 def available() -> bool:

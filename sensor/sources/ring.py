@@ -23,6 +23,7 @@ import struct
 from collections.abc import Container, Iterator
 from typing import Final
 
+from sensor.sources import libpcap
 from sensor.sources.base import CaptureError, Frame, ReadStats
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,10 @@ _PACKET_FANOUT: Final = 18
 _PACKET_FANOUT_HASH: Final = 0  # by flow: the kernel's symmetric 5-tuple hash
 _PACKET_FANOUT_FLAG_DEFRAG: Final = 0x8000  # reassemble IP fragments first, so they hash alike
 _DLT_TO_LINKTYPE: Final = {12: 101, 14: 101}  # the platform DLTs of raw IP
-_PKTHDR: Final = struct.Struct("@llII")  # struct pcap_pkthdr: timeval (ns precision), caplen, len
-_MAX_CAPLEN: Final = 262144
-
-
-class _BpfProgram(ctypes.Structure):
-    _fields_ = (("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p))
+_PKTHDR: Final = libpcap.PKTHDR  # with nanosecond precision: the timeval holds ns
+_MAX_CAPLEN: Final = libpcap.MAX_CAPLEN
+_BpfProgram = libpcap.BpfProgram
+_view: Final = libpcap.view
 
 
 class _PcapStat(ctypes.Structure):
@@ -59,10 +58,10 @@ class _PcapStat(ctypes.Structure):
 
 
 def _load() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
-    try:
-        lib = ctypes.CDLL(name)
-    except OSError:
+    """The shared libpcap, with the signatures of what the ring calls; None when it is
+    missing or too old for a ring with nanosecond times."""
+    lib = libpcap.load()
+    if lib is None:
         return None
     p, i, s = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     for fn, args, res in (
@@ -99,11 +98,6 @@ _LIB: Final = _load()
 def available() -> bool:
     """Whether libpcap could be loaded with what the ring needs."""
     return _LIB is not None
-
-
-def _view(address: int, size: int) -> memoryview:
-    """Bytes at ``address`` owned by libpcap, without copying."""
-    return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
 
 
 class RingCapture:
