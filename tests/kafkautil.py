@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAlreadyExistsError
 
 from kaspwatch import event as event_module
 from kaspwatch import identity as identity_module
@@ -274,7 +274,10 @@ async def group_members(bootstrap: str, group: str) -> dict[str, set[tuple[str, 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        (answer,) = await admin.describe_consumer_groups([group])
+        try:
+            (answer,) = await admin.describe_consumer_groups([group])
+        except GroupCoordinatorNotAvailableError:  # a fresh broker: no member yet, ask again
+            return {}
         (described,) = answer.to_object()["groups"]
         out: dict[str, set[tuple[str, int]]] = {}
         for m in described["members"]:

@@ -55,9 +55,13 @@ def names() -> dict[str, str]:
     return {k: f"{k}-{run}" for k in ("hits", "ident", "group")}
 
 
-def store_args(tmp: Path, bootstrap: str, n: dict[str, str], *more: str) -> list[str]:
+def store_args(
+    tmp: Path, bootstrap: str, n: dict[str, str], *more: str, db: str = "store.sqlite"
+) -> list[str]:
+    """``db``: the SQLite file; two members started together each get their own (one SQLite
+    file is one process's store: a shared store between instances is PostgreSQL's job)."""
     return [
-        "store", "--bus", f"kafka://{bootstrap}", "--db", f"sqlite:///{tmp / 'store.sqlite'}",
+        "store", "--bus", f"kafka://{bootstrap}", "--db", f"sqlite:///{tmp / db}",
         "--topic", n["hits"], "--identity-topic", n["ident"], "--group", n["group"], *more,
     ]  # fmt: skip
 
@@ -248,11 +252,15 @@ async def test_session_timeout_and_instance_id_reach_the_consumer(
     short = procs.start(
         "short",
         [*KASPWATCH, *store_args(tmp_path, kafka_bootstrap, n, "--partitions", "4",
-                                 "--session-timeout", "6", "--group-instance-id", "short")],
+                                 "--session-timeout", "6", "--group-instance-id", "short",
+                                     db="short.sqlite")],
     )  # fmt: skip
     long = procs.start(
         "long",
-        [*KASPWATCH, *store_args(tmp_path, kafka_bootstrap, n, "--session-timeout", "45")],
+        [
+            *KASPWATCH,
+            *store_args(tmp_path, kafka_bootstrap, n, "--session-timeout", "45", db="long.sqlite"),
+        ],
     )
     members: dict[str, set[tuple[str, int]]] = {}
     deadline = time.monotonic() + 60
